@@ -1,0 +1,158 @@
+"""Typed inputs and outputs of the engine; the server converts protobuf to and from these.
+
+Arrays returned to callers are numpy (already on the host, already small: top-k and the
+requested dense features, never the full [tokens x d_sae] latent tensor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+
+# --- tokenization -------------------------------------------------------------------
+@dataclass
+class Tokenization:
+    token_ids: list[int]
+    tokens: list[str]
+    """Each token's text (decoded on its own; byte-level tokens may be partial characters)."""
+    offsets: list[tuple[int, int]]
+    """(start, end) byte offsets of each token in the UTF-8 encoded input."""
+
+
+# --- decomposition ------------------------------------------------------------------
+@dataclass
+class DecomposeRequest:
+    texts: list[str]
+    sae_ids: list[str] = field(default_factory=list)
+    """SAEs to run; empty means every SAE loaded for the model."""
+    top_k: int = 16
+    """Features reported per token (at most the SAE's k for TopK SAEs is not required)."""
+    feature_ids: list[int] = field(default_factory=list)
+    """Features whose activations are reported densely for every token."""
+    include_reconstruction: bool = True
+    """Report per-token normalized MSE and per-text explained variance."""
+
+
+@dataclass
+class SaeDecomposition:
+    sae_id: str
+    hook_point: str
+    top_ids: np.ndarray
+    """[n_tokens, top_k] int32, strongest first."""
+    top_values: np.ndarray
+    """[n_tokens, top_k] float32."""
+    dense_values: np.ndarray
+    """[n_tokens, len(feature_ids)] float32."""
+    token_mse: np.ndarray | None
+    """[n_tokens] float32: |x - x_hat|^2 / |x - mean_text(x)|^2 per token, or None."""
+    explained_variance: float | None
+    """1 - sum|x - x_hat|^2 / sum|x - mean_text(x)|^2 over the text's tokens, or None."""
+
+
+@dataclass
+class TextDecomposition:
+    tokenization: Tokenization
+    saes: list[SaeDecomposition]
+
+
+# --- interventions --------------------------------------------------------------------
+class InterventionMode(StrEnum):
+    ADD = "add"  # h += value * d_f
+    CLAMP = "clamp"  # h += (value - a_f) * d_f
+    SCALE = "scale"  # h += (value - 1) * a_f * d_f
+    ABLATE = "ablate"  # h -= a_f * d_f
+    VECTOR = "vector"  # h += value * v
+
+
+class PositionKind(StrEnum):
+    ALL = "all"
+    PROMPT = "prompt"
+    GENERATED = "generated"
+    INDICES = "indices"  # explicit prompt token indices
+
+
+@dataclass
+class Intervention:
+    mode: InterventionMode
+    value: float
+    sae_id: str = ""
+    """The SAE whose feature is steered; empty for VECTOR."""
+    feature: int = -1
+    """Feature id for ADD/CLAMP/SCALE/ABLATE."""
+    hook_point: str = ""
+    """Hook point for VECTOR (any alias); SAE interventions use the SAE's hook point."""
+    vector: list[float] | None = None
+    """Raw direction of size d_in for VECTOR."""
+    normalize: bool = False
+    """ADD/VECTOR: use the unit direction instead of the raw decoder row / vector."""
+    positions: PositionKind = PositionKind.ALL
+    indices: list[int] = field(default_factory=list)
+    """Prompt token indices when positions is INDICES."""
+
+
+# --- generation -----------------------------------------------------------------------
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 means no top-k cut."""
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrackedFeature:
+    sae_id: str
+    feature: int
+
+
+@dataclass
+class GenerateRequest:
+    prompt_ids: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    interventions: list[Intervention] = field(default_factory=list)
+    include_baseline: bool = False
+    """Also run the prompt unsteered with the same seed, as its own variant."""
+    track: list[TrackedFeature] = field(default_factory=list)
+    """Features whose activation is reported for every generated token."""
+    logprobs: bool = False
+
+
+class Variant(StrEnum):
+    STEERED = "steered"
+    BASELINE = "baseline"
+
+
+class FinishReason(StrEnum):
+    LENGTH = "length"
+    STOP = "stop"  # a stop string matched
+    EOS = "eos"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of one variant of one request, as streamed."""
+
+    request_id: int
+    variant: Variant
+    token_id: int
+    text: str
+    """Text delta this token adds (may be empty while a UTF-8 character is incomplete)."""
+    logprob: float | None
+    tracked: list[float]
+    """Activations of the request's tracked features at this token, in request order."""
+    finish_reason: FinishReason | None = None
+    """Set on the last event of the variant."""
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    generated_tokens: int
