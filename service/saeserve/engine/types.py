@@ -58,6 +58,15 @@ class TextDecomposition:
     saes: list[SaeDecomposition]
 
 
+@dataclass
+class DecomposeResult:
+    texts: list[TextDecomposition]
+    n_tokens: int
+    """Real (unpadded) tokens run through the model."""
+    sae_seconds: float
+    """Wall time spent in SAE encode/decode inside the forward (for metrics)."""
+
+
 # --- interventions --------------------------------------------------------------------
 class InterventionMode(StrEnum):
     ADD = "add"  # h += value * d_f

@@ -1,0 +1,217 @@
+"""Decomposition: a batch of texts through the model and its SAEs in one forward pass.
+
+The forward stops right after the deepest hooked point (no later blocks, no unembedding).
+Texts are right-padded, so every real token sees only real tokens before it and padding
+cannot change a result. Per SAE the work stays on the device: top-k per token, the
+requested features densely, and the reconstruction error; only those small arrays are
+copied to the host, never the [tokens x d_sae] latents.
+
+    result = decompose(served, DecomposeRequest(texts=["Hello world"], top_k=8))
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saeserve.engine.served_model import HookedSae, ServedModel
+from saeserve.engine.tokenize import tokenize
+from saeserve.engine.types import (
+    DecomposeRequest,
+    DecomposeResult,
+    SaeDecomposition,
+    TextDecomposition,
+    Tokenization,
+)
+from saeserve.errors import InvalidArgument
+from saeserve.model.hookpoints import HookPoint, forward_until
+from saeserve.sae.base import Sae, SparseLatents
+
+
+@dataclass
+class _SaeOutput:
+    top_ids: Tensor  # [T, top_k] int32, -1 where the slot holds no active feature
+    top_values: Tensor  # [T, top_k]
+    dense: Tensor  # [T, F]
+    sq_err: Tensor | None  # [T] |x - x_hat|^2
+
+
+def validate_decompose(served: ServedModel, req: DecomposeRequest) -> list[HookedSae]:
+    """Check the request's fields against the model and SAEs; returns the SAEs to run."""
+    if not req.texts:
+        raise InvalidArgument("texts: at least one text is required")
+    saes = served.select(req.sae_ids)
+    if not saes:
+        raise InvalidArgument(f"saes: model {served.name!r} has no SAEs loaded")
+    min_d_sae = min(h.sae.d_sae for h in saes)
+    if not 1 <= req.top_k <= min_d_sae:
+        raise InvalidArgument(f"top_k: {req.top_k} must be in [1, {min_d_sae}] (the SAEs' d_sae)")
+    for i, f in enumerate(req.feature_ids):
+        if not 0 <= f < min_d_sae:
+            raise InvalidArgument(f"feature_ids[{i}]: {f} must be in [0, {min_d_sae}) (d_sae)")
+    return saes
+
+
+def decompose(
+    served: ServedModel, req: DecomposeRequest, *, max_tokens: int | None = None
+) -> DecomposeResult:
+    """Run the request's texts through the model and SAEs; see the module docstring."""
+    saes = validate_decompose(served, req)
+    lm = served.lm
+    limit = min(max_tokens or lm.max_positions, lm.max_positions)
+    toks = [
+        tokenize(lm.tokenizer, t, max_tokens=limit, field_name=f"texts[{i}]")
+        for i, t in enumerate(req.texts)
+    ]
+    input_ids, mask = _right_pad(toks, pad_id=_pad_id(served), device=lm.device)
+    real = mask.bool()  # [B, N]
+
+    by_point: dict[HookPoint, list[HookedSae]] = defaultdict(list)
+    for h in saes:
+        by_point[h.hook_point].append(h)
+    outputs: dict[str, _SaeOutput] = {}
+    variances: dict[HookPoint, Tensor] = {}
+    lengths = [len(t.token_ids) for t in toks]
+    text_of_token = torch.repeat_interleave(
+        torch.arange(len(toks), device=lm.device), torch.tensor(lengths, device=lm.device)
+    )
+    sae_seconds = 0.0
+    feature_ids = torch.tensor(req.feature_ids, dtype=torch.long, device=lm.device)
+
+    def capture(hooked: list[HookedSae]):
+        def fn(act: Tensor) -> None:
+            nonlocal sae_seconds
+            start = time.perf_counter()
+            x = act[real]  # [T, d] real tokens, text-major
+            if req.include_reconstruction:
+                variances[hooked[0].hook_point] = _text_variance(x, text_of_token, len(toks))
+            for h in hooked:
+                outputs[h.id] = _run_sae(
+                    h.sae, x, req.top_k, feature_ids, req.include_reconstruction
+                )
+            sae_seconds += time.perf_counter() - start
+
+        return fn
+
+    fns = {point: capture(hooked) for point, hooked in by_point.items()}
+    deepest = max(by_point, key=lambda p: p.depth)
+    with torch.inference_mode():
+        forward_until(lm, fns, stop_after=deepest, input_ids=input_ids, attention_mask=mask)
+        texts = _split_by_text(saes, outputs, toks, lengths, variances)
+    return DecomposeResult(texts=texts, n_tokens=sum(lengths), sae_seconds=sae_seconds)
+
+
+def _run_sae(sae: Sae, x: Tensor, top_k: int, feature_ids: Tensor, with_error: bool) -> _SaeOutput:
+    x_n, ctx = sae.normalize(x)
+    pre = sae.pre_activations(x_n)  # [T, d_sae]
+    k = sae.cfg.k or 0
+    if sae.is_topk and top_k <= k:
+        top = torch.topk(pre, k, dim=-1)
+        values, indices = torch.relu(top.values), top.indices  # [T, k], sorted
+        top_values, top_ids = values[:, :top_k], indices[:, :top_k]
+        dense = (values.unsqueeze(-1) * (indices.unsqueeze(-1) == feature_ids)).sum(dim=1)
+        recon_n = (
+            sae.decode_sparse_normalized(SparseLatents(values, indices)) if with_error else None
+        )
+    else:
+        latents = sae.activate(pre)  # [T, d_sae]
+        top = torch.topk(latents, top_k, dim=-1)
+        top_values, top_ids = top.values, top.indices
+        dense = latents[:, feature_ids]
+        recon_n = sae.decode_normalized(latents) if with_error else None
+    sq_err = None
+    if recon_n is not None:
+        x_hat = Sae.denormalize(recon_n, ctx)
+        sq_err = (x.to(x_hat.dtype) - x_hat).float().pow(2).sum(dim=-1)
+    top_ids = torch.where(top_values > 0, top_ids, torch.full_like(top_ids, -1)).to(torch.int32)
+    return _SaeOutput(top_ids, top_values, dense, sq_err)
+
+
+def _split_by_text(
+    saes: list[HookedSae],
+    outputs: dict[str, _SaeOutput],
+    toks: list[Tokenization],
+    lengths: list[int],
+    variances: dict[HookPoint, Tensor],
+) -> list[TextDecomposition]:
+    h_point = {h.id: h.hook_point for h in saes}
+    host = {
+        sid: (
+            o.top_ids.cpu().numpy(),
+            o.top_values.float().cpu().numpy(),
+            o.dense.float().cpu().numpy(),
+        )
+        for sid, o in outputs.items()
+    }
+    errors = {
+        sid: (o.sq_err / variances[h_point[sid]]).float().cpu().numpy()
+        for sid, o in outputs.items()
+        if o.sq_err is not None
+    }
+    bounds = np.cumsum([0, *lengths])
+    result = []
+    for i, tok in enumerate(toks):
+        lo, hi = bounds[i], bounds[i + 1]
+        per_sae = []
+        for h in saes:
+            ids, vals, dense = host[h.id]
+            mse = errors[h.id][lo:hi] if h.id in errors else None
+            ev = float(1.0 - mse.mean()) if mse is not None else None
+            per_sae.append(
+                SaeDecomposition(
+                    sae_id=h.id,
+                    hook_point=h.hook_point.name,
+                    top_ids=ids[lo:hi],
+                    top_values=vals[lo:hi],
+                    dense_values=dense[lo:hi],
+                    token_mse=mse,
+                    explained_variance=ev,
+                )
+            )
+        result.append(TextDecomposition(tokenization=tok, saes=per_sae))
+    return result
+
+
+def _text_variance(x: Tensor, text_of_token: Tensor, n_texts: int) -> Tensor:
+    """[T] per token: its text's mean |x_t - mean_text(x)|^2, the normalized-MSE denominator.
+
+    A one-token text has no variance; its denominator falls back to |x_t|^2 (a relative
+    error), so the number stays finite and meaningful.
+    """
+    x = x.float()
+    counts = torch.bincount(text_of_token, minlength=n_texts).clamp_min(1).unsqueeze(-1).float()
+    means = (
+        torch.zeros(n_texts, x.shape[-1], device=x.device).index_add_(0, text_of_token, x) / counts
+    )
+    dist = (x - means[text_of_token]).pow(2).sum(dim=-1)  # [T]
+    per_text = torch.zeros(n_texts, device=x.device).index_add_(
+        0, text_of_token, dist
+    ) / counts.squeeze(-1)
+    denom = per_text[text_of_token]
+    fallback = x.pow(2).sum(dim=-1)
+    return torch.where(denom > 0, denom, fallback).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def _right_pad(
+    toks: list[Tokenization], *, pad_id: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    n = max(len(t.token_ids) for t in toks)
+    ids = torch.full((len(toks), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(toks), n), dtype=torch.long)
+    for i, t in enumerate(toks):
+        ids[i, : len(t.token_ids)] = torch.tensor(t.token_ids)
+        mask[i, : len(t.token_ids)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(served: ServedModel) -> int:
+    tok = served.lm.tokenizer
+    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0

@@ -1,0 +1,335 @@
+"""Batched, steered generation with a KV cache; sequences join and leave between steps.
+
+``BatchGenerator`` keeps one left-padded batch of running sequences and their KV cache.
+Each ``step()`` runs one decode forward for the running rows, then prefills newly
+submitted sequences in one forward and merges their cache into the batch, so a new
+stream never waits for the others. Finished and cancelled rows are dropped before the
+next step. Position ids are explicit per row, so padding never changes a result.
+
+Each row carries its own interventions (``SteeringPlan``), sampling parameters and RNG.
+``include_baseline`` adds an unsteered twin with the same seed.
+
+    gen = BatchGenerator(served)
+    rid = gen.submit(GenerateRequest(prompt_ids=ids, sampling=SamplingParams(max_new_tokens=20)))
+    while gen.has_work():
+        for event in gen.step(): ...
+
+``generate(served, request)`` wraps this for a single request as an iterator; closing the
+iterator cancels the work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from saeserve.engine.detokenize import TextStream
+from saeserve.engine.interventions import (
+    ResolvedIntervention,
+    SteeringPlan,
+    resolve_interventions,
+    resolve_tracked,
+)
+from saeserve.engine.sampling import sample_next
+from saeserve.engine.served_model import HookedSae, ServedModel
+from saeserve.engine.types import (
+    FinishReason,
+    GenerateRequest,
+    SamplingParams,
+    TokenEvent,
+    Variant,
+)
+from saeserve.errors import InvalidArgument, ResourceExhausted
+from saeserve.model.hookpoints import hooked
+
+
+@dataclass
+class _Sequence:
+    request_id: int
+    variant: Variant
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    interventions: list[ResolvedIntervention]
+    tracked: list[tuple[HookedSae, int]]
+    logprobs: bool
+    generator: torch.Generator
+    stream: TextStream
+    generated: list[int] = field(default_factory=list)
+    finished: FinishReason | None = None
+
+    @property
+    def next_position(self) -> int:
+        """Position of the token fed at the next decode step (the last generated one)."""
+        return len(self.prompt_ids) + len(self.generated) - 1
+
+
+@dataclass
+class _Batch:
+    """Running rows, their left-padded attention mask [B, T] and KV cache."""
+
+    rows: list[_Sequence]
+    mask: Tensor
+    cache: DynamicCache
+
+
+def validate_sampling(
+    p: SamplingParams, *, max_new_tokens: int, field_name: str = "sampling"
+) -> None:
+    if not 1 <= p.max_new_tokens <= max_new_tokens:
+        raise InvalidArgument(
+            f"{field_name}.max_new_tokens: {p.max_new_tokens} must be in [1, {max_new_tokens}]"
+        )
+    if not (math.isfinite(p.temperature) and 0 <= p.temperature <= 100):
+        raise InvalidArgument(f"{field_name}.temperature: {p.temperature} must be in [0, 100]")
+    if not (math.isfinite(p.top_p) and 0 < p.top_p <= 1):
+        raise InvalidArgument(f"{field_name}.top_p: {p.top_p} must be in (0, 1]")
+    if p.top_k < 0:
+        raise InvalidArgument(f"{field_name}.top_k: {p.top_k} must be >= 0 (0 = no cut)")
+    if p.seed is not None and not 0 <= p.seed < 2**63:
+        raise InvalidArgument(f"{field_name}.seed: {p.seed} must be in [0, 2^63)")
+    for i, s in enumerate(p.stop):
+        if not s:
+            raise InvalidArgument(f"{field_name}.stop[{i}]: stop strings must not be empty")
+
+
+class BatchGenerator:
+    """Step-level batched generation; see the module docstring."""
+
+    def __init__(
+        self,
+        served: ServedModel,
+        *,
+        max_batch_size: int = 32,
+        max_new_tokens: int = 1024,
+        max_abs_value: float = math.inf,
+    ) -> None:
+        self.served = served
+        self.max_batch_size = max_batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_abs_value = max_abs_value
+        self._ids = itertools.count(1)
+        self._pending: list[_Sequence] = []
+        self._batch: _Batch | None = None
+        self._cancelled: set[int] = set()
+        self.steps = 0
+        """Forward passes run so far (prefills and decode steps)."""
+
+    # --- requests ----------------------------------------------------------------------
+    def submit(self, req: GenerateRequest) -> int:
+        """Validate and queue a request; returns its id. Raises the engine's typed errors."""
+        lm = self.served.lm
+        if not req.prompt_ids:
+            raise InvalidArgument("prompt: must not be empty")
+        vocab = lm.vocab_size
+        if any(not 0 <= t < vocab for t in req.prompt_ids):
+            raise InvalidArgument(f"prompt_ids: token ids must be in [0, {vocab})")
+        validate_sampling(req.sampling, max_new_tokens=self.max_new_tokens)
+        total = len(req.prompt_ids) + req.sampling.max_new_tokens
+        if total > lm.max_positions:
+            raise InvalidArgument(
+                f"prompt: {len(req.prompt_ids)} tokens + max_new_tokens {req.sampling.max_new_tokens} "
+                f"exceeds the model's context of {lm.max_positions}"
+            )
+        interventions = resolve_interventions(
+            self.served, req.interventions, len(req.prompt_ids), max_abs_value=self.max_abs_value
+        )
+        tracked = resolve_tracked(self.served, req.track)
+        if self.n_sequences + 1 + req.include_baseline > self.max_batch_size:
+            raise ResourceExhausted(f"generation batch is full ({self.max_batch_size} sequences)")
+        rid = next(self._ids)
+        seed = req.sampling.seed if req.sampling.seed is not None else random.getrandbits(63)
+        variants = [(Variant.STEERED, interventions)]
+        if req.include_baseline:
+            variants.append((Variant.BASELINE, []))
+        for variant, ivs in variants:
+            gen = torch.Generator(device=lm.device)
+            gen.manual_seed(seed)
+            self._pending.append(
+                _Sequence(
+                    request_id=rid,
+                    variant=variant,
+                    prompt_ids=list(req.prompt_ids),
+                    sampling=req.sampling,
+                    interventions=ivs,
+                    tracked=tracked,
+                    logprobs=req.logprobs,
+                    generator=gen,
+                    stream=TextStream(lm.tokenizer, req.sampling.stop),
+                )
+            )
+        return rid
+
+    def cancel(self, request_id: int) -> None:
+        """Stop a request; its rows leave the batch before the next forward."""
+        self._cancelled.add(request_id)
+        self._pending = [s for s in self._pending if s.request_id != request_id]
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self._pending) + (len(self._batch.rows) if self._batch else 0)
+
+    def has_work(self) -> bool:
+        self._drop_finished()
+        return bool(self._pending or self._batch)
+
+    # --- stepping ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """One token for every running and every newly admitted sequence."""
+        self._drop_finished()
+        events: list[TokenEvent] = []
+        if self._batch is not None:
+            events += self._decode(self._batch)
+        if self._pending:
+            joining, self._pending = self._pending, []
+            batch, new_events = self._prefill(joining)
+            events += new_events
+            self._batch = batch if self._batch is None else _merge(self._batch, batch)
+        self._cancelled.clear()
+        return events
+
+    def _prefill(self, seqs: list[_Sequence]) -> tuple[_Batch, list[TokenEvent]]:
+        dev = self.served.lm.device
+        n = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros((len(seqs), n), dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, n - len(s.prompt_ids) :] = torch.tensor(s.prompt_ids)
+            mask[i, n - len(s.prompt_ids) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        token_pos = torch.where(mask.bool(), mask.cumsum(-1) - 1, -1)  # [b, n]
+        cache = DynamicCache()
+        logits, tracked = self._forward(seqs, ids, mask, token_pos, cache)
+        return _Batch(seqs, mask, cache), self._emit(seqs, logits, tracked)
+
+    def _decode(self, batch: _Batch) -> list[TokenEvent]:
+        dev = self.served.lm.device
+        ids = torch.tensor([[s.generated[-1]] for s in batch.rows], device=dev)
+        batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=-1)
+        token_pos = torch.tensor([[s.next_position] for s in batch.rows], device=dev)
+        logits, tracked = self._forward(batch.rows, ids, batch.mask, token_pos, batch.cache)
+        return self._emit(batch.rows, logits, tracked)
+
+    def _forward(
+        self,
+        seqs: list[_Sequence],
+        ids: Tensor,
+        mask: Tensor,
+        token_pos: Tensor,
+        cache: DynamicCache,
+    ) -> tuple[Tensor, list[list[float]]]:
+        plan = SteeringPlan([s.interventions for s in seqs], [s.tracked for s in seqs])
+        prompt_lens = torch.tensor([len(s.prompt_ids) for s in seqs], device=ids.device)
+        with hooked(self.served.lm, plan.hook_fns(token_pos, prompt_lens)):
+            out = self.served.lm.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=token_pos.clamp_min(0),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.steps += 1
+        return out.logits[:, -1], plan.tracked
+
+    def _emit(
+        self, seqs: list[_Sequence], logits: Tensor, tracked: list[list[float]]
+    ) -> list[TokenEvent]:
+        tokens, logprobs = sample_next(
+            logits, [s.sampling for s in seqs], [s.generator for s in seqs]
+        )
+        eos = self.served.lm.eos_token_id
+        events = []
+        for s, tok, lp, tr in zip(seqs, tokens, logprobs, tracked, strict=True):
+            s.generated.append(tok)
+            if eos is not None and tok == eos:
+                s.finished, text = FinishReason.EOS, s.stream.flush()
+            else:
+                text, stopped = s.stream.push(tok)
+                if stopped:
+                    s.finished = FinishReason.STOP
+                elif len(s.generated) >= s.sampling.max_new_tokens:
+                    s.finished, text = FinishReason.LENGTH, text + s.stream.flush()
+            events.append(
+                TokenEvent(
+                    s.request_id, s.variant, tok, text, lp if s.logprobs else None, tr, s.finished
+                )
+            )
+        return events
+
+    def _drop_finished(self) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        keep = [
+            i
+            for i, s in enumerate(batch.rows)
+            if s.finished is None and s.request_id not in self._cancelled
+        ]
+        if len(keep) == len(batch.rows):
+            return
+        if not keep:
+            self._batch = None
+            return
+        idx = torch.tensor(keep, device=batch.mask.device)
+        mask = batch.mask[idx]
+        first = int(mask.any(dim=0).nonzero()[0].item())  # leading columns padded in every row
+        for layer, keys, values in _kv_layers(batch.cache):
+            layer.keys = keys[idx, :, first:]
+            layer.values = values[idx, :, first:]
+        self._batch = _Batch([batch.rows[i] for i in keep], mask[:, first:], batch.cache)
+
+
+def _merge(a: _Batch, b: _Batch) -> _Batch:
+    """One batch from two, left-padding the shorter cache and mask."""
+    t = max(a.mask.shape[1], b.mask.shape[1])
+    for (layer, ka, va), (_, kb, vb) in zip(_kv_layers(a.cache), _kv_layers(b.cache), strict=True):
+        layer.keys = torch.cat([_left_pad(ka, t, dim=2), _left_pad(kb, t, dim=2)])
+        layer.values = torch.cat([_left_pad(va, t, dim=2), _left_pad(vb, t, dim=2)])
+    mask = torch.cat([_left_pad(a.mask, t, dim=1), _left_pad(b.mask, t, dim=1)])
+    return _Batch(a.rows + b.rows, mask, a.cache)
+
+
+def _kv_layers(cache: DynamicCache) -> list[tuple[DynamicLayer, Tensor, Tensor]]:
+    """Each layer of a dynamic cache with its keys and values [B, heads, T, head_dim]."""
+    out = []
+    for layer in cache.layers:
+        assert (
+            isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+        )
+        out.append((layer, layer.keys, layer.values))
+    return out
+
+
+def _left_pad(x: Tensor, length: int, *, dim: int) -> Tensor:
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def generate(
+    served: ServedModel, req: GenerateRequest, *, generator: BatchGenerator | None = None
+) -> Iterator[TokenEvent]:
+    """Stream one request's events; closing the iterator stops the work."""
+    gen = generator or BatchGenerator(served)
+    rid = gen.submit(req)
+    try:
+        while gen.has_work():
+            yield from gen.step()
+    finally:
+        gen.cancel(rid)
+
+
+def generated_text(events: Sequence[TokenEvent], variant: Variant = Variant.STEERED) -> str:
+    return "".join(e.text for e in events if e.variant is variant)

@@ -1,0 +1,38 @@
+"""Tokenization with per-token strings and UTF-8 byte offsets.
+
+Offsets are in bytes of the UTF-8 encoded text (what gRPC clients in any language can
+slice), converted from the fast tokenizer's character offsets. Special tokens the
+tokenizer adds (e.g. BOS) get the empty span (0, 0).
+"""
+
+from __future__ import annotations
+
+from itertools import accumulate
+
+from transformers import PreTrainedTokenizerBase
+
+from saeserve.engine.types import Tokenization
+from saeserve.errors import InvalidArgument
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    *,
+    max_tokens: int,
+    field_name: str = "text",
+) -> Tokenization:
+    """Tokenize one text; InvalidArgument if it is empty or longer than max_tokens."""
+    if not text:
+        raise InvalidArgument(f"{field_name}: must not be empty")
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids: list[int] = list(enc["input_ids"])
+    if not ids:
+        raise InvalidArgument(f"{field_name}: produced no tokens")
+    if len(ids) > max_tokens:
+        raise InvalidArgument(f"{field_name}: {len(ids)} tokens exceeds the limit of {max_tokens}")
+    # byte_at[i] = UTF-8 byte offset of character i
+    byte_at = [0, *accumulate(len(ch.encode("utf-8")) for ch in text)]
+    offsets = [(byte_at[s], byte_at[e]) for s, e in enc["offset_mapping"]]
+    tokens = [str(tokenizer.decode([i])) for i in ids]
+    return Tokenization(token_ids=ids, tokens=tokens, offsets=offsets)

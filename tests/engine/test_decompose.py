@@ -1,0 +1,103 @@
+"""Decomposition against a manual forward and numpy SAE formulas; batch invariance; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from saeserve.engine.decompose import decompose
+from saeserve.engine.served_model import ServedModel
+from saeserve.engine.types import DecomposeRequest
+from saeserve.errors import InvalidArgument, NotFound
+
+from tests.engine import reference
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "Hi",
+    "A much longer sentence, with commas, about the river and the sea.",
+]
+
+
+def test_matches_manual_forward_and_numpy_sae(served: ServedModel) -> None:
+    features = [0, 5, 63]
+    res = decompose(served, DecomposeRequest(texts=TEXTS, top_k=6, feature_ids=features))
+    assert res.n_tokens == sum(len(t.tokenization.token_ids) for t in res.texts)
+    for text in res.texts:
+        acts = reference.capture(
+            served.lm.model, served.lm.layout.family, text.tokenization.token_ids
+        )
+        for out in text.saes:
+            hooked = served.saes[out.sae_id]
+            x = acts[hooked.hook_point.name]
+            a, recon = reference.encode(hooked.sae, x)
+            want_vals = -np.sort(-a, axis=-1)[:, :6]
+            np.testing.assert_allclose(out.top_values, want_vals, rtol=1e-4, atol=1e-4)
+            rows = np.arange(len(a))[:, None]
+            active = out.top_ids >= 0
+            np.testing.assert_allclose(
+                a[rows, np.where(active, out.top_ids, 0)][active],
+                out.top_values[active],
+                rtol=1e-4,
+                atol=1e-4,
+            )
+            assert (out.top_values[~active] == 0).all()
+            np.testing.assert_allclose(out.dense_values, a[:, features], rtol=1e-4, atol=1e-4)
+            sq = ((x - recon) ** 2).sum(-1)
+            dist = ((x - x.mean(0)) ** 2).sum(-1)
+            assert out.token_mse is not None and out.explained_variance is not None
+            if len(x) > 1:
+                np.testing.assert_allclose(out.token_mse, sq / dist.mean(), rtol=1e-3)
+                assert out.explained_variance == pytest.approx(
+                    1 - sq.sum() / dist.sum(), rel=1e-3, abs=1e-4
+                )
+
+
+def test_padding_never_changes_a_result(served: ServedModel) -> None:
+    req = dict(top_k=5, feature_ids=[1, 2, 3])
+    batch = decompose(served, DecomposeRequest(texts=TEXTS, **req)).texts
+    for text, together in zip(TEXTS, batch, strict=True):
+        alone = decompose(served, DecomposeRequest(texts=[text], **req)).texts[0]
+        assert alone.tokenization == together.tokenization
+        for a, b in zip(alone.saes, together.saes, strict=True):
+            np.testing.assert_allclose(a.top_values, b.top_values, atol=1e-5)
+            np.testing.assert_allclose(a.dense_values, b.dense_values, atol=1e-5)
+            np.testing.assert_allclose(a.token_mse, b.token_mse, rtol=1e-4, atol=1e-6)
+
+
+def test_selected_saes_and_no_reconstruction(served: ServedModel) -> None:
+    res = decompose(
+        served, DecomposeRequest(texts=["hello"], sae_ids=["jump1"], include_reconstruction=False)
+    )
+    (only,) = res.texts[0].saes
+    assert only.sae_id == "jump1" and only.hook_point == "resid_post.1"
+    assert only.token_mse is None and only.explained_variance is None
+
+
+def test_byte_offsets_slice_the_utf8_text(served: ServedModel) -> None:
+    text = "naïve café"
+    tok = decompose(served, DecomposeRequest(texts=[text], top_k=1)).texts[0].tokenization
+    raw = text.encode()
+    assert all(0 <= s <= e <= len(raw) for s, e in tok.offsets)
+    starts = [s for s, e in tok.offsets if e > s]
+    assert starts == sorted(starts) and starts[0] == 0
+    assert tok.offsets[-1][1] == len(raw)  # bytes, not the 10 characters
+    assert tok.offsets[-1][1] == len(raw)
+
+
+@pytest.mark.parametrize(
+    ("req", "error", "message"),
+    [
+        (DecomposeRequest(texts=[]), InvalidArgument, "texts"),
+        (DecomposeRequest(texts=["ok", ""]), InvalidArgument, "texts[1]: must not be empty"),
+        (DecomposeRequest(texts=["x " * 5000]), InvalidArgument, "exceeds the limit"),
+        (DecomposeRequest(texts=["ok"], sae_ids=["nope"]), NotFound, "unknown SAE 'nope'"),
+        (DecomposeRequest(texts=["ok"], top_k=0), InvalidArgument, "top_k"),
+        (DecomposeRequest(texts=["ok"], top_k=65), InvalidArgument, "top_k: 65 must be in [1, 64]"),
+        (DecomposeRequest(texts=["ok"], feature_ids=[64]), InvalidArgument, "feature_ids[0]: 64"),
+        (DecomposeRequest(texts=["ok"], sae_ids=["post0", "post0"]), InvalidArgument, "unique"),
+    ],
+)
+def test_bad_arguments_raise_typed_errors(served: ServedModel, req, error, message: str) -> None:
+    with pytest.raises(error, match=None) as info:
+        decompose(served, req)
+    assert message in str(info.value)

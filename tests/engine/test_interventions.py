@@ -1,0 +1,156 @@
+"""Each intervention mode moves the hooked activation exactly as DESIGN.md's formula says."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from saeserve.engine.interventions import SteeringPlan, resolve_interventions
+from saeserve.engine.served_model import ServedModel
+from saeserve.engine.types import Intervention, InterventionMode, PositionKind
+from saeserve.errors import InvalidArgument, NotFound
+
+from tests.engine import reference
+
+M = InterventionMode
+S = 5  # tokens per row
+PROMPT_LEN = 3
+
+
+def _apply(
+    served: ServedModel, rows: list[list[Intervention]], h: torch.Tensor, point_name: str
+) -> torch.Tensor:
+    resolved = [resolve_interventions(served, ivs, PROMPT_LEN) for ivs in rows]
+    plan = SteeringPlan(resolved)
+    token_pos = torch.arange(S).expand(len(rows), S)
+    fns = plan.hook_fns(token_pos, torch.full((len(rows),), PROMPT_LEN))
+    point = served.hook_point(point_name)
+    out = fns[point](h.clone())
+    assert out is not None
+    return out
+
+
+def _expected(served: ServedModel, iv: Intervention, h: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    sae = served.saes[iv.sae_id].sae
+    a, _ = reference.encode(sae, h)
+    a_f = a[:, iv.feature]
+    d_f = sae.W_dec[iv.feature].detach().double().numpy()
+    if iv.normalize:
+        d_f = d_f / np.linalg.norm(d_f)
+    coeff = {
+        M.ADD: np.full_like(a_f, iv.value),
+        M.CLAMP: iv.value - a_f,
+        M.SCALE: (iv.value - 1) * a_f,
+        M.ABLATE: -a_f,
+    }[iv.mode]
+    return h + (coeff * mask)[:, None] * d_f[None, :] * reference.norm_scale(sae, h)
+
+
+@pytest.mark.parametrize("sae_id", ["post0", "mid1", "jump1", "relu0"])
+@pytest.mark.parametrize("mode", [M.ADD, M.CLAMP, M.SCALE, M.ABLATE])
+def test_each_mode_matches_its_formula(
+    served: ServedModel, sae_id: str, mode: InterventionMode
+) -> None:
+    hooked = served.saes[sae_id]
+    d = served.lm.layout.d_model
+    h = torch.randn(2, S, d, generator=torch.Generator().manual_seed(7)) * 3
+    # steer the feature that is most active on row 0, so CLAMP/SCALE/ABLATE have something to act on
+    a, _ = reference.encode(hooked.sae, h[0].double().numpy())
+    feature = int(a.sum(0).argmax())
+    iv = Intervention(mode=mode, value=2.5, sae_id=sae_id, feature=feature)
+    other = Intervention(
+        mode=M.ADD, value=-1.0, sae_id=sae_id, feature=(feature + 1) % 64, normalize=True
+    )
+    out = _apply(served, [[iv], [other]], h, hooked.hook_point.name).double().numpy()
+    ones = np.ones(S)
+    np.testing.assert_allclose(
+        out[0], _expected(served, iv, h[0].double().numpy(), ones), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        out[1], _expected(served, other, h[1].double().numpy(), ones), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_several_interventions_on_one_sae_read_the_unsteered_activations(
+    served: ServedModel,
+) -> None:
+    d = served.lm.layout.d_model
+    h = torch.randn(1, S, d, generator=torch.Generator().manual_seed(3)) * 3
+    ivs = [
+        Intervention(mode=M.CLAMP, value=1.0, sae_id="post0", feature=4),
+        Intervention(mode=M.SCALE, value=3.0, sae_id="post0", feature=9),
+    ]
+    out = _apply(served, [ivs], h, "resid_post.0").double().numpy()[0]
+    x = h[0].double().numpy()
+    want = x + sum(_expected(served, iv, x, np.ones(S)) - x for iv in ivs)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+def test_clamp_to_current_value_and_scale_by_one_are_no_ops(served: ServedModel) -> None:
+    d = served.lm.layout.d_model
+    for sae_id in ["post0", "mid1", "jump1", "relu0"]:
+        hooked = served.saes[sae_id]
+        h = torch.randn(1, 1, d, generator=torch.Generator().manual_seed(11)) * 3
+        a, _ = reference.encode(hooked.sae, h[0].double().numpy())
+        f = int(a[0].argmax())
+        clamp = Intervention(mode=M.CLAMP, value=float(a[0, f]), sae_id=sae_id, feature=f)
+        scale = Intervention(mode=M.SCALE, value=1.0, sae_id=sae_id, feature=f)
+        resolved = [resolve_interventions(served, [clamp, scale], 1)]
+        fns = SteeringPlan(resolved).hook_fns(
+            torch.zeros(1, 1, dtype=torch.long), torch.ones(1, dtype=torch.long)
+        )
+        out = fns[hooked.hook_point](h.clone())
+        torch.testing.assert_close(out, h, rtol=1e-5, atol=1e-5)
+
+
+def test_vector_and_positions(served: ServedModel) -> None:
+    d = served.lm.layout.d_model
+    h = torch.randn(4, S, d, generator=torch.Generator().manual_seed(5))
+    v = [float(i % 3) for i in range(d)]
+    rows = [
+        [Intervention(mode=M.VECTOR, value=2.0, hook_point="resid_post.0", vector=v)],
+        [Intervention(mode=M.VECTOR, value=2.0, hook_point="blocks.0.hook_resid_post", vector=v, normalize=True, positions=PositionKind.PROMPT)],
+        [Intervention(mode=M.VECTOR, value=2.0, hook_point="resid_post.0", vector=v, positions=PositionKind.GENERATED)],
+        [Intervention(mode=M.VECTOR, value=2.0, hook_point="resid_post.0", vector=v, positions=PositionKind.INDICES, indices=[0, 2])],
+    ]  # fmt: skip
+    out = _apply(served, rows, h, "resid_post.0").double().numpy()
+    vec = np.array(v)
+    masks = [
+        np.ones(S),
+        (np.arange(S) < PROMPT_LEN),
+        (np.arange(S) >= PROMPT_LEN),
+        np.isin(np.arange(S), [0, 2]),
+    ]
+    dirs = [vec, vec / np.linalg.norm(vec), vec, vec]
+    for r in range(4):
+        want = h[r].double().numpy() + 2.0 * masks[r][:, None] * dirs[r][None, :]
+        np.testing.assert_allclose(out[r], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("iv", "error", "message"),
+    [
+        (Intervention(mode=M.ADD, value=1, sae_id="post0", feature=64), InvalidArgument, "feature: 64 must be in [0, 64)"),
+        (Intervention(mode=M.ADD, value=1, sae_id="post0", feature=-1), InvalidArgument, "feature"),
+        (Intervention(mode=M.ADD, value=math.nan, sae_id="post0", feature=1), InvalidArgument, "value: must be finite"),
+        (Intervention(mode=M.ADD, value=math.inf, sae_id="post0", feature=1), InvalidArgument, "finite"),
+        (Intervention(mode=M.ADD, value=1e9, sae_id="post0", feature=1), InvalidArgument, "exceeds the limit of 1000"),
+        (Intervention(mode=M.ADD, value=1, sae_id="nope", feature=1), NotFound, "unknown SAE 'nope'"),
+        (Intervention(mode=M.ADD, value=1, feature=1), InvalidArgument, "needs an SAE id"),
+        (Intervention(mode=M.VECTOR, value=1, hook_point="resid_post.0", vector=[1.0]), InvalidArgument, "vector: needs exactly d_model"),
+        (Intervention(mode=M.VECTOR, value=1, hook_point="resid_post.99", vector=[1.0]), InvalidArgument, "hook_point"),
+        (Intervention(mode=M.VECTOR, value=1, vector=[1.0]), InvalidArgument, "VECTOR needs a hook point"),
+        (Intervention(mode=M.ADD, value=1, sae_id="post0", feature=1, positions=PositionKind.INDICES, indices=[3]), InvalidArgument, "indices[0]: 3 must be in [0, 3)"),
+        (Intervention(mode=M.ADD, value=1, sae_id="post0", feature=1, positions=PositionKind.INDICES), InvalidArgument, "at least one index"),
+        (Intervention(mode=M.CLAMP, value=1, sae_id="post0", feature=1, normalize=True), InvalidArgument, "normalize"),
+    ],
+)  # fmt: skip
+def test_bad_interventions(
+    served: ServedModel, iv: Intervention, error: type, message: str
+) -> None:
+    with pytest.raises(error) as info:
+        resolve_interventions(served, [iv], PROMPT_LEN, max_abs_value=1000)
+    assert message in str(info.value)
+    assert "interventions[0]" in str(info.value)
