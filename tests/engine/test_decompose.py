@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from saeserve.engine.decompose import decompose
+from saeserve.engine.decompose import decompose, decompose_many
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import DecomposeRequest
 from saeserve.errors import InvalidArgument, NotFound
@@ -101,3 +101,23 @@ def test_bad_arguments_raise_typed_errors(served: ServedModel, req, error, messa
     with pytest.raises(error, match=None) as info:
         decompose(served, req)
     assert message in str(info.value)
+
+
+def test_requests_batched_together_each_get_their_own_answer(served: ServedModel) -> None:
+    reqs = [
+        DecomposeRequest(texts=TEXTS[:2], sae_ids=["post0"], top_k=3, feature_ids=[7]),
+        DecomposeRequest(
+            texts=TEXTS[2:], top_k=9, feature_ids=[1, 7, 2], include_reconstruction=False
+        ),
+    ]
+    together = decompose_many(served, reqs)
+    for req, got in zip(reqs, together, strict=True):
+        want = decompose(served, req)
+        assert got.n_tokens == want.n_tokens
+        for g, w in zip(got.texts, want.texts, strict=True):
+            assert [s.sae_id for s in g.saes] == [s.sae_id for s in w.saes]
+            for gs, ws in zip(g.saes, w.saes, strict=True):
+                assert gs.top_ids.shape == ws.top_ids.shape
+                np.testing.assert_allclose(gs.top_values, ws.top_values, atol=1e-5)
+                np.testing.assert_allclose(gs.dense_values, ws.dense_values, atol=1e-5)
+                assert (gs.token_mse is None) == (ws.token_mse is None)

@@ -61,13 +61,68 @@ def decompose(
     served: ServedModel, req: DecomposeRequest, *, max_tokens: int | None = None
 ) -> DecomposeResult:
     """Run the request's texts through the model and SAEs; see the module docstring."""
-    saes = validate_decompose(served, req)
+    return decompose_many(served, [req], max_tokens=max_tokens)[0]
+
+
+def decompose_many(
+    served: ServedModel, reqs: list[DecomposeRequest], *, max_tokens: int | None = None
+) -> list[DecomposeResult]:
+    """Several requests in one forward pass (dynamic batching); each gets exactly its own answer.
+
+    The pass runs the union of the requests' SAEs with the largest top_k and the union of
+    feature ids; each answer is then cut to its request's SAEs, top_k and features (top-k
+    columns are sorted, so the first top_k columns of a larger top-k are exact).
+    """
     lm = served.lm
     limit = min(max_tokens or lm.max_positions, lm.max_positions)
+    sae_sets = [validate_decompose(served, r) for r in reqs]
     toks = [
         tokenize(lm.tokenizer, t, max_tokens=limit, field_name=f"texts[{i}]")
-        for i, t in enumerate(req.texts)
+        for r in reqs
+        for i, t in enumerate(r.texts)
     ]
+    saes = list({h.id: h for hs in sae_sets for h in hs}.values())
+    feature_ids = sorted({f for r in reqs for f in r.feature_ids})
+    top_k = max(r.top_k for r in reqs)
+    with_error = any(r.include_reconstruction for r in reqs)
+    per_text, sae_seconds = _run_texts(served, toks, saes, top_k, feature_ids, with_error)
+
+    results, offset = [], 0
+    total_tokens = sum(len(t.token_ids) for t in toks)
+    for r, hs in zip(reqs, sae_sets, strict=True):
+        cols = [feature_ids.index(f) for f in r.feature_ids]
+        texts = [
+            TextDecomposition(toks[j], [_cut(per_text[j][h.id], r, cols) for h in hs])
+            for j in range(offset, offset + len(r.texts))
+        ]
+        offset += len(r.texts)
+        n = sum(len(t.tokenization.token_ids) for t in texts)
+        results.append(DecomposeResult(texts, n, sae_seconds * n / total_tokens))
+    return results
+
+
+def _cut(d: SaeDecomposition, r: DecomposeRequest, cols: list[int]) -> SaeDecomposition:
+    with_error = r.include_reconstruction
+    return SaeDecomposition(
+        sae_id=d.sae_id,
+        hook_point=d.hook_point,
+        top_ids=d.top_ids[:, : r.top_k],
+        top_values=d.top_values[:, : r.top_k],
+        dense_values=d.dense_values[:, cols],
+        token_mse=d.token_mse if with_error else None,
+        explained_variance=d.explained_variance if with_error else None,
+    )
+
+
+def _run_texts(
+    served: ServedModel,
+    toks: list[Tokenization],
+    saes: list[HookedSae],
+    top_k: int,
+    feature_list: list[int],
+    with_error: bool,
+) -> tuple[list[dict[str, SaeDecomposition]], float]:
+    lm = served.lm
     input_ids, mask = _right_pad(toks, pad_id=_pad_id(served), device=lm.device)
     real = mask.bool()  # [B, N]
 
@@ -81,19 +136,17 @@ def decompose(
         torch.arange(len(toks), device=lm.device), torch.tensor(lengths, device=lm.device)
     )
     sae_seconds = 0.0
-    feature_ids = torch.tensor(req.feature_ids, dtype=torch.long, device=lm.device)
+    feature_ids = torch.tensor(feature_list, dtype=torch.long, device=lm.device)
 
     def capture(hooked: list[HookedSae]):
         def fn(act: Tensor) -> None:
             nonlocal sae_seconds
             start = time.perf_counter()
             x = act[real]  # [T, d] real tokens, text-major
-            if req.include_reconstruction:
+            if with_error:
                 variances[hooked[0].hook_point] = _text_variance(x, text_of_token, len(toks))
             for h in hooked:
-                outputs[h.id] = _run_sae(
-                    h.sae, x, req.top_k, feature_ids, req.include_reconstruction
-                )
+                outputs[h.id] = _run_sae(h.sae, x, top_k, feature_ids, with_error)
             sae_seconds += time.perf_counter() - start
 
         return fn
@@ -102,8 +155,7 @@ def decompose(
     deepest = max(by_point, key=lambda p: p.depth)
     with torch.inference_mode():
         forward_until(lm, fns, stop_after=deepest, input_ids=input_ids, attention_mask=mask)
-        texts = _split_by_text(saes, outputs, toks, lengths, variances)
-    return DecomposeResult(texts=texts, n_tokens=sum(lengths), sae_seconds=sae_seconds)
+        return _split_by_text(saes, outputs, lengths, variances), sae_seconds
 
 
 def _run_sae(sae: Sae, x: Tensor, top_k: int, feature_ids: Tensor, with_error: bool) -> _SaeOutput:
@@ -135,11 +187,10 @@ def _run_sae(sae: Sae, x: Tensor, top_k: int, feature_ids: Tensor, with_error: b
 def _split_by_text(
     saes: list[HookedSae],
     outputs: dict[str, _SaeOutput],
-    toks: list[Tokenization],
     lengths: list[int],
     variances: dict[HookPoint, Tensor],
-) -> list[TextDecomposition]:
-    h_point = {h.id: h.hook_point for h in saes}
+) -> list[dict[str, SaeDecomposition]]:
+    """One host copy per SAE of the small per-token arrays, cut into texts."""
     host = {
         sid: (
             o.top_ids.cpu().numpy(),
@@ -148,32 +199,30 @@ def _split_by_text(
         )
         for sid, o in outputs.items()
     }
+    point_of = {h.id: h.hook_point for h in saes}
     errors = {
-        sid: (o.sq_err / variances[h_point[sid]]).float().cpu().numpy()
+        sid: (o.sq_err / variances[point_of[sid]]).float().cpu().numpy()
         for sid, o in outputs.items()
         if o.sq_err is not None
     }
     bounds = np.cumsum([0, *lengths])
     result = []
-    for i, tok in enumerate(toks):
+    for i in range(len(lengths)):
         lo, hi = bounds[i], bounds[i + 1]
-        per_sae = []
+        per_sae = {}
         for h in saes:
             ids, vals, dense = host[h.id]
             mse = errors[h.id][lo:hi] if h.id in errors else None
-            ev = float(1.0 - mse.mean()) if mse is not None else None
-            per_sae.append(
-                SaeDecomposition(
-                    sae_id=h.id,
-                    hook_point=h.hook_point.name,
-                    top_ids=ids[lo:hi],
-                    top_values=vals[lo:hi],
-                    dense_values=dense[lo:hi],
-                    token_mse=mse,
-                    explained_variance=ev,
-                )
+            per_sae[h.id] = SaeDecomposition(
+                sae_id=h.id,
+                hook_point=h.hook_point.name,
+                top_ids=ids[lo:hi],
+                top_values=vals[lo:hi],
+                dense_values=dense[lo:hi],
+                token_mse=mse,
+                explained_variance=float(1.0 - mse.mean()) if mse is not None else None,
             )
-        result.append(TextDecomposition(tokenization=tok, saes=per_sae))
+        result.append(per_sae)
     return result
 
 

@@ -4,7 +4,7 @@ One parametrisation serves all formats (DESIGN.md, "SAE formats read"):
 
     x_n     = normalize(x)                      # none | per-token LayerNorm | dataset scale
     pre     = (x_n - b_dec * apply_b_dec_to_input) @ W_enc + b_enc     # [..., d_sae]
-    a       = act(pre)                          # topk: ReLU of the k largest; jumprelu; relu
+    a       = act(pre)                          # topk: ReLU of the k largest; jumprelu: ReLU where pre > threshold; relu
     x_hat_n = a @ W_dec + b_dec                 # [..., d_in]
     x_hat   = denormalize(x_hat_n)
 
@@ -164,7 +164,8 @@ class Sae(nn.Module):
             top = torch.topk(pre, self.cfg.k or 0, dim=-1)
             return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
         if act is Activation.JUMPRELU:
-            return pre * (pre > self.threshold)
+            # Gemma Scope and SAELens both ReLU the kept values (matters for thresholds < 0)
+            return F.relu(pre) * (pre > self.threshold)
         return F.relu(pre)
 
     def encode(self, x: Tensor) -> Tensor:

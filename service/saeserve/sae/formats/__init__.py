@@ -1,0 +1,183 @@
+"""Load any supported SAE file layout into a ``Sae``, and write the native (SAELens) one.
+
+``load_sae(path)`` looks at the files to tell the format apart (DESIGN.md, "SAE formats
+read"): a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``), an EleutherAI
+sparsify hookpoint folder (``cfg.json`` + ``sae.safetensors``), an OpenAI
+sparse_autoencoder ``.pt`` state dict, or a Gemma Scope ``params.npz`` (the file or its
+folder). A sparsify run folder holding several hookpoint folders, or an OpenAI
+``autoencoders/`` folder of ``<L>.pt`` files, is narrowed down with ``layer``. Each
+reader in this package maps its layout onto our tensors; this module checks every
+tensor's shape against the config, then builds the ``Sae`` on the requested device and
+dtype. Nothing is unpickled beyond ``torch.load(weights_only=True)``.
+
+    sae = load_sae("saes/gpt2-res-jb/blocks.6.hook_resid_post", device="cuda")
+    write_sae(sae, "out/my-sae")   # cfg.json + sae_weights.safetensors
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saeserve.errors import InvalidArgument, NotFound
+from saeserve.sae.base import Sae, SaeConfig
+from saeserve.sae.formats import gemmascope, openai, saelens, sparsify
+
+__all__ = ["SaeFormat", "detect_format", "load_sae", "write_sae"]
+
+
+class SaeFormat(StrEnum):
+    SAELENS = "saelens"
+    SPARSIFY = "sparsify"
+    OPENAI = "openai"
+    GEMMASCOPE = "gemmascope"
+
+
+class Detected(NamedTuple):
+    format: SaeFormat
+    path: Path
+    """The SAELens/sparsify folder, or the OpenAI .pt / Gemma Scope params.npz file."""
+
+
+EXPECTED = (
+    f"{saelens.CFG_FILE} + {saelens.WEIGHTS_FILE} (SAELens), "
+    f"{sparsify.CFG_FILE} + {sparsify.WEIGHTS_FILE} (sparsify hookpoint folder), "
+    f"a {'/'.join(openai.SUFFIXES)} state dict (OpenAI sparse_autoencoder), "
+    f"{gemmascope.PARAMS_FILE} (Gemma Scope)"
+)
+
+
+def load_sae(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    sae_id: str | None = None,
+    hook_point: str | None = None,
+    layer: int | None = None,
+) -> Sae:
+    """Read the SAE at ``path`` in whichever supported layout it is.
+
+    ``dtype`` defaults to the file's own; ``sae_id`` to the folder/file name (the folder's
+    for params.npz). ``hook_point`` replaces whatever the files say (OpenAI and Gemma
+    Scope files record none; it is then inferred from the published folder names, or is
+    ``resid_post.<layer>`` when ``layer`` is given, or left empty). ``layer`` also picks
+    the hookpoint folder of a sparsify run, or ``<layer>.pt`` in an OpenAI folder.
+    """
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+        raise InvalidArgument(f"layer: must be an integer >= 0, got {layer!r}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise InvalidArgument(f"dtype: must be a floating point dtype, got {dtype}")
+    found = detect_format(Path(path), layer=layer)
+    if found.format is SaeFormat.SAELENS:
+        cfg, tensors = saelens.read_saelens(found.path, layer=layer)
+    elif found.format is SaeFormat.SPARSIFY:
+        cfg, tensors = sparsify.read_sparsify(found.path)
+    elif found.format is SaeFormat.OPENAI:
+        cfg, tensors = openai.read_openai(found.path, layer=layer)
+    else:
+        cfg, tensors = gemmascope.read_gemmascope(found.path, layer=layer)
+    if hook_point:
+        cfg.hook_point = hook_point
+    cfg.id = sae_id or default_id(found)
+    return build_sae(cfg, tensors, device=device, dtype=dtype)
+
+
+def write_sae(sae: Sae, folder: str | Path) -> Path:
+    """Save ``sae`` in the native layout (SAELens: cfg.json + sae_weights.safetensors).
+
+    Reading the folder back gives an equal config (the id is the folder name) and
+    bit-identical tensors.
+    """
+    return saelens.write_saelens(sae, Path(folder))
+
+
+def detect_format(path: Path, *, layer: int | None = None) -> Detected:
+    """Which layout ``path`` holds; NotFound if it does not exist, else InvalidArgument."""
+    if not path.exists():
+        raise NotFound(f"SAE path {str(path)!r}: no such file or folder")
+    if path.is_file():
+        if path.suffix in openai.SUFFIXES:
+            return Detected(SaeFormat.OPENAI, path)
+        if path.name.endswith(".npz"):
+            return Detected(SaeFormat.GEMMASCOPE, path)
+        if path.name in (saelens.CFG_FILE, saelens.WEIGHTS_FILE, sparsify.WEIGHTS_FILE):
+            return detect_format(path.parent, layer=layer)
+        raise InvalidArgument(f"SAE path {str(path)!r}: unknown file type; expected {EXPECTED}")
+
+    if (path / saelens.CFG_FILE).is_file() and (path / saelens.WEIGHTS_FILE).is_file():
+        return Detected(SaeFormat.SAELENS, path)
+    if sparsify.is_sparsify_folder(path):
+        return Detected(SaeFormat.SPARSIFY, path)
+    if (path / gemmascope.PARAMS_FILE).is_file():
+        return Detected(SaeFormat.GEMMASCOPE, path / gemmascope.PARAMS_FILE)
+
+    hookpoints = sorted(p for p in path.iterdir() if p.is_dir() and sparsify.is_sparsify_folder(p))
+    state_dicts = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in openai.SUFFIXES)
+    if layer is not None:
+        wanted = f"resid_post.{layer}"
+        matches = [p for p in hookpoints if sparsify.portable_hook_point(p.name) == wanted]
+        matches += [p for p in state_dicts if p.stem == str(layer)]
+        if len(matches) == 1:
+            return detect_format(matches[0])
+    if hookpoints or state_dicts:
+        names = [p.name for p in hookpoints + state_dicts]
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        which = f"none matches layer={layer}" if layer is not None else "pass layer= or one of them"
+        raise InvalidArgument(f"SAE path {str(path)!r} holds {len(names)} SAEs ({shown}); {which}")
+    found = sorted(p.name for p in path.iterdir())
+    shown = ", ".join(found[:12]) + (", ..." if len(found) > 12 else "") if found else "nothing"
+    raise InvalidArgument(
+        f"SAE path {str(path)!r}: no known SAE layout; expected {EXPECTED}; found {shown}"
+    )
+
+
+def default_id(found: Detected) -> str:
+    """The folder name, the .pt file's stem, or params.npz's folder name."""
+    if found.format is SaeFormat.GEMMASCOPE and found.path.stem == "params":
+        return found.path.parent.name
+    return found.path.stem if found.path.is_file() else found.path.name
+
+
+_SHAPES = {
+    "W_enc": ("d_in", "d_sae"),
+    "b_enc": ("d_sae",),
+    "W_dec": ("d_sae", "d_in"),
+    "b_dec": ("d_in",),
+    "threshold": ("d_sae",),
+}
+
+
+def build_sae(
+    cfg: SaeConfig,
+    tensors: dict[str, tuple[str, Tensor]],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Sae:
+    """A ``Sae`` from our-orientation tensors (name -> (origin, tensor)), shapes checked.
+
+    ``threshold`` may be absent (zeros) except for JumpReLU SAEs, whose readers supply it.
+    """
+    dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
+    for name, (origin, tensor) in tensors.items():
+        expected = [dims[d] for d in _SHAPES[name]]
+        if list(tensor.shape) != expected:
+            axes = ", ".join(_SHAPES[name])
+            raise InvalidArgument(
+                f"{origin} ({name}) has shape {list(tensor.shape)}; expected [{axes}] = {expected}"
+                f" (d_in={cfg.d_in}, d_sae={cfg.d_sae})"
+            )
+        if not tensor.is_floating_point():
+            raise InvalidArgument(f"{origin} ({name}): dtype {tensor.dtype} is not floating point")
+    target = dtype or tensors["W_enc"][1].dtype
+    with torch.device("meta"):  # no throwaway [d_in, d_sae] allocations
+        sae = Sae(cfg, dtype=target)
+    for name in _SHAPES:
+        tensor = tensors[name][1] if name in tensors else torch.zeros(cfg.d_sae)
+        setattr(sae, name, nn.Parameter(tensor.to(device=device, dtype=target).contiguous()))
+    return sae
