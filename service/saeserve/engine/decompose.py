@@ -65,7 +65,11 @@ def decompose(
 
 
 def decompose_many(
-    served: ServedModel, reqs: list[DecomposeRequest], *, max_tokens: int | None = None
+    served: ServedModel,
+    reqs: list[DecomposeRequest],
+    *,
+    max_tokens: int | None = None,
+    max_dense_values: int | None = None,
 ) -> list[DecomposeResult]:
     """Several requests in one forward pass (dynamic batching); each gets exactly its own answer.
 
@@ -81,6 +85,8 @@ def decompose_many(
         for r in reqs
         for i, t in enumerate(r.texts)
     ]
+    if max_dense_values is not None:
+        _check_dense_budget(reqs, sae_sets, toks, max_dense_values)
     saes = list({h.id: h for hs in sae_sets for h in hs}.values())
     feature_ids = sorted({f for r in reqs for f in r.feature_ids})
     top_k = max(r.top_k for r in reqs)
@@ -99,6 +105,21 @@ def decompose_many(
         n = sum(len(t.tokenization.token_ids) for t in texts)
         results.append(DecomposeResult(texts, n, sae_seconds * n / total_tokens))
     return results
+
+
+def _check_dense_budget(
+    reqs: list[DecomposeRequest], sae_sets: list[list[HookedSae]], toks: list[Tokenization], limit: int
+) -> None:
+    offset = 0
+    for r, hs in zip(reqs, sae_sets, strict=True):
+        n_tokens = sum(len(t.token_ids) for t in toks[offset : offset + len(r.texts)])
+        offset += len(r.texts)
+        n = n_tokens * len(r.feature_ids) * len(hs)
+        if n > limit:
+            raise InvalidArgument(
+                f"feature_ids: tokens x feature_ids x SAEs = {n_tokens} x {len(r.feature_ids)} x {len(hs)}"
+                f" = {n} > limit {limit} dense values"
+            )
 
 
 def _cut(d: SaeDecomposition, r: DecomposeRequest, cols: list[int]) -> SaeDecomposition:

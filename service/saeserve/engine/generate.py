@@ -176,6 +176,14 @@ class BatchGenerator:
     def n_sequences(self) -> int:
         return len(self._pending) + (len(self._batch.rows) if self._batch else 0)
 
+    def has_request(self, request_id: int) -> bool:
+        """Whether any variant of the request is still queued or generating."""
+        running = self._batch.rows if self._batch else []
+        return any(
+            s.request_id == request_id and s.finished is None and request_id not in self._cancelled
+            for s in [*self._pending, *running]
+        )
+
     def has_work(self) -> bool:
         self._drop_finished()
         return bool(self._pending or self._batch)
@@ -246,11 +254,11 @@ class BatchGenerator:
         tokens, logprobs = sample_next(
             logits, [s.sampling for s in seqs], [s.generator for s in seqs]
         )
-        eos = self.served.lm.eos_token_id
+        stops = set(self.served.lm.stop_token_ids)
         events = []
         for s, tok, lp, tr in zip(seqs, tokens, logprobs, tracked, strict=True):
             s.generated.append(tok)
-            if eos is not None and tok == eos:
+            if tok in stops:
                 s.finished, text = FinishReason.EOS, s.stream.flush()
             else:
                 text, stopped = s.stream.push(tok)

@@ -1,0 +1,173 @@
+"""Where each supported model family keeps its blocks, branches, norms and embeddings.
+
+An ``ArchitectureLayout`` names, for one Hugging Face causal-LM family, the module whose
+output is exactly what a block adds to the residual stream after attention (``attn_out``)
+and after the MLP (``mlp_out``), plus the block list, final norm, embedding and unembedding.
+Hook points (``saeserve.model.hookpoints``) are built on these paths. Families:
+
+- ``gpt2``: ``transformer.h[L]``, branches ``attn`` / ``mlp``, final norm ``transformer.ln_f``.
+- ``llama`` (also ``mistral``, ``qwen2``, Gemma-1 ``gemma``): ``model.layers[L]``, branches
+  ``self_attn`` / ``mlp``, final norm ``model.norm``.
+- ``gemma2``: like llama, but each branch ends in its own RMSNorm, so the residual deltas are
+  the outputs of ``post_attention_layernorm`` / ``post_feedforward_layernorm``.
+- ``gpt_neox``: ``gpt_neox.layers[L]``, branches ``attention`` / ``mlp``, final norm
+  ``gpt_neox.final_layer_norm``; ``parallel_residual`` when both branches read the block input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from saeserve.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class _FamilyPaths:
+    """Module paths of one family; `blocks` is an nn.ModuleList, the others are per block."""
+
+    blocks: str
+    attn_out: str
+    mlp_out: str
+    final_norm: str
+
+
+_PATHS: dict[str, _FamilyPaths] = {
+    "gpt2": _FamilyPaths("transformer.h", "attn", "mlp", "transformer.ln_f"),
+    "llama": _FamilyPaths("model.layers", "self_attn", "mlp", "model.norm"),
+    "gemma2": _FamilyPaths(
+        "model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "model.norm"
+    ),
+    "gpt_neox": _FamilyPaths("gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm"),
+}
+
+# HF `config.model_type` -> layout family.
+FAMILY_OF_MODEL_TYPE: dict[str, str] = {
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "gemma": "llama",
+    "gemma2": "gemma2",
+    "gpt_neox": "gpt_neox",
+}
+
+
+@dataclass(frozen=True)
+class ArchitectureLayout:
+    """The module layout of one loaded model; methods take the model they describe."""
+
+    family: str
+    n_layers: int
+    d_model: int
+    parallel_residual: bool = False
+    model_type: str = ""
+
+    @property
+    def _paths(self) -> _FamilyPaths:
+        return _PATHS[self.family]
+
+    @property
+    def blocks_path(self) -> str:
+        """Module path of the nn.ModuleList of blocks, e.g. ``"model.layers"``."""
+        return self._paths.blocks
+
+    def block_path(self, layer: int) -> str:
+        """Module path of block `layer`, e.g. ``"model.layers.3"``."""
+        return f"{self._paths.blocks}.{layer}"
+
+    def attn_out_path(self, layer: int) -> str:
+        """Module path whose output is what block `layer` adds after attention."""
+        return f"{self.block_path(layer)}.{self._paths.attn_out}"
+
+    def mlp_out_path(self, layer: int) -> str:
+        """Module path whose output is what block `layer` adds after the MLP."""
+        return f"{self.block_path(layer)}.{self._paths.mlp_out}"
+
+    @property
+    def final_norm_path(self) -> str:
+        """Module path of the norm between the last block and the unembedding."""
+        return self._paths.final_norm
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        """The model's transformer blocks, in order."""
+        blocks = model.get_submodule(self._paths.blocks)
+        assert isinstance(blocks, nn.ModuleList)
+        return blocks
+
+    def block(self, model: nn.Module, layer: int) -> nn.Module:
+        """Block `layer` (0-based)."""
+        self.check_layer(layer)
+        return self.blocks(model)[layer]
+
+    def attn_out_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """Module whose output (or output[0]) the block adds to the residual after attention."""
+        self.check_layer(layer)
+        return model.get_submodule(self.attn_out_path(layer))
+
+    def mlp_out_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """Module whose output (or output[0]) the block adds to the residual after the MLP."""
+        self.check_layer(layer)
+        return model.get_submodule(self.mlp_out_path(layer))
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        """The norm applied to the last block's output before the unembedding."""
+        return model.get_submodule(self._paths.final_norm)
+
+    def embed(self, model: nn.Module) -> nn.Module:
+        """The token embedding (Gemma: includes the sqrt(d_model) scale in its forward)."""
+        assert isinstance(model, PreTrainedModel)
+        return model.get_input_embeddings()
+
+    def unembed_weight(self, model: nn.Module) -> Tensor:
+        """The unembedding matrix W_U, [vocab, d_model] (logits = final_norm(x) @ W_U.T).
+
+        Gemma-2 then soft-caps logits (``config.final_logit_softcapping``); not included here.
+        """
+        assert isinstance(model, PreTrainedModel)
+        head = model.get_output_embeddings()
+        assert isinstance(head, nn.Module)
+        weight = head.weight
+        assert isinstance(weight, Tensor)
+        return weight
+
+    def check_layer(self, layer: int, field: str = "layer") -> None:
+        """Raise InvalidArgument unless 0 <= layer < n_layers."""
+        if not 0 <= layer < self.n_layers:
+            raise InvalidArgument(
+                f"{field}: {layer} is out of range; the model has {self.n_layers} layers "
+                f"(0..{self.n_layers - 1})"
+            )
+
+
+def layout_for(model: PreTrainedModel) -> ArchitectureLayout:
+    """The layout of `model`, a causal LM of a supported family; InvalidArgument otherwise."""
+    config = model.config
+    model_type = str(getattr(config, "model_type", ""))
+    family = FAMILY_OF_MODEL_TYPE.get(model_type)
+    if family is None:
+        supported = ", ".join(sorted(FAMILY_OF_MODEL_TYPE))
+        raise InvalidArgument(
+            f"model.config.model_type: {model_type!r} is not supported; supported: {supported}"
+        )
+    layout = ArchitectureLayout(
+        family=family,
+        n_layers=int(config.num_hidden_layers),
+        d_model=int(config.hidden_size),
+        parallel_residual=bool(getattr(config, "use_parallel_residual", False))
+        and family == "gpt_neox",
+        model_type=model_type,
+    )
+    try:
+        n_blocks = len(layout.blocks(model))
+    except AttributeError as exc:
+        raise InvalidArgument(
+            f"model: a {model_type} model without {layout.blocks_path}; load it as a causal LM"
+        ) from exc
+    if n_blocks != layout.n_layers:
+        raise InvalidArgument(
+            f"model: {layout.blocks_path} has {n_blocks} blocks, config says {layout.n_layers}"
+        )
+    return layout
