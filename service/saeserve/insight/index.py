@@ -1,0 +1,553 @@
+"""Build a feature index: stream a corpus through model + SAE and summarise every latent.
+
+``build_index(lm, sae, texts)`` tokenizes the texts into contexts of ``context_length``
+tokens, runs the model only up to the SAE's hook point, encodes each batch sparsely
+(``encode_sparse``'s k latents for TopK SAEs; the ``dense_top_k`` largest dense latents
+per token otherwise) and folds it into a ``FeatureAccumulator`` on the model's device.
+Nothing of size [tokens x d_sae] is ever built; per-feature state is
+O(d_sae * (n_top_contexts * context_length + histogram grid)).
+
+Definitions (all over indexed tokens: padding and special tokens such as BOS excluded):
+- density: fraction of tokens where the feature is active (> 0);
+- mean activation: the mean over the tokens where it is active, not over all tokens;
+- histogram: of the active values, on log-spaced bins. Values are counted streaming on a
+  fixed fine grid (``LogBins``: 0, then ``per_decade`` bins per decade from ``low`` to
+  ``high``, then overflow); at the end each feature's occupied span of that grid is
+  merged into at most ``histogram_bins`` bins, so edges are feature-specific, log-spaced
+  and the counts exact (bins [e_i, e_i+1); the last edge is the max when it overflows);
+- top contexts: the contexts with the highest per-context max activation, kept by a
+  running merge (stable sort over the kept N plus this batch's candidates, per touched
+  feature), with the feature's value at every token of each kept context;
+- promoted / suppressed tokens: the largest / smallest entries of
+  ``(W_dec[f] * g) @ W_U^T`` where g is the final norm's per-coordinate gain and the
+  direction is first mean-centred when that norm is a LayerNorm (see ``final_norm_lens``;
+  ``logit_lens="plain"`` uses W_dec[f] @ W_U^T), divided by the SAE's input scale for
+  dataset-scaled SAEs so effects are per unit of activation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from saeserve.errors import require
+from saeserve.insight.explanations import attach_explanations
+from saeserve.insight.store import FeatureIndex, IndexMeta
+from saeserve.sae.base import InputNorm, Sae
+
+
+@dataclass(frozen=True)
+class LogBins:
+    """The fixed fine grid activations are counted on: [0, low), log bins, [high, inf)."""
+
+    low: float = 1e-3
+    high: float = 1e5
+    per_decade: int = 32
+
+    @property
+    def edges(self) -> Tensor:
+        """[m + 1] float32 inner edges low .. high."""
+        m = round(math.log10(self.high / self.low) * self.per_decade)
+        exps = torch.arange(m + 1, dtype=torch.float64) / self.per_decade
+        return (self.low * 10.0**exps).to(torch.float32)
+
+    @property
+    def n_fine(self) -> int:
+        return int(self.edges.numel()) + 1
+
+    @property
+    def lower_edges(self) -> Tensor:
+        """[n_fine + 1]: fine bin j is [lower_edges[j], lower_edges[j + 1])."""
+        inf = torch.tensor([math.inf], dtype=torch.float32)
+        return torch.cat([torch.zeros(1), self.edges, inf])
+
+
+@dataclass
+class AccumulatedStats:
+    """Host arrays a finished ``FeatureAccumulator`` hands to ``FeatureIndex``."""
+
+    n_tokens: int
+    n_contexts: int
+    counts: np.ndarray
+    max_activation: np.ndarray
+    mean_activation: np.ndarray
+    hist_edges: np.ndarray
+    hist_counts: np.ndarray
+    hist_n_bins: np.ndarray
+    top_context: np.ndarray
+    """[d_sae, N] global context ids (order of ``add`` calls), -1 for empty slots."""
+    top_max_pos: np.ndarray
+    top_max_value: np.ndarray
+    value_offsets: np.ndarray
+    value_pos: np.ndarray
+    value: np.ndarray
+
+
+class FeatureAccumulator:
+    """Streaming per-feature statistics over sparse latents, on one device."""
+
+    def __init__(
+        self,
+        d_sae: int,
+        *,
+        n_top_contexts: int,
+        context_length: int,
+        histogram_bins: int,
+        grid: LogBins | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.d_sae, self.n_top, self.length = d_sae, n_top_contexts, context_length
+        self.histogram_bins = histogram_bins
+        self.grid = grid or LogBins()
+        self.device = torch.device(device)
+        dev = self.device
+        self.inner_edges = self.grid.edges.to(dev)
+        self.counts = torch.zeros(d_sae, dtype=torch.int64, device=dev)
+        self.sums = torch.zeros(d_sae, dtype=torch.float64, device=dev)
+        self.maxes = torch.zeros(d_sae, dtype=torch.float32, device=dev)
+        self.fine_hist = torch.zeros(d_sae, self.grid.n_fine, dtype=torch.int32, device=dev)
+        n = n_top_contexts
+        self.top_val = torch.full((d_sae, n), -math.inf, device=dev)
+        self.top_ctx = torch.full((d_sae, n), -1, dtype=torch.int64, device=dev)
+        self.top_pos = torch.zeros(d_sae, n, dtype=torch.int64, device=dev)
+        self.top_rows = torch.zeros(d_sae, n, context_length, device=dev)  # per-token values
+        self.n_tokens = 0
+        self.n_contexts = 0
+
+    def add(self, values: Tensor, indices: Tensor, rows: Tensor, pos: Tensor, n_rows: int) -> None:
+        """Fold in one batch of ``n_rows`` contexts.
+
+        values, indices: [n_tok, k] latents of the batch's indexed tokens (inactive = 0);
+        rows, pos: [n_tok] each token's context (0..n_rows-1) and position in it. The
+        contexts get global ids ``n_contexts .. n_contexts + n_rows - 1``.
+        """
+        active = values > 0  # [n_tok, k]
+        f = indices[active]  # [M]
+        v = values[active].to(torch.float32)
+        tok = torch.arange(values.shape[0], device=values.device).unsqueeze(1).expand_as(indices)
+        tok = tok[active]
+        b, t = rows[tok], pos[tok]
+
+        self.counts.index_add_(0, f, torch.ones_like(f))
+        self.sums.index_add_(0, f, v.double())
+        self.maxes.scatter_reduce_(0, f, v, "amax")
+        fine = torch.bucketize(v, self.inner_edges, right=True)  # [M] fine-bin index
+        flat_hist = self.fine_hist.view(-1)
+        flat_hist.index_add_(
+            0, f * self.grid.n_fine + fine, torch.ones_like(fine, dtype=torch.int32)
+        )
+        if f.numel():
+            self._merge_top(f, v, b, t, n_rows)
+        self.n_tokens += int(values.shape[0])
+        self.n_contexts += n_rows
+
+    def _merge_top(self, f: Tensor, v: Tensor, b: Tensor, t: Tensor, n_rows: int) -> None:
+        """Merge this batch's best (feature, context) pairs into the running top-N."""
+        n, length = self.n_top, self.length
+        key = f * n_rows + b  # one key per (feature, context) pair
+        uniq, inv = torch.unique(key, return_inverse=True)
+        seg_max = torch.zeros(uniq.numel(), device=v.device)
+        seg_max.scatter_reduce_(0, inv, v, "amax", include_self=False)
+        at_max = torch.where(v == seg_max[inv], t, length)  # earliest max position wins
+        seg_pos = torch.full_like(uniq, length).scatter_reduce_(0, inv, at_max, "amin")
+        cand_f, cand_b = uniq // n_rows, uniq % n_rows
+
+        feats, finv = torch.unique(cand_f, return_inverse=True)  # touched features [F]
+        n_f = feats.numel()
+        cand_val = torch.full((n_f, n + n_rows), -math.inf, device=v.device)
+        cand_val[:, :n] = self.top_val[feats]
+        cand_val[finv, n + cand_b] = seg_max
+        cand_pos = torch.zeros(n_f, n + n_rows, dtype=torch.int64, device=v.device)
+        cand_pos[:, :n] = self.top_pos[feats]
+        cand_pos[finv, n + cand_b] = seg_pos
+        new_ids = self.n_contexts + torch.arange(n_rows, device=v.device)
+        cand_ctx = torch.cat([self.top_ctx[feats], new_ids.expand(n_f, n_rows)], dim=1)
+
+        # stable: among equal values the earlier context (already kept) stays first
+        order = torch.sort(cand_val, dim=1, descending=True, stable=True).indices[:, :n]  # [F, N]
+        top_val = cand_val.gather(1, order)
+        top_ctx = cand_ctx.gather(1, order).masked_fill(top_val == -math.inf, -1)
+        top_pos = cand_pos.gather(1, order)
+        self.top_val[feats] = top_val
+        self.top_ctx[feats] = top_ctx
+        self.top_pos[feats] = top_pos
+
+        # only features whose kept set changed need their per-token rows rewritten
+        changed = (order >= n).any(dim=1)
+        feats, order = feats[changed], order[changed]
+        if feats.numel() == 0:
+            return
+        kept = order.clamp(max=n - 1).unsqueeze(-1).expand(-1, -1, length)
+        top_rows = self.top_rows[feats].gather(1, kept)  # [F', N, T]
+        fi, ri = (order >= n).nonzero(as_tuple=True)  # slots filled from this batch
+        slot_key = feats[fi] * n_rows + (order[fi, ri] - n)
+        sorted_key, perm = torch.sort(slot_key)
+        j = torch.searchsorted(sorted_key, key).clamp(max=sorted_key.numel() - 1)
+        hit = sorted_key[j] == key  # batch entries whose (feature, context) was kept
+        fresh = torch.zeros(fi.numel(), length, device=v.device)
+        fresh[perm[j[hit]], t[hit]] = v[hit]
+        top_rows[fi, ri] = fresh
+        self.top_rows[feats] = top_rows
+
+    def finish(self) -> AccumulatedStats:
+        """Host arrays of everything accumulated (see ``FeatureIndex`` for the layout)."""
+        d, n = self.d_sae, self.n_top
+        counts = self.counts
+        mean = torch.where(counts > 0, self.sums / counts.clamp(min=1), 0).float()
+        edges, hist_counts, n_bins = self._histograms()
+        rows = self.top_rows.reshape(d * n, self.length)
+        nz = rows > 0
+        offsets = torch.cat(
+            [torch.zeros(1, dtype=torch.int64, device=nz.device), nz.sum(1).cumsum(0)]
+        )
+        slot, pos = nz.nonzero(as_tuple=True)  # row-major: slot-major order, as CSR needs
+        top_val = self.top_val.masked_fill(self.top_ctx < 0, 0)
+        return AccumulatedStats(
+            n_tokens=self.n_tokens,
+            n_contexts=self.n_contexts,
+            counts=counts.cpu().numpy(),
+            max_activation=self.maxes.cpu().numpy(),
+            mean_activation=mean.cpu().numpy(),
+            hist_edges=edges.cpu().numpy(),
+            hist_counts=hist_counts.cpu().numpy(),
+            hist_n_bins=n_bins.to(torch.int32).cpu().numpy(),
+            top_context=self.top_ctx.cpu().numpy(),
+            top_max_pos=self.top_pos.to(torch.int16).cpu().numpy(),
+            top_max_value=top_val.cpu().numpy(),
+            value_offsets=offsets.cpu().numpy(),
+            value_pos=pos.to(torch.int16).cpu().numpy(),
+            value=rows[slot, pos].cpu().numpy(),
+        )
+
+    def _histograms(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Merge each feature's occupied fine bins into <= histogram_bins log bins."""
+        hist = self.fine_hist.long()  # [d, M]
+        d, m = hist.shape
+        bins = self.histogram_bins
+        occupied = hist > 0
+        alive = occupied.any(1)
+        lo = occupied.int().argmax(1)  # first occupied fine bin
+        hi = m - 1 - occupied.flip(1).int().argmax(1)  # last occupied fine bin
+        span = hi - lo + 1
+        group = (span + bins - 1) // bins  # fine bins per output bin
+        n_bins = torch.where(alive, (span + group - 1) // group, 0)
+        steps = torch.arange(bins + 1, device=hist.device)
+        bounds = torch.minimum(lo[:, None] + steps * group[:, None], (hi + 1)[:, None])  # [d, B+1]
+        cum = torch.cat(
+            [torch.zeros(d, 1, dtype=torch.int64, device=hist.device), hist.cumsum(1)], 1
+        )
+        counts = cum.gather(1, bounds[:, 1:]) - cum.gather(1, bounds[:, :-1])  # [d, B]
+        edges = self.grid.lower_edges.to(hist.device)[bounds]  # [d, B+1]
+        edges = torch.where(torch.isinf(edges), self.maxes[:, None], edges)  # overflow: max
+        unused = (steps[None, :] > n_bins[:, None]) | ~alive[:, None]
+        edges = edges.masked_fill(unused, math.nan)
+        return edges, counts, n_bins
+
+
+# --- logit effects ---------------------------------------------------------------------
+def final_norm_lens(norm: nn.Module | None, d_model: int) -> tuple[Tensor | None, bool]:
+    """(per-coordinate gain, centres?) of the final norm, measured by probing it.
+
+    For y = g * normalize(x) + beta with normalize either LayerNorm or RMSNorm, the
+    input u = [1, -1, 1, ...] (mean 0, RMS 1) gives g = (norm(u) - norm(-u)) / (2u) up
+    to the eps factor, whatever the parametrisation (Gemma's 1 + weight included).
+    A LayerNorm ignores a constant shift of its input; that is how it is recognised.
+    Returns (None, False) when there is no norm or it cannot be probed (odd width).
+    """
+    if norm is None or d_model % 2:
+        return None, False
+    param = next(iter(norm.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    u = torch.ones(d_model, device=device)
+    u[1::2] = -1
+    with torch.no_grad():
+        probe = torch.stack([u, -u, u + 1]).to(dtype).unsqueeze(0)  # [1, 3, d]
+        out = norm(probe)[0].float()
+    gain = (out[0] - out[1]) / (2 * u)
+    centres = bool(torch.allclose(out[2], out[0], rtol=1e-3, atol=1e-4))
+    return gain, centres
+
+
+def logit_effects(
+    w_dec: Tensor,
+    w_u: Tensor,
+    n: int,
+    *,
+    gain: Tensor | None = None,
+    centre: bool = False,
+    scale: float = 1.0,
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top-n promoted and suppressed tokens of every decoder row.
+
+    w_dec [d_sae, d_in], w_u [vocab, d_in]. The effect matrix is
+    ``scale * (centre(W_dec) * gain) @ W_U^T``, computed ``chunk`` features at a time
+    (default: as many as keep one chunk's effects under 2^26 values).
+    Returns (promoted ids, promoted effects, suppressed ids, suppressed effects), each
+    [d_sae, n]; promoted largest first, suppressed most negative first.
+    """
+    n = min(n, w_u.shape[0])
+    chunk = chunk or max(1, 2**26 // w_u.shape[0])
+    w_u_t = w_u.float().t()  # [d_in, vocab]
+    outs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    for start in range(0, w_dec.shape[0], chunk):
+        rows = w_dec[start : start + chunk].float()  # [c, d_in]
+        if centre:
+            rows = rows - rows.mean(dim=-1, keepdim=True)
+        if gain is not None:
+            rows = rows * gain.to(rows)
+        effects = (rows @ w_u_t) * scale  # [c, vocab]
+        up = torch.topk(effects, n, dim=-1, largest=True, sorted=True)
+        down = torch.topk(effects, n, dim=-1, largest=False, sorted=True)
+        outs.append((up.indices, up.values, down.indices, down.values))
+    return tuple(torch.cat([o[i] for o in outs]) for i in range(4))  # type: ignore[return-value]
+
+
+# --- corpus ----------------------------------------------------------------------------
+def iter_contexts(
+    tokenizer: Any, texts: Iterable[str], context_length: int, max_tokens: int | None = None
+) -> Iterator[list[int]]:
+    """Token-id chunks of at most ``context_length``, each text split on its own.
+
+    When the tokenizer starts every text with BOS, every chunk of a long text starts
+    with BOS too. Stops once ``max_tokens`` tokens have been yielded (BOS included).
+    """
+    bos = tokenizer.bos_token_id
+    budget = math.inf if max_tokens is None else max_tokens
+    for text in texts:
+        ids = list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
+        lead = [ids[0]] if bos is not None and ids and ids[0] == bos else []
+        body = ids[len(lead) :]
+        if len(lead) >= context_length:
+            lead, body = [], ids
+        step = context_length - len(lead)
+        for start in range(0, len(body), step):
+            chunk = (lead + body[start : start + step])[: int(min(budget, context_length))]
+            if not chunk:
+                return
+            yield chunk
+            budget -= len(chunk)
+            if budget <= 0:
+                return
+
+
+def _batches(contexts: Iterator[list[int]], batch_size: int) -> Iterator[list[list[int]]]:
+    batch: list[list[int]] = []
+    for ctx in contexts:
+        batch.append(ctx)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --- the whole build -------------------------------------------------------------------
+def build_index(
+    lm: Any,
+    sae: Sae,
+    corpus_texts: Iterable[str],
+    *,
+    context_length: int = 64,
+    n_top_contexts: int = 20,
+    n_logit_tokens: int = 10,
+    histogram_bins: int = 32,
+    batch_size: int = 16,
+    dense_top_k: int = 64,
+    max_tokens: int | None = None,
+    include_special_tokens: bool = False,
+    logit_lens: str = "final_norm_gain",
+    explanations: Mapping[int, str] | None = None,
+    grid: LogBins | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> FeatureIndex:
+    """Index ``sae`` over ``corpus_texts`` with the model in ``lm`` (a ``LoadedModel``).
+
+    ``dense_top_k`` caps the latents read per token of a non-TopK SAE (activity beyond
+    it is not counted; at most d_sae); ``progress`` is called with the tokens indexed so
+    far after each batch. The SAE is moved to the model's device. An SAE whose d_in is
+    not the model's width gets no promoted/suppressed tokens (``logit_lens`` "none").
+    See the module docstring for what is measured.
+    """
+    from saeserve.model.hookpoints import forward_until, resolve_hook_point
+
+    max_positions = getattr(lm, "max_positions", None) or context_length
+    require(
+        0 < context_length <= min(max_positions, 32767),
+        f"context_length: {context_length} must be in [1, {min(max_positions, 32767)}]",
+    )
+    require(n_top_contexts > 0, f"n_top_contexts: {n_top_contexts} must be >= 1")
+    require(n_logit_tokens > 0, f"n_logit_tokens: {n_logit_tokens} must be >= 1")
+    require(histogram_bins > 0, f"histogram_bins: {histogram_bins} must be >= 1")
+    require(batch_size > 0, f"batch_size: {batch_size} must be >= 1")
+    require(dense_top_k > 0, f"dense_top_k: {dense_top_k} must be >= 1")
+    require(max_tokens is None or max_tokens > 0, f"max_tokens: {max_tokens} must be >= 1")
+    require(
+        logit_lens in ("final_norm_gain", "plain"),
+        f"logit_lens: {logit_lens!r} must be 'final_norm_gain' or 'plain'",
+    )
+
+    tokenizer = lm.tokenizer
+    device = torch.device(lm.device)
+    sae = sae.to(device)
+    hook = resolve_hook_point(sae.cfg.hook_point, lm.layout, lm.model)
+    acc = FeatureAccumulator(
+        sae.d_sae,
+        n_top_contexts=n_top_contexts,
+        context_length=context_length,
+        histogram_bins=histogram_bins,
+        grid=grid,
+        device=device,
+    )
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.int64, device=device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    k = sae.cfg.k if sae.is_topk else min(dense_top_k, sae.d_sae)
+    corpus: list[np.ndarray] = []  # [B, T] token ids of every batch, for the kept contexts
+    lengths: list[np.ndarray] = []
+
+    contexts = iter_contexts(tokenizer, corpus_texts, context_length, max_tokens)
+    with torch.inference_mode():
+        for batch in _batches(contexts, batch_size):
+            ids = torch.full((len(batch), context_length), pad_id, dtype=torch.int64)
+            mask = torch.zeros(len(batch), context_length, dtype=torch.int64)
+            for i, ctx in enumerate(batch):
+                ids[i, : len(ctx)] = torch.tensor(ctx)
+                mask[i, : len(ctx)] = 1
+            corpus.append(ids.numpy().astype(np.int32))
+            lengths.append(mask.sum(1).numpy().astype(np.int16))
+            ids, mask = ids.to(device), mask.to(device)
+            width = max(len(c) for c in batch)
+            ids, mask = ids[:, :width], mask[:, :width]
+
+            captured: list[Tensor] = []
+            forward_until(
+                lm, {hook: captured.append}, stop_after=hook, input_ids=ids, attention_mask=mask
+            )
+            acts = captured[-1]  # [B, width, d_in]
+            indexed = mask.bool()
+            if not include_special_tokens:
+                indexed &= ~torch.isin(ids, special)
+            rows, pos = indexed.nonzero(as_tuple=True)
+            values, indices = _sparse_latents(sae, acts[rows, pos], k)
+            acc.add(values, indices, rows, pos, len(batch))
+            if progress is not None:
+                progress(acc.n_tokens)
+
+    require(acc.n_contexts > 0, "corpus: no text to index")
+    stats = acc.finish()
+    w_u = lm.layout.unembed_weight(lm.model).detach()  # [vocab, d_model]
+    if sae.d_in == w_u.shape[1]:
+        norm = lm.layout.final_norm(lm.model) if logit_lens == "final_norm_gain" else None
+        gain, centre = final_norm_lens(norm, sae.d_in)
+        scale = 1.0 / sae.cfg.norm_scale if sae.cfg.input_norm is InputNorm.SCALE else 1.0
+        effects = logit_effects(
+            sae.W_dec.detach(), w_u, n_logit_tokens, gain=gain, centre=centre, scale=scale
+        )
+    else:  # not a residual-stream width (e.g. MLP neurons): no path to the unembedding
+        logit_lens = "none"
+        none = torch.zeros(sae.d_sae, 0)
+        effects = (none.long(), none, none.long(), none)
+    promoted_ids, promoted_eff, suppressed_ids, suppressed_eff = (e.cpu().numpy() for e in effects)
+
+    meta = IndexMeta(
+        sae_id=sae.cfg.id,
+        hook_point=hook.name,
+        model=str(getattr(lm, "name", "") or sae.cfg.model),
+        d_sae=sae.d_sae,
+        n_tokens=stats.n_tokens,
+        n_contexts=stats.n_contexts,
+        context_length=context_length,
+        n_top_contexts=n_top_contexts,
+        n_logit_tokens=int(promoted_ids.shape[1]),
+        histogram_bins=histogram_bins,
+        latents_per_token=int(k or 0),
+        logit_lens=logit_lens,
+    )
+    index = assemble_index(
+        meta,
+        stats,
+        np.concatenate(corpus),
+        np.concatenate(lengths),
+        promoted=(promoted_ids, promoted_eff),
+        suppressed=(suppressed_ids, suppressed_eff),
+        decode=lambda token_ids: [tokenizer.decode([t]) for t in token_ids],
+        vocab_size=int(w_u.shape[0]),
+    )
+    attach_explanations(index, explanations)
+    return index
+
+
+def _sparse_latents(sae: Sae, x: Tensor, k: int | None, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """(values, indices) [n, k] of x [n, d_in]: TopK's own, else the k largest dense latents."""
+    if sae.is_topk:
+        sparse = sae.encode_sparse(x)
+        return sparse.values, sparse.indices
+    parts = [
+        torch.topk(sae.encode(x[i : i + chunk]), k or 1, dim=-1)
+        for i in range(0, x.shape[0], chunk)
+    ]
+    if not parts:
+        empty = torch.zeros(0, k or 1, device=x.device)
+        return empty, empty.long()
+    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+
+
+def assemble_index(
+    meta: IndexMeta,
+    stats: AccumulatedStats,
+    corpus_tokens: np.ndarray,
+    corpus_lengths: np.ndarray,
+    *,
+    promoted: tuple[np.ndarray, np.ndarray],
+    suppressed: tuple[np.ndarray, np.ndarray],
+    decode: Callable[[list[int]], list[str]],
+    vocab_size: int,
+) -> FeatureIndex:
+    """A ``FeatureIndex`` from accumulated stats, keeping only the referenced contexts.
+
+    corpus_tokens [n_contexts, T] and corpus_lengths [n_contexts] are every context in
+    global id order; ``decode`` maps token ids to their texts. Explanations start empty.
+    """
+    used = np.unique(stats.top_context[stats.top_context >= 0])
+    top_context = np.full(stats.top_context.shape, -1, dtype=np.int32)
+    filled = stats.top_context >= 0
+    top_context[filled] = np.searchsorted(used, stats.top_context[filled])
+    token_dtype = np.uint16 if vocab_size <= 65536 else np.int32
+    context_tokens = corpus_tokens[used].astype(token_dtype)
+    context_lengths = corpus_lengths[used].astype(np.int16)
+    padding = np.arange(context_tokens.shape[1])[None, :] >= context_lengths[:, None]
+    context_tokens[padding] = 0
+    referenced = set(np.unique(context_tokens[~padding]).tolist())
+    referenced |= set(promoted[0].ravel().tolist()) | set(suppressed[0].ravel().tolist())
+    token_ids = sorted(int(t) for t in referenced)
+    return FeatureIndex(
+        meta=meta,
+        counts=stats.counts.astype(np.int64),
+        max_activation=stats.max_activation.astype(np.float32),
+        mean_activation=stats.mean_activation.astype(np.float32),
+        hist_edges=stats.hist_edges.astype(np.float32),
+        hist_counts=stats.hist_counts.astype(np.int64),
+        hist_n_bins=stats.hist_n_bins.astype(np.int32),
+        top_context=top_context,
+        top_max_pos=stats.top_max_pos.astype(np.int16),
+        top_max_value=stats.top_max_value.astype(np.float32),
+        value_offsets=stats.value_offsets.astype(np.int64),
+        value_pos=stats.value_pos.astype(np.int16),
+        value=stats.value.astype(np.float32),
+        context_tokens=context_tokens,
+        context_lengths=context_lengths,
+        promoted_ids=promoted[0].astype(np.int32),
+        promoted_effects=promoted[1].astype(np.float32),
+        suppressed_ids=suppressed[0].astype(np.int32),
+        suppressed_effects=suppressed[1].astype(np.float32),
+        token_strings=dict(zip(token_ids, decode(token_ids), strict=True)),
+        explanations=[""] * meta.d_sae,
+        explanation_sources=[""] * meta.d_sae,
+    )
