@@ -1,0 +1,254 @@
+"""The asyncio saeserve client, ``AsyncSaeserveClient``: the sync client's API, awaited.
+
+Built on ``grpc.aio``; create it inside the running event loop that uses it. Methods
+are coroutines with the same arguments and results as ``SaeserveClient``'s, except
+``generate``, which returns an ``AsyncGenerateStream`` to iterate with ``async for``.
+Leaving ``async with client.generate(...)`` or calling ``cancel()`` cancels the call
+on the server (a stream dropped without either is cancelled when garbage collected).
+
+    async with AsyncSaeserveClient("localhost:9000") as client:
+        async with client.generate("Once upon", max_new_tokens=16) as stream:
+            async for chunk in stream:
+                print(chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+from saeserve.v1 import saeserve_pb2 as pb
+from saeserve.v1 import saeserve_pb2_grpc as pb_grpc
+
+from saeserve_client import convert
+from saeserve_client.client import resolve_options
+from saeserve_client.convert import ChatInput
+from saeserve_client.errors import SaeserveError
+from saeserve_client.options import Attempts, ClientOptions
+from saeserve_client.results import (
+    Feature,
+    FeatureMatch,
+    GenerateChunk,
+    ModelInfo,
+    Steer,
+    TextDecomposition,
+    Tokens,
+)
+
+
+class AsyncSaeserveClient:
+    """An asyncio client for one saeserve server; see ``SaeserveClient`` for the methods."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        options: ClientOptions | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.options = resolve_options(options, target, api_key, overrides)
+        creds = self.options.credentials()
+        args = self.options.grpc_channel_args()
+        self._channel = (
+            grpc.aio.secure_channel(self.options.target, creds, options=args)
+            if creds is not None
+            else grpc.aio.insecure_channel(self.options.target, options=args)
+        )
+        self._stub = pb_grpc.SaeserveStub(self._channel)
+        self._metadata = self.options.metadata()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        reply = await self._call(
+            "ListModels", self._stub.ListModels, pb.ListModelsRequest(), timeout
+        )
+        return convert.models(reply)
+
+    async def tokenize(self, text: str, model: str = "", *, timeout: float | None = None) -> Tokens:
+        request = pb.TokenizeRequest(model=model, text=text)
+        reply = await self._call("Tokenize", self._stub.Tokenize, request, timeout)
+        return convert.tokens(reply.tokens)
+
+    async def decompose(
+        self,
+        texts: str | Sequence[str],
+        *,
+        model: str = "",
+        saes: Sequence[str] = (),
+        top_k: int = 16,
+        feature_ids: Sequence[int] = (),
+        include_reconstruction: bool = True,
+        timeout: float | None = None,
+    ) -> list[TextDecomposition]:
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        request = convert.decompose_request(
+            model, batch, saes, top_k, feature_ids, include_reconstruction
+        )
+        reply = await self._call("Decompose", self._stub.Decompose, request, timeout)
+        return convert.decompositions(reply, batch, feature_ids)
+
+    def generate(
+        self,
+        prompt: str | Sequence[ChatInput],
+        *,
+        model: str = "",
+        max_new_tokens: int = 64,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        interventions: Sequence[Steer] = (),
+        include_baseline: bool = False,
+        track: Sequence[tuple[str, int]] = (),
+        logprobs: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncGenerateStream:
+        request = convert.generate_request(
+            model=model,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            interventions=interventions,
+            include_baseline=include_baseline,
+            track=track,
+            logprobs=logprobs,
+        )
+        budget = self.options.generate_timeout if timeout is None else timeout
+        attempts = Attempts(self.options.retry, budget)
+        return AsyncGenerateStream(self._stub.Generate, request, self._metadata, attempts)
+
+    async def get_feature(
+        self, sae: str, feature: int, model: str = "", *, timeout: float | None = None
+    ) -> Feature:
+        request = pb.GetFeatureRequest(model=model, sae=sae, feature=feature)
+        return convert.feature(
+            await self._call("GetFeature", self._stub.GetFeature, request, timeout)
+        )
+
+    async def search_features(
+        self,
+        query: str,
+        sae: str = "",
+        limit: int = 10,
+        model: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> list[FeatureMatch]:
+        request = pb.SearchFeaturesRequest(model=model, sae=sae, query=query, limit=limit)
+        reply = await self._call("SearchFeatures", self._stub.SearchFeatures, request, timeout)
+        return convert.feature_matches(reply)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        health_pb2, health_pb2_grpc = convert.health_modules()
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        reply = await self._call("Health.Check", stub.Check, request, timeout)
+        return convert.serving_status(reply)
+
+    async def _call(self, name: str, method: Any, request: Message, timeout: float | None) -> Any:
+        budget = self.options.timeout if timeout is None else timeout
+        attempts = Attempts(self.options.retry, budget)
+        while True:
+            try:
+                return await method(request, timeout=attempts.start(), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                error = SaeserveError.from_rpc_error(exc, name)
+            pause = attempts.pause_after(error.code)
+            if pause is None:
+                raise error
+            await asyncio.sleep(pause)
+
+
+class AsyncGenerateStream(AsyncIterator[GenerateChunk]):
+    """The chunks of one Generate call for ``async for``; ``cancel()`` / ``aclose()`` or
+    leaving ``async with`` stops generation on the server. Retried on UNAVAILABLE only
+    before the first chunk."""
+
+    def __init__(
+        self,
+        method: Any,
+        request: pb.GenerateRequest,
+        metadata: tuple[tuple[str, str], ...],
+        attempts: Attempts,
+    ) -> None:
+        self._method = method
+        self._request = request
+        self._metadata = metadata
+        self._attempts = attempts
+        self._received = False
+        self._closed = False
+        self._call = self._start()
+
+    def _start(self) -> Any:
+        return self._method(self._request, timeout=self._attempts.start(), metadata=self._metadata)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> GenerateChunk:
+        while not self._closed:
+            try:
+                message = await self._call.read()
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+            except grpc.RpcError as exc:
+                if self._closed:
+                    break
+                error = SaeserveError.from_rpc_error(exc, "Generate")
+                pause = None if self._received else self._attempts.pause_after(error.code)
+                if pause is None:
+                    self._closed = True
+                    raise error from None
+                await asyncio.sleep(pause)
+                self._call = self._start()
+                continue
+            if message is grpc.aio.EOF:
+                self._closed = True
+                break
+            self._received = True
+            return convert.generate_chunk(message)
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        """Stop the call; iteration then ends. Safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._call.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # loop or interpreter already gone
+            self.cancel()

@@ -1,0 +1,298 @@
+"""The synchronous saeserve client, ``SaeserveClient``.
+
+Wraps a ``grpc.Channel`` and the generated ``Saeserve`` stub: each method builds its
+request with ``convert``, calls with the API key metadata and a deadline, retries on
+UNAVAILABLE as ``options.retry`` says, and returns the typed values of ``results``.
+Any failed call raises ``SaeserveError``. ``generate`` returns a ``GenerateStream``:
+iterate it for chunks as the server sends them; breaking out of the loop, ``close()``
+or leaving its ``with`` block cancels the call on the server.
+
+    with SaeserveClient("localhost:9000", api_key="...") as client:
+        [text] = client.decompose("The Golden Gate Bridge", top_k=8)
+        for chunk in client.generate("Once", interventions=[Steer.add("resid_post.6", 42, 8.0)]):
+            print(chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.protobuf.message import Message
+from saeserve.v1 import saeserve_pb2 as pb
+from saeserve.v1 import saeserve_pb2_grpc as pb_grpc
+
+from saeserve_client import convert
+from saeserve_client.convert import ChatInput
+from saeserve_client.errors import SaeserveError
+from saeserve_client.options import Attempts, ClientOptions
+from saeserve_client.results import (
+    Feature,
+    FeatureMatch,
+    GenerateChunk,
+    ModelInfo,
+    Steer,
+    TextDecomposition,
+    Tokens,
+)
+
+
+def resolve_options(
+    options: ClientOptions | None, target: str | None, api_key: str | None, overrides: Any
+) -> ClientOptions:
+    """``options`` (default: ``ClientOptions()``) with the constructor's shortcuts applied."""
+    fields: dict[str, Any] = dict(overrides)
+    if target is not None:
+        fields["target"] = target
+    if api_key is not None:
+        fields["api_key"] = api_key
+    return dataclasses.replace(options or ClientOptions(), **fields)
+
+
+class SaeserveClient:
+    """A blocking client for one saeserve server.
+
+    ``SaeserveClient(target, api_key=..., options=ClientOptions(...), **fields)``: any
+    other ``ClientOptions`` field (``timeout``, ``retry``, ``secure``,
+    ``root_certificates``, ``max_message_bytes``, ...) may be passed by keyword.
+    ``timeout=`` on a method overrides the default deadline for that call. Thread-safe;
+    use one client per process and ``close()`` it (or use ``with``).
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        options: ClientOptions | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.options = resolve_options(options, target, api_key, overrides)
+        creds = self.options.credentials()
+        args = self.options.grpc_channel_args()
+        self._channel = (
+            grpc.secure_channel(self.options.target, creds, options=args)
+            if creds is not None
+            else grpc.insecure_channel(self.options.target, options=args)
+        )
+        self._stub = pb_grpc.SaeserveStub(self._channel)
+        self._metadata = self.options.metadata()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The server's models with their SAEs; the first is the default model."""
+        reply = self._call("ListModels", self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return convert.models(reply)
+
+    def tokenize(self, text: str, model: str = "", *, timeout: float | None = None) -> Tokens:
+        """The model's tokens for ``text``: ids, strings and UTF-8 byte offsets."""
+        request = pb.TokenizeRequest(model=model, text=text)
+        return convert.tokens(self._call("Tokenize", self._stub.Tokenize, request, timeout).tokens)
+
+    def decompose(
+        self,
+        texts: str | Sequence[str],
+        *,
+        model: str = "",
+        saes: Sequence[str] = (),
+        top_k: int = 16,
+        feature_ids: Sequence[int] = (),
+        include_reconstruction: bool = True,
+        timeout: float | None = None,
+    ) -> list[TextDecomposition]:
+        """Each text's tokens and, per SAE (``saes``; empty = all), its top features.
+
+        Returns one ``TextDecomposition`` per text (a single string gives a list of one).
+        """
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        request = convert.decompose_request(
+            model, batch, saes, top_k, feature_ids, include_reconstruction
+        )
+        reply = self._call("Decompose", self._stub.Decompose, request, timeout)
+        return convert.decompositions(reply, batch, feature_ids)
+
+    def generate(
+        self,
+        prompt: str | Sequence[ChatInput],
+        *,
+        model: str = "",
+        max_new_tokens: int = 64,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        interventions: Sequence[Steer] = (),
+        include_baseline: bool = False,
+        track: Sequence[tuple[str, int]] = (),
+        logprobs: bool = False,
+        timeout: float | None = None,
+    ) -> GenerateStream:
+        """Stream a continuation of ``prompt`` (a string, or chat messages as
+        ``{"role", "content"}`` dicts or ``(role, content)`` pairs), steered by
+        ``interventions``. ``temperature=0`` is greedy; None leaves the server default.
+        ``track`` lists ``(sae, feature)`` pairs whose activations come with each chunk.
+        """
+        request = convert.generate_request(
+            model=model,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            interventions=interventions,
+            include_baseline=include_baseline,
+            track=track,
+            logprobs=logprobs,
+        )
+        budget = self.options.generate_timeout if timeout is None else timeout
+        return GenerateStream(
+            self._stub.Generate, request, self._metadata, Attempts(self.options.retry, budget)
+        )
+
+    def get_feature(
+        self, sae: str, feature: int, model: str = "", *, timeout: float | None = None
+    ) -> Feature:
+        """Statistics, top contexts, logit effects and label of one feature."""
+        request = pb.GetFeatureRequest(model=model, sae=sae, feature=feature)
+        return convert.feature(self._call("GetFeature", self._stub.GetFeature, request, timeout))
+
+    def search_features(
+        self,
+        query: str,
+        sae: str = "",
+        limit: int = 10,
+        model: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> list[FeatureMatch]:
+        """Features whose explanations or top tokens match ``query``, best first."""
+        request = pb.SearchFeaturesRequest(model=model, sae=sae, query=query, limit=limit)
+        reply = self._call("SearchFeatures", self._stub.SearchFeatures, request, timeout)
+        return convert.feature_matches(reply)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """grpc.health.v1 status: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN".
+
+        Needs the grpcio-health-checking package; without it raises ``RuntimeError``.
+        """
+        health_pb2, health_pb2_grpc = convert.health_modules()
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        return convert.serving_status(self._call("Health.Check", stub.Check, request, timeout))
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _call(
+        self,
+        name: str,
+        method: grpc.UnaryUnaryMultiCallable,
+        request: Message,
+        timeout: float | None,
+    ) -> Any:
+        attempts = Attempts(
+            self.options.retry, self.options.timeout if timeout is None else timeout
+        )
+        while True:
+            try:
+                return method(request, timeout=attempts.start(), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                error = SaeserveError.from_rpc_error(exc, name)
+            pause = attempts.pause_after(error.code)
+            if pause is None:
+                raise error
+            time.sleep(pause)
+
+
+class GenerateStream(Iterator[GenerateChunk]):
+    """The chunks of one Generate call, as the server sends them.
+
+    Iterate it (once). ``close()`` / ``cancel()``, leaving a ``with`` block, or dropping
+    the last reference (e.g. ``break`` out of ``for chunk in client.generate(...)``)
+    cancels the call, which stops generation on the server. A call that fails with
+    UNAVAILABLE before its first chunk is retried; later failures raise ``SaeserveError``.
+    """
+
+    def __init__(
+        self,
+        method: grpc.UnaryStreamMultiCallable,
+        request: pb.GenerateRequest,
+        metadata: tuple[tuple[str, str], ...],
+        attempts: Attempts,
+    ) -> None:
+        self._method = method
+        self._request = request
+        self._metadata = metadata
+        self._attempts = attempts
+        self._received = False
+        self._closed = False
+        self._call = self._start()
+
+    def _start(self) -> Any:
+        return self._method(self._request, timeout=self._attempts.start(), metadata=self._metadata)
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> GenerateChunk:
+        while not self._closed:
+            try:
+                message = next(self._call)
+            except StopIteration:
+                self._closed = True
+                raise
+            except grpc.RpcError as exc:
+                if self._closed:  # cancelled by close() from another thread
+                    break
+                error = SaeserveError.from_rpc_error(exc, "Generate")
+                pause = None if self._received else self._attempts.pause_after(error.code)
+                if pause is None:
+                    self._closed = True
+                    raise error from None
+                time.sleep(pause)
+                self._call = self._start()
+                continue
+            self._received = True
+            return convert.generate_chunk(message)
+        raise StopIteration
+
+    def cancel(self) -> None:
+        """Stop the call; the iterator then ends. Safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._call.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing to cancel
+            self.cancel()

@@ -1,0 +1,347 @@
+"""Conversions between the wire format (``saeserve.v1`` protobuf) and the client's types.
+
+One place for both directions: requests are built here from plain Python arguments and
+``Steer`` values, and responses become the dataclasses of ``results``. Packed row-major
+arrays are reshaped to ``[n_tokens, width]`` numpy arrays; enums become lower-case
+strings with their prefix removed (``SAE_ARCHITECTURE_TOPK`` -> ``"topk"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from saeserve.v1 import saeserve_pb2 as pb
+
+from saeserve_client.results import (
+    ActivatingContext,
+    Explanation,
+    Feature,
+    FeatureMatch,
+    GenerateChunk,
+    Histogram,
+    ModelInfo,
+    SaeDecomposition,
+    SaeInfo,
+    Steer,
+    TextDecomposition,
+    TokenEffect,
+    Tokens,
+    Usage,
+)
+
+
+def enum_name(wrapper: EnumTypeWrapper, value: int, prefix: str) -> str:
+    """``FINISH_REASON_LENGTH`` -> ``"length"``; a value this client does not know -> its number."""
+    try:
+        name = wrapper.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(prefix).lower()
+
+
+def f32(value: float) -> float:
+    """A float32 field as the shortest decimal that reads back as the same float32
+    (0.0125, not 0.012500000186264515), so printed values look like what was meant."""
+    return float(str(np.float32(value)))
+
+
+def _matrix(
+    values: Iterable[float], rows: int, width: int, dtype: npt.DTypeLike, what: str
+) -> npt.NDArray[Any]:
+    flat = np.asarray(values, dtype=dtype)
+    if flat.size != rows * width:
+        raise ValueError(f"server sent {flat.size} {what}, expected {rows} x {width}")
+    return flat.reshape(rows, width)
+
+
+# ---------------------------------------------------------------------------------------
+# responses
+
+
+def sae_info(msg: pb.SaeInfo) -> SaeInfo:
+    return SaeInfo(
+        id=msg.id,
+        hook_point=msg.hook_point,
+        d_in=msg.d_in,
+        d_sae=msg.d_sae,
+        architecture=enum_name(pb.SaeArchitecture, msg.architecture, "SAE_ARCHITECTURE_"),
+        k=msg.k,
+        has_feature_index=msg.has_feature_index,
+    )
+
+
+def model_info(msg: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=msg.name,
+        family=msg.family,
+        n_layers=msg.n_layers,
+        d_model=msg.d_model,
+        vocab_size=msg.vocab_size,
+        max_positions=msg.max_positions,
+        dtype=msg.dtype,
+        saes=tuple(sae_info(s) for s in msg.saes),
+        has_chat_template=msg.has_chat_template,
+    )
+
+
+def models(msg: pb.ListModelsResponse) -> list[ModelInfo]:
+    return [model_info(m) for m in msg.models]
+
+
+def _offsets(msg: pb.Tokens) -> npt.NDArray[np.int32]:
+    starts = np.asarray(msg.byte_starts, dtype=np.int32)
+    ends = np.asarray(msg.byte_ends, dtype=np.int32)
+    if starts.shape != ends.shape:
+        raise ValueError("server sent byte_starts and byte_ends of different lengths")
+    return np.stack([starts, ends], axis=1) if starts.size else np.zeros((0, 2), np.int32)
+
+
+def tokens(msg: pb.Tokens) -> Tokens:
+    return Tokens(
+        ids=np.asarray(msg.ids, dtype=np.int32), strings=list(msg.strings), offsets=_offsets(msg)
+    )
+
+
+def sae_decomposition(
+    msg: pb.SaeDecomposition, n_tokens: int, feature_ids: npt.NDArray[np.int32]
+) -> SaeDecomposition:
+    n_dense = len(feature_ids)
+    has_rec = msg.HasField("explained_variance") or len(msg.token_mse) > 0
+    return SaeDecomposition(
+        sae=msg.sae,
+        hook_point=msg.hook_point,
+        top_k=msg.top_k,
+        top_ids=_matrix(msg.top_ids, n_tokens, msg.top_k, np.int32, "top_ids"),
+        top_values=_matrix(msg.top_values, n_tokens, msg.top_k, np.float32, "top_values"),
+        feature_ids=feature_ids,
+        dense=_matrix(msg.dense_values, n_tokens, n_dense, np.float32, "dense_values"),
+        token_mse=np.asarray(msg.token_mse, dtype=np.float32) if has_rec else None,
+        explained_variance=(
+            f32(msg.explained_variance) if msg.HasField("explained_variance") else None
+        ),
+    )
+
+
+def text_decomposition(
+    msg: pb.TextDecomposition, text: str, feature_ids: Sequence[int]
+) -> TextDecomposition:
+    ids = np.asarray(feature_ids, dtype=np.int32)
+    n = len(msg.tokens.ids)
+    return TextDecomposition(
+        text=text,
+        tokens=list(msg.tokens.strings),
+        token_ids=np.asarray(msg.tokens.ids, dtype=np.int32),
+        offsets=_offsets(msg.tokens),
+        saes={s.sae: sae_decomposition(s, n, ids) for s in msg.saes},
+    )
+
+
+def decompositions(
+    msg: pb.DecomposeResponse, texts: Sequence[str], feature_ids: Sequence[int]
+) -> list[TextDecomposition]:
+    if len(msg.texts) != len(texts):
+        raise ValueError(f"server sent {len(msg.texts)} decompositions for {len(texts)} texts")
+    return [text_decomposition(m, t, feature_ids) for m, t in zip(msg.texts, texts, strict=True)]
+
+
+def generate_chunk(msg: pb.GenerateChunk) -> GenerateChunk:
+    final = msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED
+    return GenerateChunk(
+        variant=enum_name(pb.Variant, msg.variant, "VARIANT_"),
+        index=msg.index,
+        token_id=msg.token_id,
+        text=msg.text,
+        logprob=f32(msg.logprob) if msg.HasField("logprob") else None,
+        tracked=np.asarray(msg.tracked, dtype=np.float32),
+        finish_reason=enum_name(pb.FinishReason, msg.finish_reason, "FINISH_REASON_")
+        if final
+        else None,
+        usage=Usage(msg.usage.prompt_tokens, msg.usage.generated_tokens)
+        if msg.HasField("usage")
+        else None,
+    )
+
+
+def explanation(msg: pb.Explanation) -> Explanation:
+    source = enum_name(pb.ExplanationSource, msg.source, "EXPLANATION_SOURCE_")
+    return Explanation(text=msg.text, source=source)
+
+
+def _effects(msgs: Sequence[pb.TokenEffect]) -> list[TokenEffect]:
+    return [TokenEffect(m.token, m.token_id, f32(m.logit_effect)) for m in msgs]
+
+
+def feature(msg: pb.GetFeatureResponse) -> Feature:
+    hist = msg.histogram
+    return Feature(
+        sae=msg.feature.sae,
+        feature=msg.feature.feature,
+        has_statistics=msg.has_statistics,
+        density=f32(msg.density),
+        max_activation=f32(msg.max_activation),
+        mean_activation=f32(msg.mean_activation),
+        tokens_indexed=msg.tokens_indexed,
+        histogram=Histogram(
+            bin_edges=np.asarray(hist.bin_edges, dtype=np.float32),
+            counts=np.asarray(hist.counts, dtype=np.int64),
+        )
+        if msg.HasField("histogram")
+        else None,
+        top_contexts=[
+            ActivatingContext(
+                tokens=list(c.tokens),
+                values=np.asarray(c.values, dtype=np.float32),
+                max_index=c.max_index,
+                max_value=f32(c.max_value),
+            )
+            for c in msg.top_contexts
+        ],
+        top_promoted=_effects(msg.top_promoted),
+        top_suppressed=_effects(msg.top_suppressed),
+        explanation=explanation(msg.explanation) if msg.HasField("explanation") else None,
+    )
+
+
+def feature_matches(msg: pb.SearchFeaturesResponse) -> list[FeatureMatch]:
+    return [
+        FeatureMatch(
+            sae=m.feature.sae,
+            feature=m.feature.feature,
+            score=f32(m.score),
+            explanation=explanation(m.explanation) if m.HasField("explanation") else None,
+            top_tokens=tuple(m.top_tokens),
+        )
+        for m in msg.matches
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# requests
+
+
+def decompose_request(
+    model: str,
+    texts: Sequence[str],
+    saes: Sequence[str],
+    top_k: int,
+    feature_ids: Sequence[int],
+    include_reconstruction: bool,
+) -> pb.DecomposeRequest:
+    return pb.DecomposeRequest(
+        model=model,
+        texts=list(texts),
+        saes=list(saes),
+        top_k=top_k,
+        feature_ids=[int(f) for f in feature_ids],
+        include_reconstruction=include_reconstruction,
+    )
+
+
+# A chat message: {"role": ..., "content": ...} (as in chat-completion APIs) or (role, content).
+ChatInput = Mapping[str, str] | tuple[str, str]
+
+
+def chat_messages(messages: Sequence[ChatInput]) -> list[pb.ChatMessage]:
+    out = []
+    for message in messages:
+        if isinstance(message, Mapping):
+            if set(message) - {"role", "content"} or "role" not in message:
+                raise ValueError(f"a chat message has keys role and content, got {sorted(message)}")
+            out.append(pb.ChatMessage(role=message["role"], content=message.get("content", "")))
+        else:
+            role, content = message
+            out.append(pb.ChatMessage(role=role, content=content))
+    if not out:
+        raise ValueError("generate needs a non-empty prompt or at least one chat message")
+    return out
+
+
+_POSITIONS = {
+    "all": pb.POSITIONS_ALL,
+    "prompt": pb.POSITIONS_PROMPT,
+    "generated": pb.POSITIONS_GENERATED,
+}
+
+
+def intervention(steer: Steer) -> pb.Intervention:
+    mode = pb.InterventionMode.Value(f"INTERVENTION_MODE_{steer.mode.upper()}")
+    msg = pb.Intervention(
+        mode=mode,
+        sae=steer.sae,
+        feature=steer.feature,
+        value=steer.value,
+        hook_point=steer.hook_point,
+        vector=list(steer.direction),
+        normalize=steer.normalize,
+    )
+    if isinstance(steer.positions, str):
+        msg.positions = _POSITIONS[steer.positions]
+    else:
+        msg.positions = pb.POSITIONS_INDICES
+        msg.indices.extend(steer.positions)
+    return msg
+
+
+def generate_request(
+    *,
+    model: str,
+    prompt: str | Sequence[ChatInput],
+    max_new_tokens: int,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int,
+    seed: int | None,
+    stop: Sequence[str],
+    interventions: Sequence[Steer],
+    include_baseline: bool,
+    track: Sequence[tuple[str, int]],
+    logprobs: bool,
+) -> pb.GenerateRequest:
+    sampling = pb.SamplingParams(max_new_tokens=max_new_tokens, top_k=top_k, stop=list(stop))
+    if temperature is not None:
+        sampling.temperature = temperature
+    if top_p is not None:
+        sampling.top_p = top_p
+    if seed is not None:
+        sampling.seed = seed
+    text, messages = (prompt, []) if isinstance(prompt, str) else ("", chat_messages(prompt))
+    return pb.GenerateRequest(
+        model=model,
+        prompt=text,
+        messages=messages,
+        sampling=sampling,
+        interventions=[intervention(s) for s in interventions],
+        include_baseline=include_baseline,
+        track=[pb.FeatureRef(sae=s, feature=int(f)) for s, f in track],
+        logprobs=logprobs,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# grpc.health.v1 (optional dependency)
+
+
+def health_modules() -> tuple[Any, Any]:
+    """The grpc.health.v1 message and stub modules from grpcio-health-checking.
+
+    Imported on first use only, so the client works without that package; ``health()``
+    alone needs it.
+    """
+    try:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    except ImportError as exc:
+        raise RuntimeError(
+            "health() needs the grpcio-health-checking package (pip install "
+            "grpcio-health-checking); every other client method works without it"
+        ) from exc
+    return health_pb2, health_pb2_grpc
+
+
+def serving_status(reply: Any) -> str:
+    """A HealthCheckResponse's status name, e.g. "SERVING"."""
+    health_pb2, _ = health_modules()
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

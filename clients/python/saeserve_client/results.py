@@ -1,0 +1,351 @@
+"""Typed values the client returns (and the ``Steer`` intervention it accepts).
+
+Plain dataclasses with numpy arrays where the server sends per-token matrices: a
+``SaeDecomposition``'s ``top_ids`` / ``top_values`` are ``[n_tokens, top_k]`` and its
+``dense`` is ``[n_tokens, len(feature_ids)]``, reshaped from the packed row-major
+arrays of the wire format. Enums become lower-case strings (``"topk"``, ``"steered"``,
+``"length"``); float32 scalars are the shortest decimal that reads back as the same
+float32. Nothing here knows about gRPC; ``convert`` builds these from protobuf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+# ---------------------------------------------------------------------------------------
+# ListModels / Tokenize
+
+
+@dataclass(frozen=True)
+class SaeInfo:
+    """An SAE hooked into a model. ``architecture`` is "topk", "jumprelu" or "relu"."""
+
+    id: str
+    hook_point: str
+    d_in: int
+    d_sae: int
+    architecture: str
+    k: int  # active features per token for topk SAEs, else 0
+    has_feature_index: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A served model and its SAEs; the first model a server lists is its default."""
+
+    name: str
+    family: str
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    max_positions: int
+    dtype: str
+    saes: tuple[SaeInfo, ...]
+    has_chat_template: bool
+
+    def sae(self, sae_id: str) -> SaeInfo:
+        for info in self.saes:
+            if info.id == sae_id:
+                return info
+        raise KeyError(f"model {self.name!r} has no SAE {sae_id!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Tokens:
+    """A tokenized text: ``ids`` [n] int32, ``strings`` [n], ``offsets`` [n, 2] int32 byte
+    ranges ``[start, end)`` into the UTF-8 text (start == end for BOS)."""
+
+    ids: npt.NDArray[np.int32]
+    strings: list[str]
+    offsets: npt.NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return len(self.strings)
+
+
+# ---------------------------------------------------------------------------------------
+# Decompose
+
+
+@dataclass(frozen=True, eq=False)
+class SaeDecomposition:
+    """One SAE's view of one text (n = the text's token count).
+
+    ``top_ids`` / ``top_values``: [n, top_k] strongest features per token, strongest
+    first (zeros beyond a topk SAE's k). ``dense``: [n, len(feature_ids)] activations of
+    the requested ``feature_ids``. ``token_mse``: [n] normalized reconstruction error and
+    ``explained_variance`` for the text, both None when reconstruction was not asked.
+    """
+
+    sae: str
+    hook_point: str
+    top_k: int
+    top_ids: npt.NDArray[np.int32]
+    top_values: npt.NDArray[np.float32]
+    feature_ids: npt.NDArray[np.int32]
+    dense: npt.NDArray[np.float32]
+    token_mse: npt.NDArray[np.float32] | None
+    explained_variance: float | None
+
+    def top_features(self, token: int) -> list[tuple[int, float]]:
+        """Token ``token``'s non-zero ``(feature, value)`` pairs, strongest first."""
+        pairs = zip(self.top_ids[token], self.top_values[token], strict=True)
+        # str() of a float32 is its shortest form: 8.1, not 8.100000381469727
+        return [(int(f), float(str(v))) for f, v in pairs if v != 0.0]
+
+    def feature_values(self, feature: int) -> npt.NDArray[np.float32]:
+        """[n] activations of a feature asked for in ``feature_ids``."""
+        where = np.flatnonzero(self.feature_ids == feature)
+        if where.size == 0:
+            raise KeyError(f"feature {feature} was not in the request's feature_ids")
+        return self.dense[:, int(where[0])]
+
+
+@dataclass(frozen=True, eq=False)
+class TextDecomposition:
+    """One text's decomposition: its tokens and, per SAE id (request order), the features."""
+
+    text: str
+    tokens: list[str]
+    token_ids: npt.NDArray[np.int32]
+    offsets: npt.NDArray[np.int32]  # [n, 2] UTF-8 byte ranges
+    saes: dict[str, SaeDecomposition]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, sae_id: str) -> SaeDecomposition:
+        return self.saes[sae_id]
+
+
+# ---------------------------------------------------------------------------------------
+# Generate
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    generated_tokens: int
+
+
+@dataclass(frozen=True, eq=False)
+class GenerateChunk:
+    """One streamed token of one variant ("steered" or "baseline").
+
+    ``finish_reason`` ("length", "stop", "eos", "cancelled") and ``usage`` are set on a
+    variant's last chunk only; a "cancelled" final chunk carries no token (id -1).
+    ``tracked`` holds the tracked features' activations in request order.
+    """
+
+    variant: str
+    index: int
+    token_id: int
+    text: str
+    logprob: float | None
+    tracked: npt.NDArray[np.float32]
+    finish_reason: str | None
+    usage: Usage | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True, eq=False)
+class Generation:
+    """A variant's whole continuation, gathered from its chunks by ``collect``."""
+
+    variant: str
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    tracked: npt.NDArray[np.float32]  # [n_chunks, len(track)]
+    finish_reason: str | None
+    usage: Usage | None
+
+
+def collect(chunks: Iterable[GenerateChunk]) -> dict[str, Generation]:
+    """Gather a (finished) Generate stream into one ``Generation`` per variant."""
+    grouped: dict[str, list[GenerateChunk]] = {}
+    for chunk in chunks:
+        grouped.setdefault(chunk.variant, []).append(chunk)
+    out: dict[str, Generation] = {}
+    for variant, items in grouped.items():
+        final = items[-1] if items[-1].is_final else None
+        with_token = [c for c in items if c.token_id >= 0]
+        width = len(items[0].tracked)
+        tracked = (
+            np.stack([c.tracked for c in items]) if width else np.zeros((len(items), 0), np.float32)
+        )
+        out[variant] = Generation(
+            variant=variant,
+            text="".join(c.text for c in items),
+            token_ids=[c.token_id for c in with_token],
+            logprobs=[c.logprob for c in with_token if c.logprob is not None],
+            tracked=tracked.astype(np.float32),
+            finish_reason=final.finish_reason if final else None,
+            usage=final.usage if final else None,
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# GetFeature / SearchFeatures
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A feature's label; ``source`` is "imported", "generated" or "unspecified"."""
+
+    text: str
+    source: str
+
+
+@dataclass(frozen=True, eq=False)
+class Histogram:
+    bin_edges: npt.NDArray[np.float32]  # [n_bins + 1]
+    counts: npt.NDArray[np.int64]  # [n_bins]
+
+
+@dataclass(frozen=True, eq=False)
+class ActivatingContext:
+    """A window of tokens around one of the feature's strongest activations."""
+
+    tokens: list[str]
+    values: npt.NDArray[np.float32]  # [len(tokens)]
+    max_index: int
+    max_value: float
+
+
+@dataclass(frozen=True)
+class TokenEffect:
+    token: str
+    token_id: int
+    logit_effect: float
+
+
+@dataclass(frozen=True, eq=False)
+class Feature:
+    """Everything the server knows about one feature (GetFeature).
+
+    Without a feature index (``has_statistics`` false) only ``top_promoted`` and
+    ``top_suppressed`` are filled; ``histogram`` and ``explanation`` may be None.
+    """
+
+    sae: str
+    feature: int
+    has_statistics: bool
+    density: float
+    max_activation: float
+    mean_activation: float
+    tokens_indexed: int
+    histogram: Histogram | None
+    top_contexts: list[ActivatingContext]
+    top_promoted: list[TokenEffect]
+    top_suppressed: list[TokenEffect]
+    explanation: Explanation | None
+
+
+@dataclass(frozen=True)
+class FeatureMatch:
+    """A SearchFeatures hit; ``score`` is comparable within one response only."""
+
+    sae: str
+    feature: int
+    score: float
+    explanation: Explanation | None
+    top_tokens: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------
+# Steering (a request value, kept beside the results so one import has every type)
+
+MODES = ("add", "clamp", "scale", "ablate", "vector")
+POSITION_NAMES = ("all", "prompt", "generated")
+
+
+@dataclass(frozen=True)
+class Steer:
+    """One intervention of a Generate call; build it with the class methods.
+
+    ``positions`` is "all", "prompt", "generated", or a sequence of prompt token indices.
+    Semantics (see DESIGN.md, "Steering semantics"): ``add`` h += value * d_f; ``clamp``
+    pins the feature at value; ``scale`` multiplies it by value; ``ablate`` removes it;
+    ``vector`` adds value * a raw direction at a hook point.
+    """
+
+    mode: str
+    sae: str = ""
+    feature: int = 0
+    value: float = 0.0
+    hook_point: str = ""
+    direction: tuple[float, ...] = ()  # vector mode: the raw direction, d_model floats
+    normalize: bool = False
+    positions: str | tuple[int, ...] = "all"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"steer mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if isinstance(self.positions, str):
+            if self.positions not in POSITION_NAMES:
+                raise ValueError(
+                    f"positions must be one of {', '.join(POSITION_NAMES)} or token indices"
+                )
+        else:
+            object.__setattr__(self, "positions", tuple(int(i) for i in self.positions))
+
+    @classmethod
+    def add(
+        cls,
+        sae: str,
+        feature: int,
+        value: float,
+        *,
+        normalize: bool = False,
+        positions: str | Sequence[int] = "all",
+    ) -> Steer:
+        return cls("add", sae, feature, value, normalize=normalize, positions=_pos(positions))
+
+    @classmethod
+    def clamp(
+        cls, sae: str, feature: int, value: float, *, positions: str | Sequence[int] = "all"
+    ) -> Steer:
+        return cls("clamp", sae, feature, value, positions=_pos(positions))
+
+    @classmethod
+    def scale(
+        cls, sae: str, feature: int, factor: float, *, positions: str | Sequence[int] = "all"
+    ) -> Steer:
+        return cls("scale", sae, feature, factor, positions=_pos(positions))
+
+    @classmethod
+    def ablate(cls, sae: str, feature: int, *, positions: str | Sequence[int] = "all") -> Steer:
+        return cls("ablate", sae, feature, 0.0, positions=_pos(positions))
+
+    @classmethod
+    def vector(
+        cls,
+        hook_point: str,
+        values: Sequence[float] | npt.ArrayLike,
+        value: float = 1.0,
+        *,
+        normalize: bool = False,
+        positions: str | Sequence[int] = "all",
+    ) -> Steer:
+        direction = tuple(float(x) for x in np.asarray(values, dtype=np.float64).ravel())
+        return cls(
+            "vector",
+            value=value,
+            hook_point=hook_point,
+            direction=direction,
+            normalize=normalize,
+            positions=_pos(positions),
+        )
+
+
+def _pos(positions: str | Sequence[int]) -> str | tuple[int, ...]:
+    return positions if isinstance(positions, str) else tuple(int(i) for i in positions)
