@@ -108,7 +108,10 @@ def decompose_many(
 
 
 def _check_dense_budget(
-    reqs: list[DecomposeRequest], sae_sets: list[list[HookedSae]], toks: list[Tokenization], limit: int
+    reqs: list[DecomposeRequest],
+    sae_sets: list[list[HookedSae]],
+    toks: list[Tokenization],
+    limit: int,
 ) -> None:
     offset = 0
     for r, hs in zip(reqs, sae_sets, strict=True):

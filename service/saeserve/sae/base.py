@@ -71,10 +71,11 @@ class SaeConfig:
         self.activation = Activation(self.activation)
         self.input_norm = InputNorm(self.input_norm)
         if self.d_in <= 0 or self.d_sae <= 0:
-            raise InvalidArgument(f"SAE d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
-        if self.activation is Activation.TOPK:
-            if self.k is None or not 0 < self.k <= self.d_sae:
-                raise InvalidArgument(f"TopK SAE k must be in [1, d_sae={self.d_sae}], got {self.k}")
+            raise InvalidArgument(
+                f"SAE d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}"
+            )
+        if self.activation is Activation.TOPK and (self.k is None or not 0 < self.k <= self.d_sae):
+            raise InvalidArgument(f"TopK SAE k must be in [1, d_sae={self.d_sae}], got {self.k}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -152,7 +153,9 @@ class Sae(nn.Module):
     def encode_sparse(self, x: Tensor) -> SparseLatents:
         """TopK latents of model-space x: ReLU of the k largest pre-activations."""
         if not self.is_topk:
-            raise InvalidArgument(f"encode_sparse needs a TopK SAE, {self.cfg.id!r} is {self.cfg.activation}")
+            raise InvalidArgument(
+                f"encode_sparse needs a TopK SAE, {self.cfg.id!r} is {self.cfg.activation}"
+            )
         x_n, _ = self.normalize(x)
         top = torch.topk(self.pre_activations(x_n), self.cfg.k or 0, dim=-1)
         return SparseLatents(F.relu(top.values), top.indices)
@@ -198,7 +201,9 @@ class Sae(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Model-space reconstruction of x."""
         x_n, ctx = self.normalize(x)
-        return self.denormalize(self.decode_normalized(self.activate(self.pre_activations(x_n))), ctx)
+        return self.denormalize(
+            self.decode_normalized(self.activate(self.pre_activations(x_n))), ctx
+        )
 
     def error(self, x: Tensor) -> Tensor:
         """The reconstruction error x - x_hat that interventions always keep."""

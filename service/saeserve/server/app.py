@@ -1,0 +1,93 @@
+"""The Ray Serve application ``saeserve``: an ingress deployment and one deployment per model.
+
+``build_app(settings)`` binds the graph; ``app_builder(args)`` is the import path a Serve
+config file names (``saeserve.server.app:app_builder``, args ``{config: FILE, set: [...]}``);
+``start(settings)`` starts Ray and Serve with the gRPC proxy and runs the app, as
+``saeserve serve`` does. The gRPC proxy registers the servicer functions below, so their
+modules must import on every node (they are in this package and grpcio-health-checking).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import gRPCOptions
+
+from saeserve.server.ingress import SaeserveIngress
+from saeserve.server.replica import ModelReplica
+from saeserve.server.settings import ServerSettings, overrides_from_assignments
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "saeserve"
+GRPC_SERVICER_FUNCTIONS = [
+    "saeserve.v1.saeserve_pb2_grpc.add_SaeserveServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+]
+
+
+def deployment_name(model: str) -> str:
+    return f"Model_{model}"
+
+
+def build_app(settings: ServerSettings) -> Application:
+    limits = settings.limits.model_dump(mode="json")
+    models = {}
+    for spec in settings.models:
+        replica = serve.deployment(ModelReplica).options(  # type: ignore[attr-defined]
+            name=deployment_name(spec.name),
+            num_replicas=settings.replicas,
+            ray_actor_options={"num_gpus": settings.num_gpus, "num_cpus": settings.num_cpus},
+            # Generate streams and batched Decompose calls wait inside the replica.
+            max_ongoing_requests=settings.limits.max_queue_length
+            + settings.limits.max_concurrent_streams,
+            max_queued_requests=settings.limits.max_queue_length,
+        )
+        models[spec.name] = replica.bind(spec.model_dump(mode="json"), limits)
+    ingress = serve.deployment(SaeserveIngress).options(  # type: ignore[attr-defined]
+        name="SaeserveIngress",
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=4 * settings.limits.max_queue_length,
+    )
+    return ingress.bind(_settings_for_replicas(settings), models)
+
+
+def _settings_for_replicas(settings: ServerSettings) -> dict[str, Any]:
+    """Settings as plain data, API keys included (they travel pickled, never logged)."""
+    data = settings.model_dump(mode="json")
+    data["api_keys"] = settings.api_key_values()
+    data["api_keys_file"] = None
+    return data
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Entry point for Serve config files: ``import_path: saeserve.server.app:app_builder``."""
+    overrides = overrides_from_assignments(args.get("set", []))
+    return build_app(ServerSettings.load(args.get("config"), **overrides))
+
+
+def grpc_options(settings: ServerSettings) -> gRPCOptions:
+    return gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS)
+
+
+def start(settings: ServerSettings, *, ray_address: str | None = None) -> None:
+    """Start (or join) Ray, start Serve with the gRPC proxy and run the app; returns once it is up."""
+    import ray
+
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address, logging_level=logging.WARNING)
+        else:  # a local cluster: our metrics (and Serve's) on settings.metrics_port
+            ray.init(
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                _metrics_export_port=settings.metrics_port,
+            )
+    serve.start(
+        grpc_options=grpc_options(settings),
+        http_options={"host": settings.host, "port": settings.http_port},
+    )
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/")

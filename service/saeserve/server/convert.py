@@ -1,0 +1,226 @@
+"""The one place protobuf messages become engine types and back.
+
+Request conversion also applies the documented defaults (0 = default) and the per-request
+limits that need no model (counts, sizes, ranges); checks that need the tokenizer or the
+SAEs run in the engine. Every error names the proto field and the limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from saeserve.engine.types import (
+    DecomposeRequest,
+    DecomposeResult,
+    FinishReason,
+    Intervention,
+    InterventionMode,
+    PositionKind,
+    SamplingParams,
+    TokenEvent,
+    Tokenization,
+    TrackedFeature,
+    Variant,
+)
+from saeserve.errors import InvalidArgument
+from saeserve.server.settings import Limits
+from saeserve.v1 import saeserve_pb2 as pb
+
+DEFAULT_TOP_K = 16
+DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_SEARCH_LIMIT = 10
+
+_MODES = {
+    pb.INTERVENTION_MODE_ADD: InterventionMode.ADD,
+    pb.INTERVENTION_MODE_CLAMP: InterventionMode.CLAMP,
+    pb.INTERVENTION_MODE_SCALE: InterventionMode.SCALE,
+    pb.INTERVENTION_MODE_ABLATE: InterventionMode.ABLATE,
+    pb.INTERVENTION_MODE_VECTOR: InterventionMode.VECTOR,
+}
+_POSITIONS = {
+    pb.POSITIONS_UNSPECIFIED: PositionKind.ALL,
+    pb.POSITIONS_ALL: PositionKind.ALL,
+    pb.POSITIONS_PROMPT: PositionKind.PROMPT,
+    pb.POSITIONS_GENERATED: PositionKind.GENERATED,
+    pb.POSITIONS_INDICES: PositionKind.INDICES,
+}
+_VARIANTS = {Variant.STEERED: pb.VARIANT_STEERED, Variant.BASELINE: pb.VARIANT_BASELINE}
+_FINISH = {
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+def _at_most(value: int | float, limit: int | float, where: str) -> None:
+    if value > limit:
+        raise InvalidArgument(f"{where}: {value} > limit {limit}")
+
+
+# --- Tokenize / Decompose -----------------------------------------------------------------
+def tokens_to_proto(t: Tokenization) -> pb.Tokens:
+    return pb.Tokens(
+        ids=t.token_ids,
+        strings=t.tokens,
+        byte_starts=[s for s, _ in t.offsets],
+        byte_ends=[e for _, e in t.offsets],
+    )
+
+
+def decompose_from_proto(msg: pb.DecomposeRequest, limits: Limits) -> DecomposeRequest:
+    if not msg.texts:
+        raise InvalidArgument("decompose.texts: at least one text is required")
+    _at_most(len(msg.texts), limits.max_texts_per_request, "decompose.texts (count)")
+    top_k = msg.top_k or DEFAULT_TOP_K
+    if top_k < 1:
+        raise InvalidArgument(f"decompose.top_k: {top_k} must be >= 1 (0 = {DEFAULT_TOP_K})")
+    _at_most(top_k, limits.max_top_k, "decompose.top_k")
+    _at_most(len(msg.feature_ids), limits.max_feature_ids, "decompose.feature_ids (count)")
+    return DecomposeRequest(
+        texts=list(msg.texts),
+        sae_ids=list(msg.saes),
+        top_k=top_k,
+        feature_ids=list(msg.feature_ids),
+        include_reconstruction=msg.include_reconstruction
+        if msg.HasField("include_reconstruction")
+        else True,
+    )
+
+
+def decompose_to_proto(result: DecomposeResult) -> pb.DecomposeResponse:
+    out = pb.DecomposeResponse()
+    for text in result.texts:
+        t = out.texts.add(tokens=tokens_to_proto(text.tokenization))
+        for s in text.saes:
+            d = t.saes.add(
+                sae=s.sae_id,
+                hook_point=s.hook_point,
+                top_k=int(s.top_ids.shape[1]),
+                top_ids=s.top_ids.reshape(-1).tolist(),
+                top_values=s.top_values.reshape(-1).tolist(),
+                dense_values=s.dense_values.reshape(-1).tolist(),
+            )
+            if s.token_mse is not None:
+                d.token_mse.extend(np.asarray(s.token_mse).tolist())
+            if s.explained_variance is not None:
+                d.explained_variance = s.explained_variance
+    return out
+
+
+# --- Generate ---------------------------------------------------------------------------------
+@dataclass
+class GenerateSpec:
+    """A Generate request before tokenization (the replica owns the tokenizer)."""
+
+    prompt: str
+    messages: list[tuple[str, str]]
+    sampling: SamplingParams
+    interventions: list[Intervention] = field(default_factory=list)
+    include_baseline: bool = False
+    track: list[TrackedFeature] = field(default_factory=list)
+    logprobs: bool = False
+
+
+def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec:
+    if bool(msg.prompt) == bool(msg.messages):
+        raise InvalidArgument("generate: exactly one of prompt and messages must be non-empty")
+    _at_most(len(msg.interventions), limits.max_interventions, "generate.interventions (count)")
+    _at_most(len(msg.track), limits.max_tracked_features, "generate.track (count)")
+    return GenerateSpec(
+        prompt=msg.prompt,
+        messages=[(m.role, m.content) for m in msg.messages],
+        sampling=_sampling(msg.sampling, limits),
+        interventions=[_intervention(iv, i, limits) for i, iv in enumerate(msg.interventions)],
+        include_baseline=msg.include_baseline,
+        track=[TrackedFeature(t.sae, t.feature) for t in msg.track],
+        logprobs=msg.logprobs,
+    )
+
+
+def _sampling(msg: pb.SamplingParams, limits: Limits) -> SamplingParams:
+    where = "generate.sampling"
+    max_new = msg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    if max_new < 1:
+        raise InvalidArgument(f"{where}.max_new_tokens: {max_new} must be >= 1")
+    _at_most(max_new, limits.max_new_tokens, f"{where}.max_new_tokens")
+    _at_most(len(msg.stop), limits.max_stop_strings, f"{where}.stop (count)")
+    for i, s in enumerate(msg.stop):
+        if not s:
+            raise InvalidArgument(f"{where}.stop[{i}]: must not be empty")
+        _at_most(len(s.encode()), limits.max_stop_string_bytes, f"{where}.stop[{i}] (bytes)")
+    temperature = msg.temperature if msg.HasField("temperature") else 1.0
+    top_p = msg.top_p if msg.HasField("top_p") else 1.0
+    if not (math.isfinite(temperature) and 0 <= temperature <= 100):
+        raise InvalidArgument(f"{where}.temperature: {temperature} must be in [0, 100]")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise InvalidArgument(f"{where}.top_p: {top_p} must be in (0, 1]")
+    if msg.top_k < 0:
+        raise InvalidArgument(f"{where}.top_k: {msg.top_k} must be >= 0 (0 = no cut)")
+    seed = msg.seed if msg.HasField("seed") else None
+    if seed is not None and seed >= 2**63:
+        raise InvalidArgument(f"{where}.seed: {seed} must be < 2^63")
+    return SamplingParams(
+        max_new_tokens=max_new,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=msg.top_k,
+        seed=seed,
+        stop=list(msg.stop),
+    )
+
+
+def _intervention(msg: pb.Intervention, i: int, limits: Limits) -> Intervention:
+    where = f"generate.interventions[{i}]"
+    if msg.mode not in _MODES:
+        raise InvalidArgument(f"{where}.mode: required (ADD, CLAMP, SCALE, ABLATE or VECTOR)")
+    if msg.positions not in _POSITIONS:
+        raise InvalidArgument(f"{where}.positions: unknown value {msg.positions}")
+    if not math.isfinite(msg.value):
+        raise InvalidArgument(f"{where}.value: must be finite, got {msg.value}")
+    _at_most(abs(msg.value), limits.max_abs_intervention_value, f"{where}.value (absolute)")
+    mode = _MODES[msg.mode]
+    return Intervention(
+        mode=mode,
+        value=msg.value,
+        sae_id=msg.sae if mode is not InterventionMode.VECTOR else "",
+        feature=msg.feature,
+        hook_point=msg.hook_point,
+        vector=list(msg.vector) if mode is InterventionMode.VECTOR else None,
+        normalize=msg.normalize,
+        positions=_POSITIONS[msg.positions],
+        indices=list(msg.indices),
+    )
+
+
+def chunk_to_proto(event: TokenEvent, index: int, prompt_tokens: int) -> pb.GenerateChunk:
+    chunk = pb.GenerateChunk(
+        variant=_VARIANTS[event.variant],
+        index=index,
+        token_id=event.token_id,
+        text=event.text,
+        tracked=event.tracked,
+    )
+    if event.logprob is not None:
+        chunk.logprob = event.logprob
+    if event.finish_reason is not None:
+        chunk.finish_reason = _FINISH[event.finish_reason]
+        chunk.usage.CopyFrom(pb.Usage(prompt_tokens=prompt_tokens, generated_tokens=index + 1))
+    return chunk
+
+
+# --- features -----------------------------------------------------------------------------------
+def search_limit(msg: pb.SearchFeaturesRequest, limits: Limits) -> int:
+    if not msg.query.strip():
+        raise InvalidArgument("search_features.query: required")
+    _at_most(len(msg.query.encode()), limits.max_query_bytes, "search_features.query (bytes)")
+    limit = msg.limit or DEFAULT_SEARCH_LIMIT
+    if limit < 1:
+        raise InvalidArgument(
+            f"search_features.limit: {limit} must be >= 1 (0 = {DEFAULT_SEARCH_LIMIT})"
+        )
+    _at_most(limit, limits.max_search_results, "search_features.limit")
+    return limit

@@ -1,0 +1,140 @@
+"""GetFeature and SearchFeatures answers from the replica's feature indexes.
+
+An SAE with an index (``saeserve index``) answers with its statistics, top contexts and
+explanation. One without still answers GetFeature with what the weights alone tell: the
+promoted and suppressed tokens (W_dec[f] through the final norm's gain and the
+unembedding), with ``has_statistics`` false.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from saeserve.engine.served_model import ServedModel
+from saeserve.errors import InvalidArgument, NotFound
+from saeserve.insight.search import search
+from saeserve.insight.store import FeatureIndex, FeatureInfo
+from saeserve.v1 import saeserve_pb2 as pb
+
+log = logging.getLogger(__name__)
+N_LOGIT_TOKENS = 10
+_SOURCES = {
+    "imported": pb.EXPLANATION_SOURCE_IMPORTED,
+    "generated": pb.EXPLANATION_SOURCE_GENERATED,
+}
+
+
+class FeatureView:
+    def __init__(self, served: ServedModel, indexes: Mapping[str, FeatureIndex]) -> None:
+        self.served = served
+        self.indexes = dict(indexes)
+
+    @classmethod
+    def load(cls, served: ServedModel, folders: Mapping[str, Path]) -> FeatureView:
+        indexes = {}
+        for sae_id, folder in folders.items():
+            if folder.is_dir():
+                indexes[sae_id] = FeatureIndex.load(folder)
+                log.info("feature index for %s: %s", sae_id, folder)
+        return cls(served, indexes)
+
+    def has_index(self, sae_id: str) -> bool:
+        return sae_id in self.indexes
+
+    def get(self, sae_id: str, feature: int) -> pb.GetFeatureResponse:
+        hooked = self.served.sae(sae_id, field_name="get_feature.sae")
+        d_sae = hooked.sae.d_sae
+        if not 0 <= feature < d_sae:
+            raise NotFound(
+                f"get_feature.feature: {feature} is not in [0, {d_sae}) of SAE {sae_id!r}"
+            )
+        out = pb.GetFeatureResponse(feature=pb.FeatureRef(sae=sae_id, feature=feature))
+        index = self.indexes.get(sae_id)
+        if index is None:
+            promoted, suppressed = self._logit_effects(sae_id, feature)
+            out.top_promoted.extend(promoted)
+            out.top_suppressed.extend(suppressed)
+            return out
+        _fill(out, index.feature(feature), index.meta.n_tokens)
+        return out
+
+    def search(self, query: str, sae_id: str, limit: int) -> pb.SearchFeaturesResponse:
+        if sae_id:
+            self.served.sae(sae_id, field_name="search_features.sae")
+            if sae_id not in self.indexes:
+                raise InvalidArgument(
+                    f"search_features.sae: SAE {sae_id!r} has no feature index to search"
+                )
+            indexes = {sae_id: self.indexes[sae_id]}
+        else:
+            indexes = self.indexes
+        out = pb.SearchFeaturesResponse()
+        for hit in search(indexes, query, limit):
+            out.matches.add(
+                feature=pb.FeatureRef(sae=hit.sae, feature=hit.feature),
+                score=hit.score,
+                explanation=pb.Explanation(
+                    text=hit.explanation,
+                    source=_SOURCES.get(hit.explanation_source, pb.EXPLANATION_SOURCE_UNSPECIFIED),
+                ),
+                top_tokens=indexes[hit.sae].top_tokens(hit.feature),
+            )
+        return out
+
+    @torch.inference_mode()
+    def _logit_effects(
+        self, sae_id: str, feature: int
+    ) -> tuple[list[pb.TokenEffect], list[pb.TokenEffect]]:
+        lm = self.served.lm
+        d_f = self.served.saes[sae_id].sae.W_dec[feature].float()  # [d_in]
+        norm = lm.layout.final_norm(lm.model)
+        gain = getattr(norm, "weight", None)
+        if gain is not None:
+            d_f = d_f * gain.float()
+        effects = lm.layout.unembed_weight(lm.model).float() @ d_f  # [vocab]
+        k = min(N_LOGIT_TOKENS, effects.numel())
+        top, bottom = torch.topk(effects, k), torch.topk(-effects, k)
+        tok = lm.tokenizer
+
+        def rows(ids: list[int], values: list[float]) -> list[pb.TokenEffect]:
+            return [
+                pb.TokenEffect(token=str(tok.decode([i])), token_id=i, logit_effect=v)
+                for i, v in zip(ids, values, strict=True)
+            ]
+
+        return rows(top.indices.tolist(), top.values.tolist()), rows(
+            bottom.indices.tolist(), (-bottom.values).tolist()
+        )
+
+
+def _fill(out: pb.GetFeatureResponse, info: FeatureInfo, n_tokens: int) -> None:
+    out.has_statistics = True
+    out.density = info.density
+    out.max_activation = info.max_activation
+    out.mean_activation = info.mean_activation
+    out.tokens_indexed = n_tokens
+    out.histogram.bin_edges.extend(info.histogram_edges)
+    out.histogram.counts.extend(info.histogram_counts)
+    for c in info.contexts:
+        out.top_contexts.add(
+            tokens=c.tokens, values=c.values, max_index=c.max_pos, max_value=c.max_value
+        )
+    out.top_promoted.extend(
+        pb.TokenEffect(token=t.token, token_id=t.token_id, logit_effect=t.effect)
+        for t in info.promoted
+    )
+    out.top_suppressed.extend(
+        pb.TokenEffect(token=t.token, token_id=t.token_id, logit_effect=t.effect)
+        for t in info.suppressed
+    )
+    if info.explanation:
+        out.explanation.CopyFrom(
+            pb.Explanation(
+                text=info.explanation,
+                source=_SOURCES.get(info.explanation_source, pb.EXPLANATION_SOURCE_UNSPECIFIED),
+            )
+        )

@@ -1,0 +1,115 @@
+"""A background thread that steps the engine's BatchGenerator for every open Generate stream.
+
+Streams (asyncio, on the replica's event loop) submit requests and read their events from
+an asyncio queue; the thread runs one decode step for all running sequences at a time, so
+concurrent streams share forward passes and a new stream joins at the next step. A stream
+that is closed (client cancelled, deadline passed) cancels its sequences, which leave the
+batch before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from saeserve.engine.generate import BatchGenerator
+from saeserve.engine.types import GenerateRequest, TokenEvent
+
+log = logging.getLogger(__name__)
+
+EventSink = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[TokenEvent | BaseException]"]
+
+
+class GenerationLoop:
+    def __init__(
+        self,
+        generator: BatchGenerator,
+        model_lock: threading.Lock,
+        *,
+        on_step: Callable[[list[TokenEvent]], None] | None = None,
+        on_active: Callable[[int], None] | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
+        self.generator = generator
+        self.model_lock = model_lock
+        self.on_step = on_step
+        self.on_active = on_active
+        self.on_cancel = on_cancel
+        self._cv = threading.Condition()
+        self._sinks: dict[int, EventSink] = {}
+        self._thread = threading.Thread(target=self._run, name="saeserve-generate", daemon=True)
+        self._thread.start()
+
+    @property
+    def active_sequences(self) -> int:
+        return self.generator.n_sequences
+
+    async def stream(self, req: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        """Events of one request until each variant has finished; closing it cancels."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+        rid = await asyncio.to_thread(self._submit, req, (loop, queue))
+        remaining = 1 + int(req.include_baseline)
+        try:
+            while remaining:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finish_reason is not None:
+                    remaining -= 1
+                yield item
+        finally:
+            if remaining:
+                self._cancel(rid)
+
+    def _submit(self, req: GenerateRequest, sink: EventSink) -> int:
+        with self._cv:
+            rid = self.generator.submit(req)
+            self._sinks[rid] = sink
+            self._cv.notify()
+            return rid
+
+    def _cancel(self, rid: int) -> None:
+        with self._cv:
+            if self._sinks.pop(rid, None) is not None:
+                self.generator.cancel(rid)
+                if self.on_cancel:
+                    self.on_cancel()
+                self.generator.has_work()  # drops the cancelled rows now
+                if self.on_active:
+                    self.on_active(self.generator.n_sequences)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self.generator.has_work():
+                    self._cv.wait()
+                try:
+                    with self.model_lock:
+                        events = self.generator.step()
+                except Exception as e:  # a bug: fail every open stream, keep serving
+                    log.exception("generation step failed")
+                    self._fail_all(e)
+                    continue
+                if self.on_step:
+                    self.on_step(events)
+                self.generator.has_work()  # drops rows that just finished
+                if self.on_active:
+                    self.on_active(self.generator.n_sequences)
+                for ev in events:
+                    sink = self._sinks.get(ev.request_id)
+                    if sink is not None:
+                        loop, queue = sink
+                        loop.call_soon_threadsafe(queue.put_nowait, ev)
+                done = {ev.request_id for ev in events if ev.finish_reason is not None}
+                for rid in done:
+                    if not self.generator.has_request(rid):
+                        self._sinks.pop(rid, None)
+
+    def _fail_all(self, error: Exception) -> None:
+        for rid, (loop, queue) in list(self._sinks.items()):
+            loop.call_soon_threadsafe(queue.put_nowait, error)
+            self.generator.cancel(rid)
+        self._sinks.clear()

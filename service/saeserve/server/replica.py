@@ -1,0 +1,251 @@
+"""The model replica: one model, its SAEs and feature indexes, served to the ingress.
+
+Decompose calls are dynamically batched (``serve.batch``) into one engine forward; a
+batch whose requests include an invalid one falls back to running each alone, so every
+caller gets its own answer or its own error. Generate streams share the replica's
+``GenerationLoop``. One lock serialises forward passes, because hooks live on the shared
+model modules. Returns engine types and protobuf messages; the ingress owns gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import torch
+from ray import serve
+
+from saeserve.engine.decompose import decompose_many
+from saeserve.engine.generate import BatchGenerator
+from saeserve.engine.served_model import ServedModel
+from saeserve.engine.tokenize import tokenize
+from saeserve.engine.types import (
+    DecomposeRequest,
+    DecomposeResult,
+    GenerateRequest,
+    TokenEvent,
+    Tokenization,
+)
+from saeserve.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SaeserveError
+from saeserve.server import metrics
+from saeserve.server.convert import GenerateSpec, chunk_to_proto
+from saeserve.server.feature_view import FeatureView
+from saeserve.server.generation_loop import GenerationLoop
+from saeserve.server.settings import Limits, ModelSpec
+from saeserve.v1 import saeserve_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = "feature_index"
+"""Default subfolder of an SAE folder holding its feature index (SaeSpec.index overrides)."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+class ModelReplica:
+    def __init__(self, spec: dict[str, Any], limits: dict[str, Any]) -> None:
+        from saeserve.sae.formats import load_sae
+
+        self.spec = ModelSpec.model_validate(spec)
+        self.limits = Limits.model_validate(limits)
+        device = resolve_device(self.spec.device)
+        dtype = resolve_dtype(self.spec.dtype, device)
+        self.served = ServedModel.load(
+            self.spec.path, device=device, dtype=dtype, name=self.spec.name
+        )
+        for s in self.spec.saes:
+            sae = load_sae(
+                s.path, device=device, sae_id=s.effective_id, hook_point=s.hook_point or None
+            )
+            self.served.add_sae(sae)
+        self.features = FeatureView.load(
+            self.served, {s.effective_id: s.index_folder for s in self.spec.saes}
+        )
+        self.lock = threading.Lock()
+        self._queued = 0
+        self.loop = GenerationLoop(
+            BatchGenerator(
+                self.served,
+                max_batch_size=self.limits.max_concurrent_streams,
+                max_new_tokens=self.limits.max_new_tokens,
+                max_abs_value=self.limits.max_abs_intervention_value,
+            ),
+            self.lock,
+            on_step=self._on_generate_step,
+            on_active=metrics.ACTIVE_SEQUENCES.set,
+            on_cancel=metrics.CANCELLED_GENERATIONS.inc,
+        )
+        batcher: Any = self._decompose_batch  # serve.batch adds these setters
+        batcher.set_max_batch_size(self.limits.max_batch_size)
+        batcher.set_batch_wait_timeout_s(self.limits.batch_wait_timeout_s)
+        log.info(
+            "model %s loaded on %s (%s) with SAEs %s",
+            self.spec.name,
+            device,
+            dtype,
+            list(self.served.saes),
+        )
+
+    # --- facts -----------------------------------------------------------------------------
+    def info(self) -> pb.ModelInfo:
+        lm = self.served.lm
+        info = pb.ModelInfo(
+            name=lm.name,
+            family=lm.layout.family,
+            n_layers=lm.layout.n_layers,
+            d_model=lm.layout.d_model,
+            vocab_size=lm.vocab_size,
+            max_positions=lm.max_positions,
+            dtype=str(lm.dtype).removeprefix("torch."),
+            has_chat_template=bool(getattr(lm.tokenizer, "chat_template", None)),
+        )
+        arch = {
+            "topk": pb.SAE_ARCHITECTURE_TOPK,
+            "jumprelu": pb.SAE_ARCHITECTURE_JUMPRELU,
+            "relu": pb.SAE_ARCHITECTURE_RELU,
+        }
+        for h in self.served.saes.values():
+            cfg = h.sae.cfg
+            info.saes.add(
+                id=h.id,
+                hook_point=h.hook_point.name,
+                d_in=cfg.d_in,
+                d_sae=cfg.d_sae,
+                architecture=arch[str(cfg.activation)],
+                k=cfg.k or 0,
+                has_feature_index=self.features.has_index(h.id),
+            )
+        return info
+
+    def ready(self) -> bool:
+        return True
+
+    # --- tokenize / decompose ------------------------------------------------------------
+    def tokenize(self, text: str) -> Tokenization:
+        return tokenize(
+            self.served.lm.tokenizer,
+            text,
+            max_tokens=self._max_tokens(),
+            field_name="tokenize.text",
+        )
+
+    async def decompose(self, req: DecomposeRequest) -> DecomposeResult:
+        if self._queued >= self.limits.max_queue_length:
+            metrics.REJECTED.labels(reason="queue_full").inc()
+            raise ResourceExhausted(
+                f"decompose queue is full ({self.limits.max_queue_length} requests)"
+            )
+        self._queued += 1
+        try:
+            outcome = await self._decompose_batch(req)
+        finally:
+            self._queued -= 1
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _decompose_batch(
+        self, reqs: list[DecomposeRequest]
+    ) -> list[DecomposeResult | SaeserveError]:
+        metrics.BATCH_SIZE.labels(rpc="Decompose").observe(len(reqs))
+        return await asyncio.to_thread(self._decompose_now, reqs)
+
+    def _decompose_now(self, reqs: list[DecomposeRequest]) -> list[DecomposeResult | SaeserveError]:
+        with self.lock:
+            try:
+                results: list[DecomposeResult | SaeserveError] = list(self._run_decompose(reqs))
+            except SaeserveError:
+                if len(reqs) == 1:
+                    raise
+                results = []
+                for r in reqs:  # find which request was bad; the others still get answers
+                    try:
+                        results.extend(self._run_decompose([r]))
+                    except SaeserveError as e:
+                        results.append(e)
+        return results
+
+    def _run_decompose(self, reqs: list[DecomposeRequest]) -> list[DecomposeResult]:
+        out = decompose_many(
+            self.served,
+            reqs,
+            max_tokens=self._max_tokens(),
+            max_dense_values=self.limits.max_dense_values,
+        )
+        for r in out:
+            metrics.TOKENS_DECOMPOSED.inc(r.n_tokens)
+            metrics.SAE_ENCODE_SECONDS.observe(r.sae_seconds)
+        return out
+
+    # --- generate ---------------------------------------------------------------------------
+    async def generate(self, spec: GenerateSpec) -> AsyncIterator[pb.GenerateChunk]:
+        prompt_ids = await asyncio.to_thread(self._prompt_ids, spec)
+        req = GenerateRequest(
+            prompt_ids=prompt_ids,
+            sampling=spec.sampling,
+            interventions=spec.interventions,
+            include_baseline=spec.include_baseline,
+            track=spec.track,
+            logprobs=spec.logprobs,
+        )
+        for iv in spec.interventions:
+            metrics.INTERVENTIONS.labels(mode=str(iv.mode)).inc()
+        index: dict[str, int] = {}
+        async for ev in self.loop.stream(req):
+            i = index.get(ev.variant, 0)
+            index[ev.variant] = i + 1
+            yield chunk_to_proto(ev, i, len(prompt_ids))
+
+    def _prompt_ids(self, spec: GenerateSpec) -> list[int]:
+        tok = self.served.lm.tokenizer
+        if spec.messages:
+            if not getattr(tok, "chat_template", None):
+                raise FailedPrecondition(
+                    f"generate.messages: model {self.spec.name!r} has no chat template"
+                )
+            encoded = tok.apply_chat_template(
+                [{"role": r, "content": c} for r, c in spec.messages],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+            )
+            ids = [int(i) for i in cast(Any, encoded)["input_ids"]]
+            if len(ids) > self._max_tokens():
+                raise InvalidArgument(
+                    f"generate.messages: {len(ids)} tokens > limit {self._max_tokens()}"
+                )
+            return ids
+        return tokenize(
+            tok, spec.prompt, max_tokens=self._max_tokens(), field_name="generate.prompt"
+        ).token_ids
+
+    def _on_generate_step(self, events: list[TokenEvent]) -> None:
+        metrics.BATCH_SIZE.labels(rpc="Generate").observe(len(events))
+        for ev in events:
+            metrics.TOKENS_GENERATED.labels(variant=str(ev.variant)).inc()
+        if torch.cuda.is_available():
+            metrics.ACCELERATOR_MEMORY.set(torch.cuda.memory_allocated())
+
+    # --- features ----------------------------------------------------------------------------
+    def get_feature(self, sae_id: str, feature: int) -> pb.GetFeatureResponse:
+        return self.features.get(sae_id, feature)
+
+    def search_features(self, query: str, sae_id: str, limit: int) -> pb.SearchFeaturesResponse:
+        return self.features.search(query, sae_id, limit)
+
+    def _max_tokens(self) -> int:
+        return min(self.limits.max_tokens_per_text, self.served.lm.max_positions)

@@ -1,0 +1,265 @@
+"""Server settings: one pydantic-settings object, from defaults, a YAML file, env, flags.
+
+``ServerSettings.load(config_file, **overrides)`` layers, lowest to highest priority:
+field defaults (the built-in demo model and its SAEs), the YAML file (``config_file``, or
+the file named by ``SAESERVE_CONFIG``), environment variables ``SAESERVE_<FIELD>`` with
+``__`` between nested names (``SAESERVE_GRPC_PORT=9001``,
+``SAESERVE_LIMITS__MAX_TOP_K=64``, ``SAESERVE_API_KEYS=key1,key2``), and keyword
+overrides (what the ``saeserve serve`` flags parsed to). Nested values merge: a file that
+sets one limit keeps the others' defaults. ``Limits`` are the per-request bounds the API
+documents in protos/saeserve/v1/saeserve.proto as "limits.NAME (default N)"; a test keeps
+the two in step. API keys are ``SecretStr`` so they never show in a repr or a log.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEMO_DATA = Path(__file__).resolve().parent.parent / "demo" / "data"
+"""Folder of the built-in demo: ``model/`` (a causal LM folder) and ``saes/<id>/``."""
+
+CONFIG_FILE_ENV = "SAESERVE_CONFIG"
+"""Environment variable naming a YAML settings file when ``load`` is given none."""
+
+SAE_FILE_SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
+"""Suffixes of single-file SAEs, dropped when an SAE's id comes from its file name."""
+
+_config_file: ContextVar[Path | None] = ContextVar("saeserve_config_file", default=None)
+
+
+class SaeSpec(BaseModel):
+    """One SAE to hook into a model."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    path: Path
+    """Folder (SAELens, sparsify hook point, Gemma Scope) or file (OpenAI ``.pt``) to load."""
+    id: str = ""
+    """Identifier in the API; empty = the folder name, or the file name without suffix."""
+    hook_point: str = ""
+    """Hook point override (any alias); empty = the one recorded with the SAE."""
+    index: Path | None = None
+    """Feature index folder (``saeserve index``); empty = ``<path>/feature_index`` if present."""
+
+    @property
+    def index_folder(self) -> Path:
+        """Where this SAE's feature index is looked for."""
+        return self.index if self.index is not None else self.path / "feature_index"
+
+    @property
+    def effective_id(self) -> str:
+        """The id the API uses for this SAE."""
+        if self.id:
+            return self.id
+        name = self.path.name  # folders may contain dots: blocks.8.hook_resid_pre
+        return self.path.stem if self.path.suffix in SAE_FILE_SUFFIXES else name
+
+
+class ModelSpec(BaseModel):
+    """One causal language model with its SAEs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._\-]+$")
+    """Name in the API's ``model`` fields."""
+    path: Path
+    """Hugging Face model folder (config.json, weights, tokenizer.json); never the hub."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype; auto = bfloat16 on a GPU that supports it, else float32."""
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    """Torch device; auto = the replica's GPU if it has one, else cpu."""
+    saes: list[SaeSpec] = Field(default_factory=list)
+    """SAEs hooked into this model; ids must be unique within the model."""
+
+    @model_validator(mode="after")
+    def _unique_sae_ids(self) -> ModelSpec:
+        ids = [s.effective_id for s in self.saes]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"model {self.name!r}: duplicate SAE ids {duplicates}")
+        return self
+
+
+def demo_models() -> list[ModelSpec]:
+    """The built-in demo: ``demo/data/model`` with every SAE folder in ``demo/data/saes``."""
+    sae_dir = DEMO_DATA / "saes"
+    saes = sorted(p for p in sae_dir.iterdir() if p.is_dir()) if sae_dir.is_dir() else []
+    return [ModelSpec(name="demo", path=DEMO_DATA / "model", saes=[SaeSpec(path=p) for p in saes])]
+
+
+class Limits(BaseModel):
+    """Per-request bounds; beyond one the server answers INVALID_ARGUMENT naming it."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_texts_per_request: int = Field(default=64, ge=1)
+    """Decompose: texts in one request."""
+    max_tokens_per_text: int = Field(default=1024, ge=1)
+    """Tokenize/Decompose texts and Generate prompts, in tokens (BOS included)."""
+    max_new_tokens: int = Field(default=512, ge=1)
+    """Generate: sampling.max_new_tokens."""
+    max_top_k: int = Field(default=256, ge=1)
+    """Decompose: top_k."""
+    max_feature_ids: int = Field(default=1024, ge=0)
+    """Decompose: feature_ids reported densely."""
+    max_dense_values: int = Field(default=4_194_304, ge=0)
+    """Decompose: texts x tokens x feature_ids x SAEs dense values in one response."""
+    max_interventions: int = Field(default=16, ge=0)
+    """Generate: interventions in one request."""
+    max_abs_intervention_value: float = Field(default=1000.0, gt=0)
+    """Generate: |value| of an intervention."""
+    max_tracked_features: int = Field(default=64, ge=0)
+    """Generate: features in track."""
+    max_stop_strings: int = Field(default=8, ge=0)
+    """Generate: sampling.stop strings."""
+    max_stop_string_bytes: int = Field(default=256, ge=1)
+    """Generate: UTF-8 bytes of one stop string."""
+    max_query_bytes: int = Field(default=1000, ge=1)
+    """SearchFeatures: UTF-8 bytes of the query."""
+    max_search_results: int = Field(default=100, ge=1)
+    """SearchFeatures: limit."""
+    max_queue_length: int = Field(default=256, ge=1)
+    """Requests waiting per replica before new ones get RESOURCE_EXHAUSTED."""
+    max_batch_size: int = Field(default=16, ge=1)
+    """Decompose: texts in one batched forward pass (dynamic batching)."""
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    """Decompose: seconds to wait for a batch to fill before running it."""
+    max_concurrent_streams: int = Field(default=32, ge=1)
+    """Generate: sequences decoded together per replica; more wait in the queue."""
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``saeserve serve`` needs: models, ports, resources, keys and limits."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAESERVE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    models: list[ModelSpec] = Field(default_factory=demo_models, min_length=1)
+    """Models to serve; the first is the default for requests with an empty model."""
+    host: str = "0.0.0.0"
+    """Address the gRPC and HTTP proxies bind."""
+    grpc_port: int = Field(default=9000, ge=1, le=65535)
+    """gRPC port (the API, health and reflection)."""
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    """Ray Serve HTTP port (``/-/healthz``, ``/-/routes``)."""
+    metrics_port: int = Field(default=8080, ge=1, le=65535)
+    """Port where Ray exports Prometheus metrics (``ray_serve_*`` and ``saeserve_*``)."""
+    replicas: int = Field(default=1, ge=1)
+    """Model replicas per model; each holds the model and its SAEs."""
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs per model replica; fractional (0.5) packs replicas onto one GPU; 0 = CPU."""
+    num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs per model replica."""
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024)
+    """Largest gRPC message sent or received; clients need a matching receive limit."""
+    api_keys_file: Path | None = None
+    """File of API keys, one per line, ``#`` comments; none and no api_keys = open server."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """API keys; from the environment as ``SAESERVE_API_KEYS=key1,key2``."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level of the server's own loggers."""
+    limits: Limits = Field(default_factory=Limits)
+    """Per-request bounds."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> ServerSettings:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate model names {duplicates}")
+        ports = {"grpc_port": self.grpc_port, "http_port": self.http_port}
+        ports["metrics_port"] = self.metrics_port
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"ports must differ: {ports}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> ServerSettings:
+        """Build settings from defaults < YAML file < environment < ``overrides``.
+
+        ``config_file`` defaults to ``$SAESERVE_CONFIG`` when set; a missing file is an
+        error (a typo must not silently serve the demo). Overrides may be nested dicts,
+        merged into the lower layers (``limits={"max_top_k": 8}`` keeps other limits).
+        """
+        path = config_file if config_file is not None else os.environ.get(CONFIG_FILE_ENV)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"settings file not found: {path}")
+        with _reading(Path(path) if path is not None else None):
+            return cls(**overrides)
+
+    def api_key_values(self) -> list[str]:
+        """The keys set directly (not from api_keys_file), unwrapped; never log these."""
+        return [k.get_secret_value() for k in self.api_keys]
+
+
+def overrides_from_assignments(assignments: Iterable[str]) -> dict[str, Any]:
+    """Turn ``--set`` style ``a.b=value`` strings into nested overrides for ``load``.
+
+    Values are read as YAML scalars or flow collections (``8``, ``0.5``, ``true``,
+    ``[a, b]``), so ``limits.max_top_k=8`` becomes ``{"limits": {"max_top_k": 8}}``.
+    """
+    out: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected NAME=VALUE, got {assignment!r}")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"{key}: {part} is set both as a value and a section")
+            node = child
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+@contextmanager
+def _reading(config_file: Path | None) -> Iterator[None]:
+    token = _config_file.set(config_file)
+    try:
+        yield
+    finally:
+        _config_file.reset(token)
