@@ -17,10 +17,16 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("saeserve.server.cli", "start Ray Serve with the gRPC service (demo model by default)"),
+    "serve": (
+        "saeserve.server.cli",
+        "start Ray Serve with the gRPC service (demo model by default)",
+    ),
     "train-sae": ("saeserve.sae.train.cli", "train a TopK SAE on one hook point of a model"),
     "eval-sae": ("saeserve.sae.evaluate", "evaluate an SAE on held-out text"),
-    "index": ("saeserve.insight.cli", "build a feature index (top contexts, logit effects, labels)"),
+    "index": (
+        "saeserve.insight.cli",
+        "build a feature index (top contexts, logit effects, labels)",
+    ),
     "build-demo": ("saeserve.demo.build", "train the built-in demo model, its SAEs and indexes"),
     "models": ("saeserve_client.cli", "list the server's models and SAEs"),
     "tokenize": ("saeserve_client.cli", "tokenize text on the server"),

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from saeserve_client import RetryPolicy, SaeserveClient
 
+from saeserve_client import RetryPolicy, SaeserveClient
 from tests.client.fake_server import FakeSaeserve, FakeServer
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)

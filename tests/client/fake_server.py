@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve.v1 import saeserve_pb2_grpc as pb_grpc
 

@@ -14,8 +14,8 @@ from typing import TypeVar
 import grpc
 import numpy as np
 import pytest
-from saeserve_client import AsyncSaeserveClient, GenerateChunk, SaeserveError, Steer, collect
 
+from saeserve_client import AsyncSaeserveClient, GenerateChunk, SaeserveError, Steer, collect
 from tests.client.conftest import FAST_RETRY
 from tests.client.fake_server import FakeSaeserve, FakeServer
 

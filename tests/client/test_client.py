@@ -11,6 +11,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve_client import (
     NO_RETRY,
@@ -21,7 +22,6 @@ from saeserve_client import (
     collect,
 )
 from saeserve_client.options import Attempts
-
 from tests.client.fake_server import FakeSaeserve, FakeServer, fake_tokens
 
 

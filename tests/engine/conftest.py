@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from saeserve.engine.served_model import ServedModel
 from saeserve.model.tiny import build_tiny_model
 from saeserve.sae.base import Activation, InputNorm, Sae, SaeConfig

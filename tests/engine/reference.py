@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from saeserve.sae.base import Activation, InputNorm, Sae
 from torch import nn
+
+from saeserve.sae.base import Activation, InputNorm, Sae
 
 _PATHS = {
     "gpt2": ("transformer.h", "attn", "mlp"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from saeserve.engine.decompose import decompose, decompose_many
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import DecomposeRequest
 from saeserve.errors import InvalidArgument, NotFound
-
 from tests.engine import reference
 
 TEXTS = [

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saeserve.engine.detokenize import TextStream
 from transformers import AutoTokenizer
+
+from saeserve.engine.detokenize import TextStream
 
 
 def _stream(path: Path, text: str, stop: list[str]) -> tuple[list[str], bool, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from saeserve.engine.generate import BatchGenerator, generate, generated_text
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import (
@@ -16,7 +17,6 @@ from saeserve.engine.types import (
     TrackedFeature,
     Variant,
 )
-
 from tests.engine import reference
 
 PROMPTS = ["The cat sat", "Once upon a time, in a land far away", "Hello"]

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from saeserve.engine.interventions import SteeringPlan, resolve_interventions
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import Intervention, InterventionMode, PositionKind
 from saeserve.errors import InvalidArgument, NotFound
-
 from tests.engine import reference
 
 M = InterventionMode

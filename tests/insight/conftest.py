@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from saeserve.model.loader import LoadedModel, load_model
 from saeserve.model.tiny import TRAINING_TEXT, build_tiny_model
 from saeserve.sae.base import Activation, Sae, SaeConfig

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from saeserve.insight.index import FeatureAccumulator, LogBins, final_norm_lens, logit_effects
 from torch import nn
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+
+from saeserve.insight.index import FeatureAccumulator, LogBins, final_norm_lens, logit_effects
 
 GRID = LogBins(low=1.0, high=100.0, per_decade=2)  # inner edges 1, 3.162, 10, 31.62, 100
 

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from saeserve.errors import InvalidArgument
 from saeserve.insight.index import build_index, iter_contexts
 from saeserve.insight.store import FeatureIndex
 from saeserve.model.loader import LoadedModel
 from saeserve.sae.base import Activation, Sae, SaeConfig
-
 from tests.insight.conftest import D_SAE, random_sae
 
 CONTEXT = 16

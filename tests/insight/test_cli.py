@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from saeserve.cli import main
 from saeserve.insight.cli import read_corpus
 from saeserve.insight.store import FeatureIndex

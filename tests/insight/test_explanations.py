@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from saeserve.errors import InvalidArgument, NotFound
 from saeserve.insight.explanations import (
     attach_explanations,

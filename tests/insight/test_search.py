@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+
 from saeserve.errors import InvalidArgument
 from saeserve.insight.search import search
 from saeserve.insight.store import FeatureIndex, IndexMeta

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from saeserve.errors import InvalidArgument, NotFound
 from saeserve.insight.index import build_index
 from saeserve.insight.store import FeatureIndex
 from saeserve.model.loader import LoadedModel
 from saeserve.sae.base import Sae
-
 from tests.insight.conftest import D_SAE
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from saeserve.model.loader import LoadedModel, load_model
 from saeserve.model.tiny import build_tiny_model
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from saeserve.errors import InvalidArgument
-from saeserve.model.architectures import layout_for
-from saeserve.model.loader import LoadedModel
 from torch import Tensor
 from transformers import OPTConfig, OPTForCausalLM
 
+from saeserve.errors import InvalidArgument
+from saeserve.model.architectures import layout_for
+from saeserve.model.loader import LoadedModel
 from tests.model.conftest import D_MODEL, N_LAYERS, Case
 
 FAMILY = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama", "gemma2": "gemma2", "gpt_neox": "gpt_neox"}  # fmt: skip

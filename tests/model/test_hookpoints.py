@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor, nn
+
 from saeserve.errors import InvalidArgument
 from saeserve.model.hookpoints import (
     HookKind,
@@ -21,8 +23,6 @@ from saeserve.model.hookpoints import (
     resolve_hook_point,
 )
 from saeserve.model.loader import LoadedModel
-from torch import Tensor, nn
-
 from tests.model.conftest import N_LAYERS, Case
 
 KINDS = [HookKind.RESID_PRE, HookKind.ATTN_OUT, HookKind.RESID_MID, HookKind.MLP_OUT, HookKind.RESID_POST]  # fmt: skip

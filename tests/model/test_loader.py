@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
+
 from saeserve.errors import InvalidArgument, NotFound
 from saeserve.model.hookpoints import HookKind, HookPoint, forward_until
 from saeserve.model.loader import load_model
 from saeserve.model.tiny import EOS_TOKEN, PAD_TOKEN
-from transformers import AutoModelForCausalLM
-
 from tests.model.conftest import D_MODEL, N_LAYERS, TEXT
 
 

@@ -10,11 +10,11 @@ and ``cache=DynamicCache()``.
 from __future__ import annotations
 
 import torch
-from saeserve.model.hookpoints import HookKind, HookPoint, hooked
-from saeserve.model.loader import LoadedModel
 from torch import Tensor
 from transformers import DynamicCache
 
+from saeserve.model.hookpoints import HookKind, HookPoint, hooked
+from saeserve.model.loader import LoadedModel
 from tests.model.conftest import N_LAYERS, TEXT
 
 TEXTS = [TEXT, "Once upon a time"]

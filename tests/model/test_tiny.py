@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer
+
 from saeserve.errors import InvalidArgument
 from saeserve.model.tiny import EOS_TOKEN, PAD_TOKEN, build_tiny_model, build_tokenizer
-from tokenizers import Tokenizer
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(tmp_path: Path) -> None:

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from saeserve.errors import InvalidArgument, NotFound
 from saeserve.sae.base import Activation, InputNorm, Sae, SaeConfig
 from saeserve.sae.formats import load_sae, write_sae
-from safetensors.torch import save_file
 
 D_IN, D_SAE, K = 16, 64, 8
 ATOL = RTOL = 1e-5

@@ -23,9 +23,9 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
+
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve.v1 import saeserve_pb2_grpc as pb_grpc
-
 from saeserve_client import convert
 from saeserve_client.client import resolve_options
 from saeserve_client.convert import ChatInput

@@ -24,9 +24,9 @@ from typing import Any, Self
 
 import grpc
 from google.protobuf.message import Message
+
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve.v1 import saeserve_pb2_grpc as pb_grpc
-
 from saeserve_client import convert
 from saeserve_client.convert import ChatInput
 from saeserve_client.errors import SaeserveError

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-from saeserve.v1 import saeserve_pb2 as pb
 
+from saeserve.v1 import saeserve_pb2 as pb
 from saeserve_client.results import (
     ActivatingContext,
     Explanation,
