@@ -8,8 +8,8 @@ import urllib.request
 from collections.abc import Callable
 
 import grpc
-import pytest
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from saeserve.engine.decompose import decompose
