@@ -22,7 +22,7 @@ from saeserve.model.loader import load_model
 from saeserve.model.tiny import build_tiny_model
 from saeserve.sae.formats import write_sae
 from saeserve.server.replica import INDEX_DIR
-from saeserve.server.settings import Limits, ModelSpec, SaeSpec, ServerSettings
+from saeserve.server.settings import Limits, ModelSpec, SaeSpec, ServerSettings, demo_models
 from saeserve.v1 import saeserve_pb2_grpc
 from tests.engine.conftest import random_sae
 
@@ -114,7 +114,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model, saes = build_assets(root)
     settings = ServerSettings.load(
         None,
-        models=[ModelSpec(name="tiny", path=model, saes=[SaeSpec(path=p) for p in saes])],
+        # the tiny model first (the default model), then the built-in demo with its SAEs
+        models=[
+            ModelSpec(name="tiny", path=model, saes=[SaeSpec(path=p) for p in saes]),
+            *demo_models(),
+        ],
         grpc_port=free_port(),
         http_port=free_port(),
         api_keys=[KEY],

@@ -32,7 +32,7 @@ def test_health_and_list_models(server: Server) -> None:
         health.Check(health_pb2.HealthCheckRequest()).status
         == health_pb2.HealthCheckResponse.SERVING
     )
-    (model,) = server.stub.ListModels(pb.ListModelsRequest(), metadata=AUTH).models
+    model = server.stub.ListModels(pb.ListModelsRequest(), metadata=AUTH).models[0]  # the default
     assert (model.name, model.family, model.n_layers, model.d_model) == ("tiny", "gpt2", 3, 32)
     assert [(s.id, s.hook_point, s.d_sae, s.k) for s in model.saes] == [
         ("post0", "resid_post.0", 64, 8),
