@@ -1,0 +1,189 @@
+"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|smoke``.
+
+Runs the chosen measurements in this process (the memory and SAELens ones in child
+processes, the service ones against a Ray Serve instance it starts), prints the table and,
+for ``all`` or when ``--output`` is given, rewrites docs/BENCHMARKS.md (or that file).
+``--quick`` shortens every repeat count and load duration; ``smoke`` is a seconds-long run
+on a tiny generated model that the test suite uses. ``--model``/``--sae`` pick what to run
+on; by default the demo, or a generated stand-in while the demo is not built.
+
+    python -m bench all            # the full run recorded in docs/BENCHMARKS.md
+    python -m bench decompose --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.assets import resolve_assets
+from bench.context import Context, Mode
+from bench.report import (
+    EXPECTED_ROWS,
+    Report,
+    Row,
+    command_line,
+    load_average,
+    text_table,
+    write_markdown,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "BENCHMARKS.md"
+TARGETS = {
+    "decompose": ">= 1.0x",
+    "saelens": ">= 2.0x",
+    "batching_rps": ">= 3.0x",
+    "batching_tail": "p99 <= 2.0x p50",
+    "overhead_tokenize": "added p50 <= 10 ms",
+    "overhead_decompose": "added p50 <= 10 ms",
+    "generate": ">= 1.0x",
+    "generate_steered": ">= 0.9x",
+    "streams_4": "-",
+    "streams_8": ">= 4.0x",
+    "memory_engine": "growth <= 5% after warm-up",
+    "memory_replica": "growth <= 5% after warm-up",
+    "gpu": "-",
+}
+GROUPS: dict[str, list[str]] = {
+    "decompose": ["decompose"],
+    "saelens": ["saelens"],
+    "generate": ["generate"],
+    "memory": ["memory"],
+    "service": ["service"],
+    "all": ["decompose", "saelens", "generate", "memory", "service"],
+    "smoke": ["decompose", "generate", "memory"],
+}
+
+
+def _run_decompose(ctx: Context) -> list[Row]:
+    from bench import decompose
+
+    return decompose.measure(ctx)
+
+
+def _run_saelens(ctx: Context) -> list[Row]:
+    from bench import saelens
+
+    return saelens.measure(ctx)
+
+
+def _run_generate(ctx: Context) -> list[Row]:
+    from bench import generation
+
+    return generation.measure(ctx)
+
+
+def _run_memory(ctx: Context) -> list[Row]:
+    from bench import memory
+
+    return memory.measure(ctx)
+
+
+def _run_service(ctx: Context) -> list[Row]:
+    from bench import service
+
+    return service.measure(ctx)
+
+
+MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
+    "decompose": (_run_decompose, ["decompose"]),
+    "saelens": (_run_saelens, ["saelens"]),
+    "generate": (_run_generate, ["generate", "generate_steered"]),
+    "memory": (_run_memory, ["memory_engine"]),
+    "service": (
+        _run_service,
+        [
+            "batching_rps",
+            "batching_tail",
+            "overhead_tokenize",
+            "overhead_decompose",
+            "streams_4",
+            "streams_8",
+            "memory_replica",
+        ],
+    ),
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=sorted(GROUPS), help="which measurements to run")
+    p.add_argument("--quick", action="store_true", help="fewer repeats, shorter loads")
+    p.add_argument("--model", type=Path, help="Hugging Face model folder (with --sae)")
+    p.add_argument("--sae", type=Path, help="SAE folder or file (with --model)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help=f"markdown file to rewrite (default for 'all': {DOCS.relative_to(REPO)})",
+    )
+    p.add_argument("--workdir", type=Path, help="where generated stand-in assets go")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both sides (default 1, as a Ray replica with num_cpus=1 runs; "
+        "on a shared 2-core machine 2 threads thrash whenever another process runs)",
+    )
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> Report:
+    mode = Mode.SMOKE if args.what == "smoke" else Mode.QUICK if args.quick else Mode.FULL
+    assets = resolve_assets(workdir, model=args.model, sae=args.sae, tiny=mode is Mode.SMOKE)
+    ctx = Context(assets, mode, workdir)
+    report = Report(model=assets.description, load_before=load_average())
+    print(f"bench: {mode} run on {assets.description}", flush=True)
+    for name in GROUPS[args.what]:
+        fn, keys = MEASUREMENTS[name]
+        print(f"bench: measuring {name} ...", flush=True)
+        try:
+            rows = fn(ctx)
+        except Exception as e:  # one failed measurement must not lose the others' rows
+            traceback.print_exc()
+            reason = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            rows = [Row.not_run(k, TARGETS[k], reason) for k in keys]
+        for row in rows:
+            report.add(row)
+    for key in EXPECTED_ROWS:
+        if key not in report.rows:
+            report.add(Row.not_run(key, TARGETS[key], _skipped_reason(key, args.what)))
+    report.rows = {k: report.rows[k] for k in EXPECTED_ROWS}
+    report.notes += ctx.notes
+    return report
+
+
+def _skipped_reason(key: str, what: str) -> str:
+    if key == "gpu":
+        return "no GPU lent to this session"
+    return f"not part of 'python -m bench {what}'"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="saeserve-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        report = run(args, workdir)
+    print()
+    print(text_table(report.ordered()))
+    for row in report.ordered():
+        if row.note:
+            print(f"\n{row.measurement}: {row.note}")
+    output = args.output or (DOCS if args.what == "all" else None)
+    if output is not None:
+        write_markdown(report, output, command_line())
+        print(f"\nbench: wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""What every measurement needs: the assets, the run mode, and the engine loaded once.
+
+``Mode`` scales the work: ``full`` is what docs/BENCHMARKS.md records, ``quick`` shortens
+every repeat count and load duration for a look in a minute or two, ``smoke`` is the
+seconds-long run the test suite does on a tiny model. ``Context.served`` loads the model
+and SAE into a ``ServedModel`` on first use, so measurements that only talk to a server
+never pay for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from bench.assets import BenchAssets
+from saeserve.engine.served_model import ServedModel
+
+
+class Mode(StrEnum):
+    FULL = "full"
+    QUICK = "quick"
+    SMOKE = "smoke"
+
+
+@dataclass
+class Context:
+    assets: BenchAssets
+    mode: Mode
+    workdir: Path
+    notes: list[str] = field(default_factory=list)
+    """Run-wide notes for the report (what was skipped and why, profiles)."""
+    _served: ServedModel | None = None
+
+    @property
+    def served(self) -> ServedModel:
+        if self._served is None:
+            self._served = ServedModel.load(self.assets.model_path, [self.assets.sae_path])
+        return self._served
+
+    def pick(self, full: float, quick: float, smoke: float) -> float:
+        """A count or duration for the current mode."""
+        return {Mode.FULL: full, Mode.QUICK: quick, Mode.SMOKE: smoke}[self.mode]
+
+    def count(self, full: int, quick: int, smoke: int) -> int:
+        return int(self.pick(full, quick, smoke))

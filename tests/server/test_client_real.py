@@ -1,0 +1,164 @@
+"""The Python client (sync and asyncio) and the CLI against the real server and demo model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+from saeserve.engine.decompose import decompose
+from saeserve.engine.served_model import ServedModel
+from saeserve.engine.types import DecomposeRequest
+from saeserve.server.settings import demo_models
+from saeserve_client import AsyncSaeserveClient, SaeserveClient, SaeserveError, Steer, collect
+from tests.server.conftest import KEY, Server
+from tests.server.test_metrics_endpoint import delta, scrape, wait_for
+
+DEMO = "demo"
+TEXT = "She said that Elizabeth was in the garden."
+
+
+@pytest.fixture(scope="module")
+def demo_engine() -> ServedModel:
+    (spec,) = demo_models()
+    return ServedModel.load(spec.path, [s.path for s in spec.saes], name=DEMO)
+
+
+@pytest.fixture
+def client(server: Server):  # type: ignore[no-untyped-def]
+    with SaeserveClient(server.target, api_key=KEY) as c:
+        yield c
+
+
+def test_sync_client_every_rpc(client: SaeserveClient, demo_engine: ServedModel) -> None:
+    models = {m.name: m for m in client.list_models()}
+    assert [s.id for s in models[DEMO].saes] == list(demo_engine.saes)
+    tokens = client.tokenize(TEXT, model=DEMO)
+    assert list(tokens.ids) == demo_engine.lm.tokenizer(TEXT)["input_ids"]
+    (doc,) = client.decompose(TEXT, model=DEMO, top_k=4, feature_ids=[325, 1224])
+    want = decompose(
+        demo_engine, DecomposeRequest(texts=[TEXT], top_k=4, feature_ids=[325, 1224])
+    ).texts[0]
+    for w in want.saes:
+        got = doc[w.sae_id]
+        np.testing.assert_array_equal(got.top_ids, w.top_ids)
+        np.testing.assert_allclose(got.dense, w.dense_values, rtol=1e-5, atol=1e-5)
+    out = collect(
+        client.generate(
+            "The house was",
+            model=DEMO,
+            max_new_tokens=5,
+            temperature=0,
+            interventions=[Steer.add("resid_post.2", 1224, 8.0)],
+            include_baseline=True,
+        )
+    )
+    assert set(out) == {"steered", "baseline"} and all(len(g.token_ids) == 5 for g in out.values())
+    feature = client.get_feature("resid_post.2", 1224, model=DEMO)
+    assert feature.has_statistics and feature.density > 0
+    hits = client.search_features("said", model=DEMO, limit=3)
+    assert hits and hits[0].sae in demo_engine.saes
+    assert client.health() == "SERVING"
+
+
+def test_async_client_every_rpc(server: Server) -> None:
+    async def run() -> None:
+        async with AsyncSaeserveClient(server.target, api_key=KEY) as c:
+            models = await c.list_models()
+            assert DEMO in {m.name for m in models}
+            tokens = await c.tokenize(TEXT, model=DEMO)
+            (doc,) = await c.decompose(TEXT, model=DEMO, top_k=3)
+            assert doc.tokens == list(tokens.strings)
+            chunks = [
+                ch async for ch in c.generate("Once", model=DEMO, max_new_tokens=4, temperature=0)
+            ]
+            assert len(chunks) == 4 and chunks[-1].finish_reason == "length"
+            assert (await c.get_feature("resid_post.1", 325, model=DEMO)).feature == 325
+            assert await c.search_features("she", model=DEMO, limit=2)
+
+    asyncio.run(run())
+
+
+def test_invalid_argument_is_not_retried_and_deadline_is_honoured(
+    server: Server, client: SaeserveClient
+) -> None:
+    before = scrape(server)
+    with pytest.raises(SaeserveError) as info:
+        client.decompose(TEXT, model=DEMO, top_k=10_000)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in info.value.message
+    assert wait_for(
+        lambda: (
+            delta(
+                before,
+                scrape(server),
+                "ray_saeserve_requests_total",
+                rpc="Decompose",
+                code="INVALID_ARGUMENT",
+            )
+            >= 1
+        )
+    )
+    assert (
+        delta(
+            before,
+            scrape(server),
+            "ray_saeserve_requests_total",
+            rpc="Decompose",
+            code="INVALID_ARGUMENT",
+        )
+        == 1
+    )
+    with pytest.raises(SaeserveError) as info:
+        list(client.generate("Once", model=DEMO, max_new_tokens=200, timeout=0.05))
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_unavailable_is_retried_then_raised() -> None:
+    with (
+        SaeserveClient("127.0.0.1:1", api_key=KEY, timeout=5) as c,
+        pytest.raises(SaeserveError) as info,
+    ):
+        c.list_models()
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def _cli(server: Server, *args: str) -> str:
+    env = {**os.environ, "SAESERVE_API_KEY": KEY}
+    done = subprocess.run(
+        [sys.executable, "-m", "saeserve.cli", *args, "--target", server.target],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_subcommands_on_the_demo(server: Server) -> None:
+    m = ("--model", DEMO)
+    assert "resid_post.1" in _cli(server, "models")
+    assert json.loads(_cli(server, "models", "--json"))
+    assert '" Elizabeth"' in _cli(server, "decompose", TEXT, "--top-k", "3", *m)
+    assert json.loads(_cli(server, "decompose", TEXT, "--json", *m))
+    assert "Elizabeth" in _cli(server, "feature", "resid_post.1", "325", *m)
+    assert json.loads(_cli(server, "feature", "resid_post.1", "325", "--json", *m))
+    assert "resid_post.2/3233" in _cli(server, "search", "said", *m)
+    assert json.loads(_cli(server, "search", "said", "--json", *m))
+    out = _cli(
+        server,
+        "generate",
+        "The house was",
+        "--steer",
+        "resid_post.2:1224:add:8",
+        "--baseline",
+        "--max-new-tokens",
+        "6",
+        *m,
+    )
+    assert "steered" in out and "baseline" in out
+    lines = _cli(server, "generate", "Once", "--max-new-tokens", "3", "--json", *m).splitlines()
+    assert len([json.loads(line) for line in lines if line.strip()]) == 3
