@@ -137,14 +137,13 @@ def test_a_stream_past_its_deadline_stops_generation(server: Server) -> None:
     cancel that lands while it is still sending the previous chunk; see docs/notes-ray-grpc.md.)
     """
     before = scrape(server)
-    req = pb.GenerateRequest(
-        prompt="Once", sampling=pb.SamplingParams(max_new_tokens=240, temperature=0)
-    )
+    # 240 tokens of the demo model take several times the deadline, so it lands mid-generation
+    sampling = pb.SamplingParams(max_new_tokens=240, temperature=0)
+    req = pb.GenerateRequest(model="demo", prompt="Once", sampling=sampling)
     received = []
     with pytest.raises(grpc.RpcError) as info:
-        for chunk in server.stub.Generate(req, metadata=AUTH, timeout=0.3):
+        for chunk in server.stub.Generate(req, metadata=AUTH, timeout=0.15):
             received.append(chunk)
-            time.sleep(0.01)  # a slow reader: the deadline passes mid-stream
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert 0 < len(received) < 240
     seen: list[tuple[float, float]] = []
