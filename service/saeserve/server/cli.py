@@ -110,9 +110,11 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Ray replaces the default SIGINT handler
+        signal.signal(sig, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+        while not stop.wait(0.5):
+            pass
     from ray import serve
 
     serve.shutdown()
