@@ -16,10 +16,7 @@ Run: ``python -m saeserve.demo.train_lm --corpus-dir build/demo/corpus --tokeniz
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
-import itertools
 import json
 import math
 import shutil
@@ -41,6 +38,7 @@ from transformers import (
 
 from saeserve.demo.corpus import read_documents
 from saeserve.demo.tokenizer import TOKENIZER_FILES
+from saeserve.sae.train.flags import field_docs
 
 
 @dataclass
@@ -417,23 +415,6 @@ def _write_training_record(cfg: TrainConfig, result: TrainResult) -> None:
 
 
 # --- command line ------------------------------------------------------------------------
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
-    docs: dict[str, str] = {}
-    for node, after in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = after.value.value
-    return docs
 
 
 def config_parser() -> argparse.ArgumentParser:
