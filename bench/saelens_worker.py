@@ -78,6 +78,9 @@ def main() -> None:
 
     model = hooked_gpt2(served)
     sae = SAE.load_from_disk(args["sae"], device="cpu")
+    ours = served.saes[sae_id].sae.cfg
+    if ours.input_norm == "scale":  # SAELens applies a dataset scale only once folded in
+        sae.fold_activation_norm_scaling_factor(ours.norm_scale)
     hook = sae.cfg.metadata.hook_name
     acts_name = f"{hook}.hook_sae_acts_post"
     rows = [tokenize(lm.tokenizer, t, max_tokens=lm.max_positions).token_ids for t in texts]

@@ -148,7 +148,8 @@ class Sae(nn.Module):
         """Encoder pre-activations [..., d_sae] of an already normalised input."""
         if self.cfg.apply_b_dec_to_input:
             x_n = x_n - self.b_dec
-        return x_n @ self.W_enc + self.b_enc
+        flat = x_n.reshape(-1, self.d_in)  # one fused addmm instead of a matmul and an add
+        return torch.addmm(self.b_enc, flat, self.W_enc).reshape(*x_n.shape[:-1], self.d_sae)
 
     def encode_sparse(self, x: Tensor) -> SparseLatents:
         """TopK latents of model-space x: ReLU of the k largest pre-activations."""
