@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from saeserve.errors import InvalidArgument
 from saeserve.sae.base import Activation, InputNorm, Sae, SaeConfig
+from saeserve.sae.formats.files import json_int, load_safetensors, read_json, require_tensor
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def read_saelens(
     ``layer`` only matters when cfg.json names no hook: it then means ``resid_post.<layer>``.
     """
     cfg_path = folder / CFG_FILE
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path)
     meta = raw.get("metadata") or raw.get("meta") or {}
     meta = meta if isinstance(meta, dict) else {}
     own = raw.get(OWN_KEY) or {}
@@ -92,8 +93,8 @@ def read_saelens(
             log.warning("%s: %s", cfg_path, metadata["note"])
     try:
         cfg = SaeConfig(
-            d_in=_int(raw, "d_in", cfg_path),
-            d_sae=_int(raw, "d_sae", cfg_path),
+            d_in=json_int(raw, "d_in", cfg_path),
+            d_sae=json_int(raw, "d_sae", cfg_path),
             activation=activation,
             k=k,
             hook_point=str(own.get("hook_point", hook_name)),
@@ -107,10 +108,10 @@ def read_saelens(
         raise InvalidArgument(f"{cfg_path}: {e}") from None
 
     weights_path = folder / WEIGHTS_FILE
-    file = _load_safetensors(weights_path)
+    file = load_safetensors(weights_path)
     tensors: dict[str, tuple[str, Tensor]] = {}
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        tensors[name] = (f"{weights_path}:{name}", _require(file, name, weights_path))
+        tensors[name] = (f"{weights_path}:{name}", require_tensor(file, name, weights_path))
     if activation is Activation.JUMPRELU:
         if "threshold" in file:
             tensors["threshold"] = (f"{weights_path}:threshold", file["threshold"])
@@ -120,7 +121,7 @@ def read_saelens(
                 file["log_threshold"].exp(),
             )
         else:
-            _require(file, "threshold", weights_path)
+            require_tensor(file, "threshold", weights_path)
     scaling = file.get("scaling_factor", file.get("finetuning_scaling_factor"))
     if scaling is not None and not torch.all(scaling == 1):
         # SAELens multiplies the latents by it before decoding; fold it into W_dec's rows
@@ -247,34 +248,3 @@ def _input_norm(
     if norm is InputNorm.SCALE and not scale > 0:
         raise InvalidArgument(f"{cfg_path}: norm_scaling_factor must be > 0, got {scale}")
     return norm, scale
-
-
-def _int(raw: dict[str, Any], key: str, cfg_path: Path) -> int:
-    value = raw.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"{cfg_path}: {key} must be an integer, got {value!r}")
-    return value
-
-
-# --- files ---------------------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InvalidArgument(f"{path}: cannot read JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise InvalidArgument(f"{path}: cannot read safetensors ({e})") from None
-
-
-def _require(file: dict[str, Tensor], key: str, path: Path) -> Tensor:
-    if key not in file:
-        raise InvalidArgument(f"{path}: missing tensor {key!r}; found {sorted(file)}")
-    return file[key]

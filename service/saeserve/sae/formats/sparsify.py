@@ -10,16 +10,14 @@ expansion_factor=32). Transcoders, skip connections and GroupMax activations are
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
-from safetensors.torch import load_file
 from torch import Tensor
 
 from saeserve.errors import InvalidArgument
 from saeserve.sae.base import Activation, SaeConfig
+from saeserve.sae.formats.files import json_int, load_safetensors, read_json, require_tensor
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -45,7 +43,7 @@ def is_sparsify_folder(folder: Path) -> bool:
 def read_sparsify(folder: Path) -> tuple[SaeConfig, dict[str, tuple[str, Tensor]]]:
     """Config and tensors of one hookpoint folder; tensors map our name -> (origin, tensor)."""
     cfg_path = folder / CFG_FILE
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path)
     if raw.get("transcode"):
         raise InvalidArgument(
             f"{cfg_path}: transcode=true (a transcoder, not an SAE) is not supported"
@@ -57,16 +55,16 @@ def read_sparsify(folder: Path) -> tuple[SaeConfig, dict[str, tuple[str, Tensor]
             f"{cfg_path}: activation {raw['activation']!r} is not supported; supported: topk"
         )
 
-    d_in = _int(raw, "d_in", None, cfg_path)
-    num_latents = _int(raw, "num_latents", 0, cfg_path) or d_in * _int(
-        raw, "expansion_factor", DEFAULT_EXPANSION_FACTOR, cfg_path
+    d_in = json_int(raw, "d_in", cfg_path)
+    num_latents = json_int(raw, "num_latents", cfg_path, 0) or d_in * json_int(
+        raw, "expansion_factor", cfg_path, DEFAULT_EXPANSION_FACTOR
     )
     try:
         cfg = SaeConfig(
             d_in=d_in,
             d_sae=num_latents,
             activation=Activation.TOPK,
-            k=_int(raw, "k", DEFAULT_K, cfg_path),
+            k=json_int(raw, "k", cfg_path, DEFAULT_K),
             hook_point=portable_hook_point(folder.name),
             apply_b_dec_to_input=True,
             metadata={"format": "sparsify", "hookpoint": folder.name},
@@ -75,17 +73,12 @@ def read_sparsify(folder: Path) -> tuple[SaeConfig, dict[str, tuple[str, Tensor]
         raise InvalidArgument(f"{cfg_path}: {e}") from None
 
     weights_path = folder / WEIGHTS_FILE
-    try:
-        file = load_file(str(weights_path), device="cpu")
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise InvalidArgument(f"{weights_path}: cannot read safetensors ({e})") from None
+    file = load_safetensors(weights_path)
     if "W_skip" in file:
         raise InvalidArgument(f"{weights_path}: W_skip (a skip connection) is not supported")
 
     def take(key: str) -> Tensor:
-        if key not in file:
-            raise InvalidArgument(f"{weights_path}: missing tensor {key!r}; found {sorted(file)}")
-        return file[key]
+        return require_tensor(file, key, weights_path)
 
     encoder_weight = take("encoder.weight")  # [n, d]
     if encoder_weight.ndim != 2:
@@ -98,20 +91,3 @@ def read_sparsify(folder: Path) -> tuple[SaeConfig, dict[str, tuple[str, Tensor]
         "W_dec": (f"{weights_path}:W_dec", take("W_dec")),
         "b_dec": (f"{weights_path}:b_dec", take("b_dec")),
     }
-
-
-def _int(raw: dict[str, Any], key: str, default: int | None, cfg_path: Path) -> int:
-    value = raw.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"{cfg_path}: {key} must be an integer, got {value!r}")
-    return value
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InvalidArgument(f"{path}: cannot read JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
