@@ -172,9 +172,7 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
 
-    # The tokenizer.json is the source of truth; tokenizer_config.json adds special tokens and
-    # the chat template. Loading the generic fast class avoids model-specific rewrites.
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    tokenizer = _load_tokenizer(folder)
     stop_ids = _stop_token_ids(folder, config, tokenizer)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
@@ -202,3 +200,27 @@ def load_model(
         attn_implementation=attn_implementation,
         extra=extra,
     )
+
+
+def _load_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    # The tokenizer.json is the source of truth; tokenizer_config.json adds special tokens and
+    # the chat template. Loading the generic fast class avoids model-specific rewrites.
+    return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+
+
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A model folder's tokenizer and context limit, without the weights."""
+
+    tokenizer: PreTrainedTokenizerFast
+    max_positions: int
+
+
+def load_tokenizer(path: str | Path) -> LoadedTokenizer:
+    """The tokenizer of the model in folder `path` and its context limit, as ``load_model``
+    gives them, for processes that tokenize but never run the model (the gRPC ingress)."""
+    folder = Path(path).expanduser()
+    _require_files(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    tokenizer = _load_tokenizer(folder)
+    return LoadedTokenizer(tokenizer, _max_positions(config, tokenizer))

@@ -2,9 +2,9 @@
 
 ``build_app(settings)`` binds the graph; ``app_builder(args)`` is the import path a Serve
 config file names (``saeserve.server.app:app_builder``, args ``{config: FILE, set: [...]}``);
-``start(settings)`` starts Ray and Serve with the gRPC proxy and runs the app, as
-``saeserve serve`` does. The gRPC proxy registers the servicer functions below, so their
-modules must import on every node (they are in this package and grpcio-health-checking).
+``start(settings)`` starts Ray and Serve and runs the app, as ``saeserve serve`` does. The
+ingress replicas serve gRPC themselves on ``settings.grpc_port`` (``ingress.py``); Ray
+Serve's own gRPC proxy is not used.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
-from ray.serve.config import gRPCOptions
 
 from saeserve.server.ingress import SaeserveIngress
 from saeserve.server.replica import ModelReplica
@@ -23,10 +22,6 @@ from saeserve.server.settings import ServerSettings, overrides_from_assignments
 log = logging.getLogger(__name__)
 
 APP_NAME = "saeserve"
-GRPC_SERVICER_FUNCTIONS = [
-    "saeserve.v1.saeserve_pb2_grpc.add_SaeserveServicer_to_server",
-    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
-]
 
 
 def deployment_name(model: str) -> str:
@@ -41,7 +36,7 @@ def build_app(settings: ServerSettings) -> Application:
             name=deployment_name(spec.name),
             num_replicas=settings.replicas,
             ray_actor_options={"num_gpus": settings.num_gpus, "num_cpus": settings.num_cpus},
-            # Generate streams and batched Decompose calls wait inside the replica.
+            # Generate streams and Decompose batches wait inside the replica.
             max_ongoing_requests=settings.limits.max_queue_length
             + settings.limits.max_concurrent_streams,
             max_queued_requests=settings.limits.max_queue_length,
@@ -49,8 +44,8 @@ def build_app(settings: ServerSettings) -> Application:
         models[spec.name] = replica.bind(spec.model_dump(mode="json"), limits)
     ingress = serve.deployment(SaeserveIngress).options(  # type: ignore[attr-defined]
         name="SaeserveIngress",
-        ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=4 * settings.limits.max_queue_length,
+        num_replicas=settings.ingress_replicas,
+        ray_actor_options={"num_cpus": 0, "resources": dict(settings.ingress_resources)},
     )
     return ingress.bind(_settings_for_replicas(settings), models)
 
@@ -69,12 +64,9 @@ def app_builder(args: dict[str, Any]) -> Application:
     return build_app(ServerSettings.load(args.get("config"), **overrides))
 
 
-def grpc_options(settings: ServerSettings) -> gRPCOptions:
-    return gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS)
-
-
 def start(settings: ServerSettings, *, ray_address: str | None = None) -> None:
-    """Start (or join) Ray, start Serve with the gRPC proxy and run the app; returns once it is up."""
+    """Start (or join) Ray, start Serve and run the app; returns once it is deployed (the
+    gRPC server answers health checks a moment later)."""
     import ray
 
     if not ray.is_initialized():
@@ -86,8 +78,5 @@ def start(settings: ServerSettings, *, ray_address: str | None = None) -> None:
                 logging_level=logging.WARNING,
                 _metrics_export_port=settings.metrics_port,
             )
-    serve.start(
-        grpc_options=grpc_options(settings),
-        http_options={"host": settings.host, "port": settings.http_port},
-    )
+    serve.start(http_options={"host": settings.host, "port": settings.http_port})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")

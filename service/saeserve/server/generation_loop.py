@@ -2,9 +2,11 @@
 
 Streams (asyncio, on the replica's event loop) submit requests and read their events from
 an asyncio queue; the thread runs one decode step for all running sequences at a time, so
-concurrent streams share forward passes and a new stream joins at the next step. A stream
-that is closed (client cancelled, deadline passed) cancels its sequences, which leave the
-batch before the next step.
+concurrent streams share forward passes and a new stream joins at the next step. Each
+step's events reach the event loop in one hand-off, and a stream yields every event that
+is waiting at once, so a reader that falls behind catches up in fewer, larger pieces. A
+stream that is closed (client cancelled, deadline passed) cancels its sequences, which
+leave the batch before the next step.
 """
 
 from __future__ import annotations
@@ -12,14 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from saeserve.engine.generate import BatchGenerator
 from saeserve.engine.types import GenerateRequest, TokenEvent
 
 log = logging.getLogger(__name__)
 
-EventSink = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[TokenEvent | BaseException]"]
+EventQueue = asyncio.Queue[TokenEvent | BaseException]
+EventSink = tuple[asyncio.AbstractEventLoop, EventQueue]
+
+
+def _deliver(items: list[tuple[EventQueue, TokenEvent | BaseException]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
 
 
 class GenerationLoop:
@@ -46,20 +54,28 @@ class GenerationLoop:
     def active_sequences(self) -> int:
         return self.generator.n_sequences
 
-    async def stream(self, req: GenerateRequest) -> AsyncIterator[TokenEvent]:
-        """Events of one request until each variant has finished; closing it cancels."""
+    async def stream(self, req: GenerateRequest) -> AsyncIterator[list[TokenEvent]]:
+        """Events of one request, in groups of those ready together, until each variant
+        has finished; closing it cancels."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+        queue: EventQueue = asyncio.Queue()
         rid = await asyncio.to_thread(self._submit, req, (loop, queue))
         remaining = 1 + int(req.include_baseline)
         try:
             while remaining:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if item.finish_reason is not None:
-                    remaining -= 1
-                yield item
+                ready = [await queue.get()]
+                while not queue.empty():
+                    ready.append(queue.get_nowait())
+                events: list[TokenEvent] = []
+                for item in ready:
+                    if isinstance(item, BaseException):
+                        if events:
+                            yield events
+                        raise item
+                    if item.finish_reason is not None:
+                        remaining -= 1
+                    events.append(item)
+                yield events
         finally:
             if remaining:
                 self._cancel(rid)
@@ -98,18 +114,27 @@ class GenerationLoop:
                 self.generator.has_work()  # drops rows that just finished
                 if self.on_active:
                     self.on_active(self.generator.n_sequences)
-                for ev in events:
-                    sink = self._sinks.get(ev.request_id)
-                    if sink is not None:
-                        loop, queue = sink
-                        loop.call_soon_threadsafe(queue.put_nowait, ev)
+                self._hand_off((ev.request_id, ev) for ev in events)
                 done = {ev.request_id for ev in events if ev.finish_reason is not None}
                 for rid in done:
                     if not self.generator.has_request(rid):
                         self._sinks.pop(rid, None)
 
+    def _hand_off(self, items: Iterable[tuple[int, TokenEvent | BaseException]]) -> None:
+        """Put each item on its stream's queue: one call into each event loop per step."""
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[EventQueue, TokenEvent | BaseException]]
+        ] = {}
+        for rid, item in items:
+            sink = self._sinks.get(rid)
+            if sink is not None:
+                loop, queue = sink
+                by_loop.setdefault(loop, []).append((queue, item))
+        for loop, batch in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, batch)
+
     def _fail_all(self, error: Exception) -> None:
-        for rid, (loop, queue) in list(self._sinks.items()):
-            loop.call_soon_threadsafe(queue.put_nowait, error)
+        self._hand_off((rid, error) for rid in self._sinks)
+        for rid in self._sinks:
             self.generator.cancel(rid)
         self._sinks.clear()

@@ -1,9 +1,16 @@
-"""The gRPC ingress deployment: one method per RPC of saeserve.v1.Saeserve, plus health.
+"""The gRPC ingress deployment: it serves saeserve.v1.Saeserve, health and reflection.
 
-Ray Serve's gRPC proxy routes each call here by method name. Every RPC goes through one
-path (``_call``/``Generate``): API-key check, request conversion and limits, the model
-replica's handle, metrics, and the mapping of errors to status codes. The methods hold no
-model logic; the replicas (``replica.py``) and the engine do the work.
+Each ingress replica runs its own grpc.aio server (``grpc_server.py``) on the replica's
+event loop, on ``settings.grpc_port`` (``SO_REUSEPORT``, so several replicas on one node
+share the port); its methods are the RPC handlers. Serving gRPC here rather than through
+Ray Serve's gRPC proxy saves a process hop per call and per streamed message, and makes a
+client's cancel reach the model replica every time (docs/notes-ray-grpc.md).
+
+Every RPC goes through one path (``_call``/``Generate``): API-key check, request
+conversion and limits, the model replica's handle, metrics, and the mapping of errors to
+status codes. Tokenize is answered here (the ingress holds each model's tokenizer);
+concurrent Decompose calls for one model leave as one replica call (``Batcher``). The
+methods hold no model logic; the replicas (``replica.py``) and the engine do the work.
 """
 
 from __future__ import annotations
@@ -12,17 +19,20 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2
 from ray.serve.exceptions import BackPressureError
-from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from saeserve.engine.tokenize import tokenize
+from saeserve.engine.types import DecomposeRequest, DecomposeResult, Tokenization
 from saeserve.errors import NotFound, ResourceExhausted
+from saeserve.model.loader import LoadedTokenizer, load_tokenizer
 from saeserve.server import metrics
 from saeserve.server.auth import ApiKeys
+from saeserve.server.batcher import Batcher
 from saeserve.server.convert import (
     decompose_from_proto,
     decompose_to_proto,
@@ -30,13 +40,17 @@ from saeserve.server.convert import (
     search_limit,
     tokens_to_proto,
 )
+from saeserve.server.grpc_server import build_grpc_server
+from saeserve.server.health import Health
 from saeserve.server.settings import ServerSettings
 from saeserve.server.status import status_for
 from saeserve.v1 import saeserve_pb2 as pb
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-SERVICE_NAME = "saeserve.v1.Saeserve"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+INLINE_TOKENIZE_CHARS = 20_000
+"""Longer Tokenize texts are tokenized on a worker thread, off the event loop."""
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -51,10 +65,6 @@ def _unwrap(error: BaseException) -> BaseException:
     return error
 
 
-class StreamFailed(Exception):
-    """Raised after a Generate stream's status was set, so the proxy sends that status."""
-
-
 class SaeserveIngress:
     def __init__(self, settings: dict[str, Any], models: dict[str, DeploymentHandle]) -> None:
         self.settings = ServerSettings.model_validate(settings)
@@ -62,25 +72,61 @@ class SaeserveIngress:
         self.models = models
         self.default_model = self.settings.models[0].name
         self.keys = ApiKeys.from_settings(self.settings)
+        self.tokenizers = {m.name: load_tokenizer(m.path) for m in self.settings.models}
+        self.decompose_batchers = {
+            name: self._batcher(handle) for name, handle in self.models.items()
+        }
         if not self.keys.enabled:
             log.warning("saeserve: no API keys configured; the server is open to any caller")
+        self.server = build_grpc_server(
+            self,
+            Health(self._serving_status),
+            host=self.settings.host,
+            port=self.settings.grpc_port,
+            max_message_bytes=self.settings.max_message_bytes,
+        )
+        self._started = asyncio.get_running_loop().create_task(self.server.start())
+
+    def _batcher(self, handle: DeploymentHandle) -> Batcher[DecomposeRequest, DecomposeResult]:
+        async def send(reqs: list[DecomposeRequest]) -> list[DecomposeResult | BaseException]:
+            outcomes: list[DecomposeResult | BaseException] = await handle.decompose_batch.remote(
+                reqs
+            )
+            return outcomes
+
+        return Batcher(
+            send,
+            max_batch_size=self.limits.max_batch_size,
+            # one batch per model replica at a time; what arrives meanwhile forms the next
+            max_in_flight=self.limits.max_decompose_batches_in_flight or self.settings.replicas,
+            max_queue_length=self.limits.max_queue_length,
+            wait_s=self.limits.batch_wait_timeout_s,
+            on_reject=metrics.REJECTED.labels(reason="queue_full").inc,
+        )
+
+    async def check_health(self) -> None:
+        """Ray Serve's replica health check: the gRPC server must have started."""
+        if self._started.done() and (error := self._started.exception()) is not None:
+            raise error
+
+    async def __del__(self) -> None:
+        await self.server.stop(grace=5.0)
 
     # --- plumbing ------------------------------------------------------------------------------
-    def _model(self, name: str, field: str) -> DeploymentHandle:
+    def _model_name(self, name: str, field: str) -> str:
         name = name or self.default_model
-        try:
-            return self.models[name]
-        except KeyError:
-            raise NotFound(
-                f"{field}: unknown model {name!r} (known: {', '.join(self.models)})"
-            ) from None
+        if name not in self.models:
+            raise NotFound(f"{field}: unknown model {name!r} (known: {', '.join(self.models)})")
+        return name
+
+    def _model(self, name: str, field: str) -> DeploymentHandle:
+        return self.models[self._model_name(name, field)]
 
     async def _call(
         self,
         rpc: str,
-        ctx: RayServegRPCContext,
+        ctx: Context,
         work: Callable[[], Awaitable[R]],
-        empty: Callable[[], R],
     ) -> R:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -90,114 +136,106 @@ class SaeserveIngress:
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except BaseException as e:  # every error becomes a status; the server keeps serving
-            code, message = status_for(_unwrap(e))
-            ctx.set_code(code)
-            ctx.set_details(message)
-            return empty()
+        except Exception as e:  # every error becomes a status; the server keeps serving
+            code, details = status_for(_unwrap(e), rpc=rpc)
+            await ctx.abort(code, details)
+            raise AssertionError("grpc.aio abort returned") from None  # pragma: no cover
         finally:
             metrics.observe_request(rpc, code.name, time.perf_counter() - start)
 
     # --- RPCs ------------------------------------------------------------------------------
     async def ListModels(
-        self, request: pb.ListModelsRequest, grpc_context: RayServegRPCContext
+        self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         async def work() -> pb.ListModelsResponse:
             infos = await asyncio.gather(*(h.info.remote() for h in self.models.values()))
             return pb.ListModelsResponse(models=infos)
 
-        return await self._call("ListModels", grpc_context, work, pb.ListModelsResponse)
+        return await self._call("ListModels", context, work)
 
-    async def Tokenize(
-        self, request: pb.TokenizeRequest, grpc_context: RayServegRPCContext
-    ) -> pb.TokenizeResponse:
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         async def work() -> pb.TokenizeResponse:
-            tokens = await self._model(request.model, "tokenize.model").tokenize.remote(
-                request.text
-            )
+            tok = self.tokenizers[self._model_name(request.model, "tokenize.model")]
+            if len(request.text) > INLINE_TOKENIZE_CHARS:
+                tokens = await asyncio.to_thread(self._tokenize, tok, request.text)
+            else:
+                tokens = self._tokenize(tok, request.text)
             return pb.TokenizeResponse(tokens=tokens_to_proto(tokens))
 
-        return await self._call("Tokenize", grpc_context, work, pb.TokenizeResponse)
+        return await self._call("Tokenize", context, work)
+
+    def _tokenize(self, tok: LoadedTokenizer, text: str) -> Tokenization:
+        return tokenize(
+            tok.tokenizer,
+            text,
+            max_tokens=self.limits.tokens_per_text(tok.max_positions),
+            field_name="tokenize.text",
+        )
 
     async def Decompose(
-        self, request: pb.DecomposeRequest, grpc_context: RayServegRPCContext
+        self, request: pb.DecomposeRequest, context: Context
     ) -> pb.DecomposeResponse:
         async def work() -> pb.DecomposeResponse:
+            name = self._model_name(request.model, "decompose.model")
             req = decompose_from_proto(request, self.limits)
-            result = await self._model(request.model, "decompose.model").decompose.remote(req)
-            return decompose_to_proto(result)
+            return decompose_to_proto(await self.decompose_batchers[name].submit(req))
 
-        return await self._call("Decompose", grpc_context, work, pb.DecomposeResponse)
+        return await self._call("Decompose", context, work)
 
     async def GetFeature(
-        self, request: pb.GetFeatureRequest, grpc_context: RayServegRPCContext
+        self, request: pb.GetFeatureRequest, context: Context
     ) -> pb.GetFeatureResponse:
         async def work() -> pb.GetFeatureResponse:
             handle = self._model(request.model, "get_feature.model")
-            return await handle.get_feature.remote(request.sae, request.feature)
+            response: pb.GetFeatureResponse = await handle.get_feature.remote(
+                request.sae, request.feature
+            )
+            return response
 
-        return await self._call("GetFeature", grpc_context, work, pb.GetFeatureResponse)
+        return await self._call("GetFeature", context, work)
 
     async def SearchFeatures(
-        self, request: pb.SearchFeaturesRequest, grpc_context: RayServegRPCContext
+        self, request: pb.SearchFeaturesRequest, context: Context
     ) -> pb.SearchFeaturesResponse:
         async def work() -> pb.SearchFeaturesResponse:
             limit = search_limit(request, self.limits)
             handle = self._model(request.model, "search_features.model")
-            return await handle.search_features.remote(request.query, request.sae, limit)
+            response: pb.SearchFeaturesResponse = await handle.search_features.remote(
+                request.query, request.sae, limit
+            )
+            return response
 
-        return await self._call("SearchFeatures", grpc_context, work, pb.SearchFeaturesResponse)
+        return await self._call("SearchFeatures", context, work)
 
     async def Generate(
-        self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext
+        self, request: pb.GenerateRequest, context: Context
     ) -> AsyncIterator[pb.GenerateChunk]:
+        """Chunks as the model replica makes them; it sends them in groups when it runs
+        ahead of this stream, and they go out one message per chunk."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         stream = None
         try:
-            self.keys.check(grpc_context.invocation_metadata())
+            self.keys.check(context.invocation_metadata())
             spec = generate_from_proto(request, self.limits)
             handle = self._model(request.model, "generate.model").options(stream=True)
             stream = cast(DeploymentResponseGenerator, handle.generate.remote(spec))
-            async for chunk in stream:
-                yield chunk
+            async for chunks in stream:
+                for chunk in chunks:
+                    yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
             raise
-        except BaseException as e:
-            code, message = status_for(_unwrap(e))
-            grpc_context.set_code(code)
-            grpc_context.set_details(message)
-            # A streaming method must raise for Serve's proxy to send the status it set;
-            # returning would end the stream with OK.
-            raise StreamFailed(message) from None
+        except Exception as e:
+            code, details = status_for(_unwrap(e), rpc="Generate")
+            await context.abort(code, details)
         finally:
             if stream is not None:
                 stream.cancel()
             metrics.observe_request("Generate", code.name, time.perf_counter() - start)
 
-    # --- grpc.health.v1 (exempt from API keys) ------------------------------------------------
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext
-    ) -> health_pb2.HealthCheckResponse:
-        if request.service not in ("", SERVICE_NAME):
-            grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
-            grpc_context.set_details(f"health.service: unknown service {request.service!r}")
-            return health_pb2.HealthCheckResponse()
-        return health_pb2.HealthCheckResponse(status=await self._serving_status())
-
-    async def Watch(
-        self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext
-    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        last = None
-        while True:
-            status = await self._serving_status()
-            if status != last:
-                yield health_pb2.HealthCheckResponse(status=status)
-                last = status
-            await asyncio.sleep(1.0)
-
-    async def _serving_status(self) -> int:
+    # --- health -------------------------------------------------------------------------------
+    async def _serving_status(self) -> health_pb2.HealthCheckResponse.ServingStatus:
         try:
             ready = await asyncio.gather(*(h.ready.remote() for h in self.models.values()))
         except Exception:

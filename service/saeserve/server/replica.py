@@ -1,10 +1,12 @@
 """The model replica: one model, its SAEs and feature indexes, served to the ingress.
 
-Decompose calls are dynamically batched (``serve.batch``) into one engine forward; a
-batch whose requests include an invalid one falls back to running each alone, so every
-caller gets its own answer or its own error. Generate streams share the replica's
-``GenerationLoop``. One lock serialises forward passes, because hooks live on the shared
-model modules. Returns engine types and protobuf messages; the ingress owns gRPC.
+Decompose arrives in batches (the ingress groups concurrent requests, ``batcher.py``) and
+runs as one engine forward; a batch whose requests include an invalid one falls back to
+running each alone, so every caller gets its own answer or its own error. Generate
+streams share the replica's ``GenerationLoop``; a stream sends the chunks that are ready
+together, so a consumer that falls behind gets fewer, larger messages. One lock
+serialises forward passes, because hooks live on the shared model modules. Returns
+engine types and protobuf messages; the ingress owns gRPC.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import torch
-from ray import serve
 
 from saeserve.engine.decompose import decompose_many
 from saeserve.engine.generate import BatchGenerator
@@ -27,9 +28,8 @@ from saeserve.engine.types import (
     DecomposeResult,
     GenerateRequest,
     TokenEvent,
-    Tokenization,
 )
-from saeserve.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SaeserveError
+from saeserve.errors import FailedPrecondition, InvalidArgument, SaeserveError
 from saeserve.server import metrics
 from saeserve.server.convert import GenerateSpec, chunk_to_proto
 from saeserve.server.feature_view import FeatureView
@@ -75,7 +75,7 @@ class ModelReplica:
             self.served, {s.effective_id: s.index_folder for s in self.spec.saes}
         )
         self.lock = threading.Lock()
-        self._queued = 0
+        self._max_tokens = self.limits.tokens_per_text(self.served.lm.max_positions)
         self.loop = GenerationLoop(
             BatchGenerator(
                 self.served,
@@ -88,9 +88,6 @@ class ModelReplica:
             on_active=metrics.ACTIVE_SEQUENCES.set,
             on_cancel=metrics.CANCELLED_GENERATIONS.inc,
         )
-        batcher: Any = self._decompose_batch  # serve.batch adds these setters
-        batcher.set_max_batch_size(self.limits.max_batch_size)
-        batcher.set_batch_wait_timeout_s(self.limits.batch_wait_timeout_s)
         log.info(
             "model %s loaded on %s (%s) with SAEs %s",
             self.spec.name,
@@ -133,57 +130,34 @@ class ModelReplica:
     def ready(self) -> bool:
         return True
 
-    # --- tokenize / decompose ------------------------------------------------------------
-    def tokenize(self, text: str) -> Tokenization:
-        return tokenize(
-            self.served.lm.tokenizer,
-            text,
-            max_tokens=self._max_tokens(),
-            field_name="tokenize.text",
-        )
-
-    async def decompose(self, req: DecomposeRequest) -> DecomposeResult:
-        if self._queued >= self.limits.max_queue_length:
-            metrics.REJECTED.labels(reason="queue_full").inc()
-            raise ResourceExhausted(
-                f"decompose queue is full ({self.limits.max_queue_length} requests)"
-            )
-        self._queued += 1
-        try:
-            outcome = await self._decompose_batch(req)
-        finally:
-            self._queued -= 1
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _decompose_batch(
+    # --- decompose ----------------------------------------------------------------------------
+    async def decompose_batch(
         self, reqs: list[DecomposeRequest]
     ) -> list[DecomposeResult | SaeserveError]:
+        """One outcome per request, in order: its result, or its own error."""
         metrics.BATCH_SIZE.labels(rpc="Decompose").observe(len(reqs))
         return await asyncio.to_thread(self._decompose_now, reqs)
 
     def _decompose_now(self, reqs: list[DecomposeRequest]) -> list[DecomposeResult | SaeserveError]:
         with self.lock:
             try:
-                results: list[DecomposeResult | SaeserveError] = list(self._run_decompose(reqs))
-            except SaeserveError:
+                return list(self._run_decompose(reqs))
+            except SaeserveError as e:
                 if len(reqs) == 1:
-                    raise
-                results = []
-                for r in reqs:  # find which request was bad; the others still get answers
-                    try:
-                        results.extend(self._run_decompose([r]))
-                    except SaeserveError as e:
-                        results.append(e)
-        return results
+                    return [e]
+            results: list[DecomposeResult | SaeserveError] = []
+            for r in reqs:  # find which request was bad; the others still get answers
+                try:
+                    results.extend(self._run_decompose([r]))
+                except SaeserveError as e:
+                    results.append(e)
+            return results
 
     def _run_decompose(self, reqs: list[DecomposeRequest]) -> list[DecomposeResult]:
         out = decompose_many(
             self.served,
             reqs,
-            max_tokens=self._max_tokens(),
+            max_tokens=self._max_tokens,
             max_dense_values=self.limits.max_dense_values,
         )
         for r in out:
@@ -192,7 +166,7 @@ class ModelReplica:
         return out
 
     # --- generate ---------------------------------------------------------------------------
-    async def generate(self, spec: GenerateSpec) -> AsyncIterator[pb.GenerateChunk]:
+    async def generate(self, spec: GenerateSpec) -> AsyncIterator[list[pb.GenerateChunk]]:
         prompt_ids = await asyncio.to_thread(self._prompt_ids, spec)
         req = GenerateRequest(
             prompt_ids=prompt_ids,
@@ -205,10 +179,14 @@ class ModelReplica:
         for iv in spec.interventions:
             metrics.INTERVENTIONS.labels(mode=str(iv.mode)).inc()
         index: dict[str, int] = {}
-        async for ev in self.loop.stream(req):
+
+        def to_proto(ev: TokenEvent) -> pb.GenerateChunk:
             i = index.get(ev.variant, 0)
             index[ev.variant] = i + 1
-            yield chunk_to_proto(ev, i, len(prompt_ids))
+            return chunk_to_proto(ev, i, len(prompt_ids))
+
+        async for events in self.loop.stream(req):
+            yield [to_proto(ev) for ev in events]
 
     def _prompt_ids(self, spec: GenerateSpec) -> list[int]:
         tok = self.served.lm.tokenizer
@@ -224,13 +202,13 @@ class ModelReplica:
                 return_dict=True,
             )
             ids = [int(i) for i in cast(Any, encoded)["input_ids"]]
-            if len(ids) > self._max_tokens():
+            if len(ids) > self._max_tokens:
                 raise InvalidArgument(
-                    f"generate.messages: {len(ids)} tokens > limit {self._max_tokens()}"
+                    f"generate.messages: {len(ids)} tokens > limit {self._max_tokens}"
                 )
             return ids
         return tokenize(
-            tok, spec.prompt, max_tokens=self._max_tokens(), field_name="generate.prompt"
+            tok, spec.prompt, max_tokens=self._max_tokens, field_name="generate.prompt"
         ).token_ids
 
     def _on_generate_step(self, events: list[TokenEvent]) -> None:
@@ -246,6 +224,3 @@ class ModelReplica:
 
     def search_features(self, query: str, sae_id: str, limit: int) -> pb.SearchFeaturesResponse:
         return self.features.search(query, sae_id, limit)
-
-    def _max_tokens(self) -> int:
-        return min(self.limits.max_tokens_per_text, self.served.lm.max_positions)

@@ -134,13 +134,22 @@ class Limits(BaseModel):
     max_search_results: int = Field(default=100, ge=1)
     """SearchFeatures: limit."""
     max_queue_length: int = Field(default=256, ge=1)
-    """Requests waiting per replica before new ones get RESOURCE_EXHAUSTED."""
+    """Requests waiting (per model in each ingress, and per model replica) before new ones
+    get RESOURCE_EXHAUSTED."""
     max_batch_size: int = Field(default=16, ge=1)
-    """Decompose: texts in one batched forward pass (dynamic batching)."""
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
-    """Decompose: seconds to wait for a batch to fill before running it."""
+    """Decompose: requests in one batched forward pass (dynamic batching; 1 = off)."""
+    max_decompose_batches_in_flight: int = Field(default=0, ge=0)
+    """Decompose: batches one ingress replica has at one model at a time; 0 = the model's
+    replicas (settings.replicas). With autoscaling, set it to the most replicas."""
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0)
+    """Decompose: seconds a batch that is not full may wait for company once the model is
+    free; 0 = go at once (requests that arrive during a forward pass still batch)."""
     max_concurrent_streams: int = Field(default=32, ge=1)
     """Generate: sequences decoded together per replica; more wait in the queue."""
+
+    def tokens_per_text(self, max_positions: int) -> int:
+        """Tokens one text or prompt may have on a model with context `max_positions`."""
+        return min(self.max_tokens_per_text, max_positions)
 
 
 class ServerSettings(BaseSettings):
@@ -157,13 +166,18 @@ class ServerSettings(BaseSettings):
     models: list[ModelSpec] = Field(default_factory=demo_models, min_length=1)
     """Models to serve; the first is the default for requests with an empty model."""
     host: str = "0.0.0.0"
-    """Address the gRPC and HTTP proxies bind."""
+    """Address the gRPC server (in each ingress replica) and Ray's HTTP proxy bind."""
     grpc_port: int = Field(default=9000, ge=1, le=65535)
     """gRPC port (the API, health and reflection)."""
     http_port: int = Field(default=8000, ge=1, le=65535)
     """Ray Serve HTTP port (``/-/healthz``, ``/-/routes``)."""
     metrics_port: int = Field(default=8080, ge=1, le=65535)
     """Port where Ray exports Prometheus metrics (``ray_serve_*`` and ``saeserve_*``)."""
+    ingress_replicas: int = Field(default=1, ge=1)
+    """gRPC ingress replicas; those on one node share grpc_port (SO_REUSEPORT)."""
+    ingress_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each ingress replica needs: pins the gRPC port to the nodes
+    that have them (on KubeRay, the pods the gRPC Service selects)."""
     replicas: int = Field(default=1, ge=1)
     """Model replicas per model; each holds the model and its SAEs."""
     num_gpus: float = Field(default=0.0, ge=0)
