@@ -25,20 +25,21 @@ def random_sae(
     k: int | None = 8,
     input_norm: InputNorm = InputNorm.NONE,
     seed: int = 0,
+    d_sae: int = D_SAE,
 ) -> Sae:
     g = torch.Generator().manual_seed(seed)
     cfg = SaeConfig(
-        d_in=d_in, d_sae=D_SAE, activation=activation, k=k if activation is Activation.TOPK else None,
+        d_in=d_in, d_sae=d_sae, activation=activation, k=k if activation is Activation.TOPK else None,
         hook_point=hook_point, input_norm=input_norm, norm_scale=0.5, id=sae_id,
     )  # fmt: skip
     sae = Sae(cfg)
     with torch.no_grad():
-        w_dec = torch.randn(D_SAE, d_in, generator=g)
+        w_dec = torch.randn(d_sae, d_in, generator=g)
         sae.W_dec.copy_(w_dec / w_dec.norm(dim=-1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T + 0.1 * torch.randn(d_in, D_SAE, generator=g))
-        sae.b_enc.copy_(0.1 * torch.randn(D_SAE, generator=g))
+        sae.W_enc.copy_(sae.W_dec.T + 0.1 * torch.randn(d_in, d_sae, generator=g))
+        sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g))
         sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=g))
-        sae.threshold.copy_(0.05 * torch.rand(D_SAE, generator=g))
+        sae.threshold.copy_(0.05 * torch.rand(d_sae, generator=g))
     return sae
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from saeserve.engine.decompose import decompose, decompose_many
 from saeserve.engine.served_model import ServedModel
-from saeserve.engine.types import DecomposeRequest
+from saeserve.engine.types import DecomposeRequest, DecomposeResult
 from saeserve.errors import InvalidArgument, NotFound
 from tests.engine import reference
+from tests.engine.conftest import random_sae
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -18,9 +21,10 @@ TEXTS = [
 ]
 
 
-def test_matches_manual_forward_and_numpy_sae(served: ServedModel) -> None:
-    features = [0, 5, 63]
-    res = decompose(served, DecomposeRequest(texts=TEXTS, top_k=6, feature_ids=features))
+def _check_against_reference(
+    served: ServedModel, res: DecomposeResult, top_k: int, features: list[int]
+) -> None:
+    """Every text's SAE outputs equal the numpy formulas on a manual forward's activations."""
     assert res.n_tokens == sum(len(t.tokenization.token_ids) for t in res.texts)
     for text in res.texts:
         acts = reference.capture(
@@ -30,7 +34,8 @@ def test_matches_manual_forward_and_numpy_sae(served: ServedModel) -> None:
             hooked = served.saes[out.sae_id]
             x = acts[hooked.hook_point.name]
             a, recon = reference.encode(hooked.sae, x)
-            want_vals = -np.sort(-a, axis=-1)[:, :6]
+            assert out.top_ids.shape == out.top_values.shape == (len(x), top_k)
+            want_vals = -np.sort(-a, axis=-1)[:, :top_k]
             np.testing.assert_allclose(out.top_values, want_vals, rtol=1e-4, atol=1e-4)
             rows = np.arange(len(a))[:, None]
             active = out.top_ids >= 0
@@ -50,6 +55,31 @@ def test_matches_manual_forward_and_numpy_sae(served: ServedModel) -> None:
                 assert out.explained_variance == pytest.approx(
                     1 - sq.sum() / dist.sum(), rel=1e-3, abs=1e-4
                 )
+
+
+def test_matches_manual_forward_and_numpy_sae(served: ServedModel) -> None:
+    # top_k 6 is below post0's k=8 and above mid1's k=4
+    features = [0, 5, 63]
+    res = decompose(served, DecomposeRequest(texts=TEXTS, top_k=6, feature_ids=features))
+    _check_against_reference(served, res, 6, features)
+
+
+@pytest.fixture(scope="module")
+def wide(gpt2_path: Path) -> ServedModel:
+    """A TopK SAE wide enough, on enough tokens, for the chunked top-k (1024 latents, k=16)."""
+    served = ServedModel.load(gpt2_path)
+    d = served.lm.layout.d_model
+    served.add_sae(random_sae(d, "resid_post.1", sae_id="wide", k=16, d_sae=1024, seed=5))
+    return served
+
+
+@pytest.mark.parametrize("top_k", [5, 16, 40])  # below, at and above the SAE's k
+def test_wide_topk_sae_matches_numpy_for_any_top_k(wide: ServedModel, top_k: int) -> None:
+    texts = [" ".join(TEXTS * 4), *TEXTS]
+    features = [0, 17, 511, 1023]
+    res = decompose(wide, DecomposeRequest(texts=texts, top_k=top_k, feature_ids=features))
+    assert res.n_tokens >= 64  # the chunked top-k needs at least 64 rows
+    _check_against_reference(wide, res, top_k, features)
 
 
 def test_padding_never_changes_a_result(served: ServedModel) -> None:
@@ -82,6 +112,13 @@ def test_byte_offsets_slice_the_utf8_text(served: ServedModel) -> None:
     assert starts == sorted(starts) and starts[0] == 0
     assert tok.offsets[-1][1] == len(raw)  # bytes, not the 10 characters
     assert tok.offsets[-1][1] == len(raw)
+
+
+def test_token_strings_are_each_token_decoded_alone(served: ServedModel) -> None:
+    text = "naïve café, the cat and the cat"
+    for _ in range(2):  # the second time from the remembered strings
+        tok = decompose(served, DecomposeRequest(texts=[text], top_k=1)).texts[0].tokenization
+        assert tok.tokens == [served.lm.tokenizer.decode([i]) for i in tok.token_ids]
 
 
 @pytest.mark.parametrize(

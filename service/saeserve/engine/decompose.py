@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from saeserve.engine.served_model import HookedSae, ServedModel
@@ -30,7 +31,7 @@ from saeserve.engine.types import (
 )
 from saeserve.errors import InvalidArgument
 from saeserve.model.hookpoints import HookPoint, forward_until
-from saeserve.sae.base import Sae, SparseLatents
+from saeserve.sae.base import Sae
 
 
 @dataclass
@@ -185,15 +186,19 @@ def _run_texts(
 def _run_sae(sae: Sae, x: Tensor, top_k: int, feature_ids: Tensor, with_error: bool) -> _SaeOutput:
     x_n, ctx = sae.normalize(x)
     pre = sae.pre_activations(x_n)  # [T, d_sae]
-    k = sae.cfg.k or 0
-    if sae.is_topk and top_k <= k:
-        top = torch.topk(pre, k, dim=-1)
-        values, indices = torch.relu(top.values), top.indices  # [T, k], sorted
-        top_values, top_ids = values[:, :top_k], indices[:, :top_k]
+    if sae.is_topk:
+        # one top-k serves everything: its sorted columns are the answer's top_k (every
+        # latent past the k active ones is 0), and it is the sparse form the decoder gathers
+        sparse = sae.topk(pre)  # [T, k], strongest first
+        values, indices = sparse
+        k = values.shape[-1]
+        if top_k <= k:
+            top_values, top_ids = values[:, :top_k], indices[:, :top_k]
+        else:
+            top_values = F.pad(values, (0, top_k - k))
+            top_ids = F.pad(indices, (0, top_k - k), value=-1)
         dense = (values.unsqueeze(-1) * (indices.unsqueeze(-1) == feature_ids)).sum(dim=1)
-        recon_n = (
-            sae.decode_sparse_normalized(SparseLatents(values, indices)) if with_error else None
-        )
+        recon_n = sae.decode_sparse_normalized(sparse) if with_error else None
     else:
         latents = sae.activate(pre)  # [T, d_sae]
         top = torch.topk(latents, top_k, dim=-1)
