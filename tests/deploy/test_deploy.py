@@ -2,11 +2,14 @@
 
 Checks every YAML and JSON file under deploy/ parses; that deploy/serve_config.yaml and
 the RayService's serveConfigV2 are valid Serve configs running the same application, whose
-import path and gRPC servicer functions import; that the settings files validate as
-``ServerSettings`` and agree on ports with the Serve configs and the pod specs; that the
-PodMonitor scrapes a named container port of the Ray pods; and that every metric the
-Grafana dashboard queries is one the service exports through Ray. No cluster, no Ray
-instance: ``python -m pytest tests/deploy``.
+import path imports, with Ray Serve's gRPC proxy off (the ingress replicas serve gRPC
+themselves; a proxy on the same port would take a share of their connections); that the
+settings files validate as ``ServerSettings`` and agree on ports with the Serve configs,
+the pod specs and the gRPC Service; that the ingress's custom resources pin it to the
+head, which the gRPC Service selects, and let it keep a Decompose batch at every model
+replica; that the PodMonitor scrapes a named container port of the Ray pods; and that
+every metric the Grafana dashboard queries is one the service exports through Ray.
+No cluster, no Ray instance: ``python -m pytest tests/deploy``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from saeserve.server.app import APP_NAME, GRPC_SERVICER_FUNCTIONS, deployment_name
+from saeserve.server.app import APP_NAME, deployment_name
 from saeserve.server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,8 +72,25 @@ def configmap() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def local_settings(serve_config: dict[str, Any]) -> ServerSettings:
+    path = DEPLOY / _app(serve_config)["args"]["config"]  # read relative to the config's folder
+    assert path.is_file(), path
+    return ServerSettings.model_validate(yaml.safe_load(path.read_text()) or {})
+
+
+@pytest.fixture(scope="module")
 def cluster_settings(configmap: dict[str, Any]) -> ServerSettings:
     return ServerSettings.model_validate(yaml.safe_load(configmap["data"]["settings.yaml"]))
+
+
+@pytest.fixture(scope="module")
+def grpc_service() -> dict[str, Any]:
+    (service,) = [
+        d
+        for d in _docs(DEPLOY / "k8s" / "rayservice.yaml")
+        if d.get("kind") == "Service" and d["metadata"]["name"] == "saeserve-grpc"
+    ]
+    return service
 
 
 def _pod_specs(rayservice: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -79,6 +99,25 @@ def _pod_specs(rayservice: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]
     yield "head", cluster["headGroupSpec"], cluster["headGroupSpec"]["template"]
     for group in cluster["workerGroupSpecs"]:
         yield group["groupName"], group, group["template"]
+
+
+def _head_spec(rayservice: dict[str, Any]) -> dict[str, Any]:
+    return rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]
+
+
+def _custom_resources(params: dict[str, str]) -> dict[str, float]:
+    """The custom resources a group's rayStartParams give its pods.
+
+    KubeRay wants ``resources`` as a quoted JSON string with escaped quotes,
+    ``'"{\\"name\\": 1}"'`` in YAML, which is a JSON string literal holding the JSON object.
+    """
+    if "resources" not in params:
+        return {}
+    inner = json.loads(params["resources"])
+    assert isinstance(inner, str), "resources must be a quoted, escaped JSON object"
+    resources = json.loads(inner)
+    assert isinstance(resources, dict)
+    return resources
 
 
 def _ray_container(template: dict[str, Any]) -> dict[str, Any]:
@@ -141,37 +180,24 @@ def test_rayservice_runs_the_same_application(
     for key in ("name", "import_path", "route_prefix"):
         assert cluster.get(key) == local.get(key), key
     assert set(cluster["args"]) == set(local["args"])
-    for key in ("port", "grpc_servicer_functions", "enable_reflection"):
-        assert serve_config_v2["grpc_options"][key] == serve_config["grpc_options"][key], key
     assert serve_config_v2["http_options"]["port"] == serve_config["http_options"]["port"]
     assert serve_config_v2["proxy_location"] == serve_config["proxy_location"]
 
 
-def test_app_has_a_route_so_grpc_calls_need_no_application_metadata(
+def test_serve_grpc_proxy_is_off(
     serve_config: dict[str, Any], serve_config_v2: dict[str, Any]
 ) -> None:
-    """Serve's gRPC proxy only routes metadata-less calls to an app with an endpoint,
-    and only apps with a route prefix get one (ray/serve/_private/proxy_router.py)."""
+    """The ingress replicas bind grpc_port themselves; Serve's gRPC proxy must not start."""
     for config in (serve_config, serve_config_v2):
-        assert _app(config).get("route_prefix", "/") is not None
-
-
-def test_servicer_functions_are_the_apps(serve_config: dict[str, Any]) -> None:
-    assert serve_config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICER_FUNCTIONS
-
-
-def _named_paths(config: dict[str, Any]) -> list[str]:
-    return [a["import_path"] for a in config["applications"]] + config["grpc_options"][
-        "grpc_servicer_functions"
-    ]
+        assert "grpc_options" not in config
 
 
 def test_every_named_import_path_imports(
     serve_config: dict[str, Any], serve_config_v2: dict[str, Any]
 ) -> None:
-    paths = sorted(set(_named_paths(serve_config) + _named_paths(serve_config_v2)))
-    assert len(paths) >= 3
-    for path in paths:
+    paths = {a["import_path"] for c in (serve_config, serve_config_v2) for a in c["applications"]}
+    assert paths
+    for path in sorted(paths):
         assert callable(_import(path)), path
 
 
@@ -188,28 +214,78 @@ def test_deployment_overrides_name_deployments_the_app_builds(
 # --- settings --------------------------------------------------------------------------------
 
 
-def test_local_settings_validate_and_match_serve_config(serve_config: dict[str, Any]) -> None:
-    config = _app(serve_config)["args"]["config"]
-    path = DEPLOY / config  # saeserve serve reads it relative to the config's folder
-    assert path.is_file(), path
-    settings = ServerSettings.model_validate(yaml.safe_load(path.read_text()) or {})
-    assert settings.grpc_port == serve_config["grpc_options"]["port"]
-    assert settings.http_port == serve_config["http_options"]["port"]
+def test_local_settings_validate_and_match_serve_config(
+    serve_config: dict[str, Any], local_settings: ServerSettings
+) -> None:
+    assert local_settings.http_port == serve_config["http_options"]["port"]
 
 
 def test_cluster_settings_match_serve_config_and_pods(
     serve_config_v2: dict[str, Any], rayservice: dict[str, Any], cluster_settings: ServerSettings
 ) -> None:
-    assert cluster_settings.grpc_port == serve_config_v2["grpc_options"]["port"]
     assert cluster_settings.http_port == serve_config_v2["http_options"]["port"]
     assert all(str(m.path).startswith("/models/") for m in cluster_settings.models)
     for group, spec, template in _pod_specs(rayservice):
         ports = _ports(template)
-        assert ports.get("serve-grpc") == cluster_settings.grpc_port, group
         assert ports.get("serve") == cluster_settings.http_port, group
         assert ports.get("metrics") == cluster_settings.metrics_port, group
         params = spec["rayStartParams"]
         assert params.get("metrics-export-port") == str(cluster_settings.metrics_port), group
+
+
+def test_head_exposes_the_grpc_port_and_the_grpc_service_targets_it(
+    rayservice: dict[str, Any],
+    grpc_service: dict[str, Any],
+    local_settings: ServerSettings,
+    cluster_settings: ServerSettings,
+) -> None:
+    assert local_settings.grpc_port == cluster_settings.grpc_port  # docs/deploy.md: 9000 both
+    head = _ports(_head_spec(rayservice)["template"])
+    named = [n for n, p in head.items() if p == cluster_settings.grpc_port]
+    assert named == ["grpc"], f"head container ports on {cluster_settings.grpc_port}: {named}"
+    # KubeRay copies `serve-*` ports onto the serve Service, which selects the workers.
+    assert not named[0].startswith("serve")
+    (port,) = grpc_service["spec"]["ports"]
+    assert port["port"] == cluster_settings.grpc_port
+    assert head[port["targetPort"]] == cluster_settings.grpc_port
+
+
+def test_ingress_resources_pin_the_ingress_to_the_head(
+    rayservice: dict[str, Any], cluster_settings: ServerSettings
+) -> None:
+    """The gRPC port is served where the ingress replicas run: only on the head."""
+    wanted = cluster_settings.ingress_resources
+    assert wanted, "without ingress_resources the ingress may land on any node"
+    head = _custom_resources(_head_spec(rayservice)["rayStartParams"])
+    for name, amount in wanted.items():
+        assert name in head, f"the head provides no {name!r}"
+        # every ingress replica fits on the one head
+        assert cluster_settings.ingress_replicas * amount <= head[name], name
+    for group, spec, _ in _pod_specs(rayservice):
+        if group != "head":
+            assert not wanted.keys() & _custom_resources(spec["rayStartParams"]).keys(), group
+
+
+def test_every_model_replica_gets_a_decompose_batch(
+    serve_config_v2: dict[str, Any], cluster_settings: ServerSettings
+) -> None:
+    """Each ingress keeps at most max_decompose_batches_in_flight batches at a model;
+    fewer than its replicas would leave the extra replicas idle for Decompose."""
+    in_flight = cluster_settings.limits.max_decompose_batches_in_flight or cluster_settings.replicas
+    for deployment in _app(serve_config_v2).get("deployments", []):
+        most = deployment.get("autoscaling_config", {}).get("max_replicas", 0)
+        assert in_flight >= most, deployment["name"]
+
+
+def test_every_pod_mounts_the_model_folders(
+    rayservice: dict[str, Any], cluster_settings: ServerSettings
+) -> None:
+    """Model replicas read the weights; the ingress (on the head) reads the tokenizers."""
+    for group, _, template in _pod_specs(rayservice):
+        mounts = [PurePosixPath(m["mountPath"]) for m in _ray_container(template)["volumeMounts"]]
+        for model in cluster_settings.models:
+            path = PurePosixPath(str(model.path))
+            assert any(path.is_relative_to(m) for m in mounts), (group, str(path))
 
 
 def test_every_pod_mounts_the_settings_file_serve_reads(
@@ -265,16 +341,14 @@ def test_every_pod_gets_the_api_keys_from_a_secret(rayservice: dict[str, Any]) -
         assert "secretKeyRef" in env["SAESERVE_API_KEYS"]["valueFrom"], group
 
 
-def test_grpc_service_selects_ray_pods_on_the_grpc_port(rayservice: dict[str, Any]) -> None:
-    (service,) = [
-        d for d in _docs(DEPLOY / "k8s" / "rayservice.yaml") if d.get("kind") == "Service"
-    ]
-    for port in service["spec"]["ports"]:
-        for group, _, template in _pod_specs(rayservice):
-            assert port["targetPort"] in _ports(template), group
-    own = {k: v for k, v in service["spec"]["selector"].items() if not k.startswith("ray.io/")}
+def test_grpc_service_selects_the_head_only(
+    rayservice: dict[str, Any], grpc_service: dict[str, Any]
+) -> None:
+    selector = grpc_service["spec"]["selector"]
+    assert not any(k.startswith("ray.io/") for k in selector), "select by the templates' labels"
     for group, _, template in _pod_specs(rayservice):
-        assert own.items() <= template["metadata"]["labels"].items(), group
+        selected = selector.items() <= template["metadata"]["labels"].items()
+        assert selected == (group == "head"), group
 
 
 # --- monitoring ------------------------------------------------------------------------------
