@@ -94,11 +94,15 @@ class SaeserveIngress:
             )
             return outcomes
 
+        if self.limits.max_batch_size > 1:
+            # one batch per model replica at a time; what arrives meanwhile forms the next
+            in_flight = self.limits.max_decompose_batches_in_flight or self.settings.replicas
+        else:  # batching off: nothing to gather, so every request goes at once
+            in_flight = self.limits.max_queue_length
         return Batcher(
             send,
             max_batch_size=self.limits.max_batch_size,
-            # one batch per model replica at a time; what arrives meanwhile forms the next
-            max_in_flight=self.limits.max_decompose_batches_in_flight or self.settings.replicas,
+            max_in_flight=in_flight,
             max_queue_length=self.limits.max_queue_length,
             wait_s=self.limits.batch_wait_timeout_s,
             on_reject=metrics.REJECTED.labels(reason="queue_full").inc,

@@ -140,7 +140,8 @@ class Limits(BaseModel):
     """Decompose: requests in one batched forward pass (dynamic batching; 1 = off)."""
     max_decompose_batches_in_flight: int = Field(default=0, ge=0)
     """Decompose: batches one ingress replica has at one model at a time; 0 = the model's
-    replicas (settings.replicas). With autoscaling, set it to the most replicas."""
+    replicas (settings.replicas). With autoscaling, set it to the most replicas. Unused
+    when max_batch_size is 1: then every request goes to the model at once."""
     batch_wait_timeout_s: float = Field(default=0.0, ge=0)
     """Decompose: seconds a batch that is not full may wait for company once the model is
     free; 0 = go at once (requests that arrive during a forward pass still batch)."""
