@@ -1,7 +1,7 @@
 """py-spy profiles behind bench/analysis.md: where the service and the engine spend their time.
 
 ``python -m bench.pyspy_profile service`` starts the service on the bench assets and
-records the model replica, the ingress replica and the gRPC proxy with py-spy during a
+records the model replica and the ingress replica (which serves gRPC) with py-spy during a
 12 s, 16-client Decompose load, then prints each process's heaviest frames (self and
 inclusive). ``python -m bench.pyspy_profile generate`` records the engine's ``generate``
 (128 greedy tokens, 8 times) in this process and prints the inclusive share of the
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import torch
 
 from bench import batching
 from bench.assets import bench_texts, resolve_assets
-from bench.server import descends_from, replica_pid, running_server
+from bench.server import replica_pid, running_server
 
 
 def summarize_raw(path: Path, *, keep: str = "", top: int = 12) -> str:
@@ -53,21 +52,6 @@ def summarize_raw(path: Path, *, keep: str = "", top: int = 12) -> str:
     return "\n".join(lines)
 
 
-def _proxy_pid() -> int:
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if b"ray::ProxyActor" in (entry / "cmdline").read_bytes() and descends_from(
-                int(entry.name), me
-            ):
-                return int(entry.name)
-        except OSError:
-            continue
-    raise LookupError("no gRPC proxy process found")
-
-
 def profile_service(workdir: Path, seconds: float) -> None:
     assets = resolve_assets(workdir)
     from saeserve.engine.served_model import ServedModel
@@ -78,7 +62,6 @@ def profile_service(workdir: Path, seconds: float) -> None:
         pids = {
             "model replica": replica_pid(),
             "ingress": replica_pid("SaeserveIngress"),
-            "proxy": _proxy_pid(),
         }
         outs = {name: workdir / f"pyspy-{pid}.txt" for name, pid in pids.items()}
         record = ["py-spy", "record", "-d", str(int(seconds)), "-r", "50", "-f", "raw"]

@@ -1,6 +1,7 @@
 """Measurement 6: aggregate Generate throughput through the service with concurrent streams.
 
-1, 4 and 8 streams start together, each greedy, 64 new tokens (quick: 32), each with
+1, 4 and 8 streams start together, each greedy, exactly 64 new tokens (quick: 32;
+``ignore_eos``, since the demo model often ends a greedy text within a few tokens), each with
 its own interventions (ADD and SCALE on features no other stream uses), so the
 replica's step-level batching must carry a different steering plan per row. The rate is
 every stream's tokens over the time until the last one finishes; each level is run 3
@@ -29,7 +30,11 @@ async def _streams(target: str, sae_id: str, n: int, new_tokens: int) -> tuple[i
         async with (
             AsyncSaeserveClient(target, retry=NO_RETRY, timeout=300.0) as client,
             client.generate(
-                PROMPT, max_new_tokens=new_tokens, temperature=0.0, interventions=steer
+                PROMPT,
+                max_new_tokens=new_tokens,
+                temperature=0.0,
+                ignore_eos=True,  # every stream writes new_tokens tokens
+                interventions=steer,
             ) as stream,
         ):
             async for chunk in stream:

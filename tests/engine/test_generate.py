@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -162,3 +164,23 @@ def test_closing_the_stream_stops_the_work(served: ServedModel) -> None:
     stream.close()
     assert not gen.has_work()
     assert gen.steps == 3
+
+
+def test_ignore_eos_generates_past_end_of_sequence(served: ServedModel) -> None:
+    ids = _ids(served, PROMPTS[0])
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    lm = served.lm
+    try:
+        served.lm = replace(lm, stop_token_ids=())
+        free = _tokens(_run(served, GenerateRequest(ids, greedy)))
+        # make the 4th greedy token an end-of-sequence token
+        served.lm = replace(lm, stop_token_ids=(free[3],))
+        ended = _run(served, GenerateRequest(ids, greedy))
+        past = _run(served, GenerateRequest(ids, replace(greedy, ignore_eos=True)))
+    finally:
+        served.lm = lm
+    cut = free.index(free[3]) + 1
+    assert _tokens(ended) == free[:cut]
+    assert ended[-1].finish_reason is FinishReason.EOS
+    assert _tokens(past) == free
+    assert past[-1].finish_reason is FinishReason.LENGTH

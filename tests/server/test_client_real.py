@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from saeserve.engine.decompose import decompose
+from saeserve.engine.generate import generate
 from saeserve.engine.served_model import ServedModel
-from saeserve.engine.types import DecomposeRequest
+from saeserve.engine.types import DecomposeRequest, GenerateRequest, SamplingParams
 from saeserve.server.settings import demo_models
 from saeserve_client import AsyncSaeserveClient, SaeserveClient, SaeserveError, Steer, collect
 from tests.server.conftest import KEY, Server
@@ -65,6 +66,28 @@ def test_sync_client_every_rpc(client: SaeserveClient, demo_engine: ServedModel)
     hits = client.search_features("said", model=DEMO, limit=3)
     assert hits and hits[0].sae in demo_engine.saes
     assert client.health() == "SERVING"
+
+
+def test_ignore_eos_streams_exactly_max_new_tokens(
+    client: SaeserveClient, demo_engine: ServedModel
+) -> None:
+    prompt = "Once upon a time there was a small town by the sea."
+    ids = demo_engine.lm.tokenizer(prompt)["input_ids"]
+    want = [
+        e.token_id
+        for e in generate(
+            demo_engine, GenerateRequest(ids, SamplingParams(48, temperature=0, ignore_eos=True))
+        )
+    ]
+    # the demo model ends this greedy text early; ignore_eos writes on past its EOS tokens
+    assert set(want[:-1]) & set(demo_engine.lm.stop_token_ids)
+    plain = collect(client.generate(prompt, model=DEMO, max_new_tokens=48, temperature=0))
+    assert plain["steered"].finish_reason == "eos" and len(plain["steered"].token_ids) < 48
+    out = collect(
+        client.generate(prompt, model=DEMO, max_new_tokens=48, temperature=0, ignore_eos=True)
+    )
+    assert out["steered"].token_ids == want and len(want) == 48
+    assert out["steered"].finish_reason == "length"
 
 
 def test_async_client_every_rpc(server: Server) -> None:

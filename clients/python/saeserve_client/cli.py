@@ -157,6 +157,9 @@ def _generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument(
+        "--ignore-eos", action="store_true", help="generate past end-of-sequence tokens"
+    )
+    parser.add_argument(
         "--track",
         action="append",
         type=parse_feature_ref,
@@ -276,6 +279,7 @@ def _run_generate(
         top_k=args.top_k,
         seed=args.seed,
         stop=args.stop,
+        ignore_eos=args.ignore_eos,
         interventions=args.steer,
         include_baseline=args.baseline,
         track=args.track,

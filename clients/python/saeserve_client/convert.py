@@ -296,12 +296,15 @@ def generate_request(
     top_k: int,
     seed: int | None,
     stop: Sequence[str],
+    ignore_eos: bool,
     interventions: Sequence[Steer],
     include_baseline: bool,
     track: Sequence[tuple[str, int]],
     logprobs: bool,
 ) -> pb.GenerateRequest:
-    sampling = pb.SamplingParams(max_new_tokens=max_new_tokens, top_k=top_k, stop=list(stop))
+    sampling = pb.SamplingParams(
+        max_new_tokens=max_new_tokens, top_k=top_k, stop=list(stop), ignore_eos=ignore_eos
+    )
     if temperature is not None:
         sampling.temperature = temperature
     if top_p is not None:

@@ -258,7 +258,7 @@ class BatchGenerator:
         events = []
         for s, tok, lp, tr in zip(seqs, tokens, logprobs, tracked, strict=True):
             s.generated.append(tok)
-            if tok in stops:
+            if tok in stops and not s.sampling.ignore_eos:
                 s.finished, text = FinishReason.EOS, s.stream.flush()
             else:
                 text, stopped = s.stream.push(tok)

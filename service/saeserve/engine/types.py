@@ -113,6 +113,8 @@ class SamplingParams:
     """0 means no top-k cut."""
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    """Generate past end-of-sequence tokens, until max_new_tokens or a stop string."""
 
 
 @dataclass

@@ -170,6 +170,7 @@ def _sampling(msg: pb.SamplingParams, limits: Limits) -> SamplingParams:
         top_k=msg.top_k,
         seed=seed,
         stop=list(msg.stop),
+        ignore_eos=msg.ignore_eos,
     )
 
 
