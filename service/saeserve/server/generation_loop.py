@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 EventQueue = asyncio.Queue[TokenEvent | BaseException]
 EventSink = tuple[asyncio.AbstractEventLoop, EventQueue]
+
+
+def _ends(item: TokenEvent | BaseException) -> bool:
+    return isinstance(item, BaseException) or item.finish_reason is not None
 
 
 def _deliver(items: list[tuple[EventQueue, TokenEvent | BaseException]]) -> None:
@@ -54,18 +59,33 @@ class GenerationLoop:
     def active_sequences(self) -> int:
         return self.generator.n_sequences
 
-    async def stream(self, req: GenerateRequest) -> AsyncIterator[list[TokenEvent]]:
-        """Events of one request, in groups of those ready together, until each variant
-        has finished; closing it cancels."""
+    async def stream(
+        self, req: GenerateRequest, *, interval_s: float = 0.0
+    ) -> AsyncIterator[list[TokenEvent]]:
+        """Events of one request, in groups, until each variant has finished; closing it
+        cancels. A group holds the events ready together; with `interval_s` > 0, events
+        that come sooner than that after the previous group wait (at most that long) to
+        leave with the next, so a fast stream sends fewer, larger messages. The first
+        event and a variant's last never wait."""
         loop = asyncio.get_running_loop()
         queue: EventQueue = asyncio.Queue()
         rid = await asyncio.to_thread(self._submit, req, (loop, queue))
         remaining = 1 + int(req.include_baseline)
+        sent_at = -math.inf
         try:
             while remaining:
                 ready = [await queue.get()]
                 while not queue.empty():
                     ready.append(queue.get_nowait())
+                until = sent_at + interval_s
+                while not any(map(_ends, ready)) and (left := until - loop.time()) > 0:
+                    try:
+                        async with asyncio.timeout(left):
+                            ready.append(await queue.get())
+                    except TimeoutError:
+                        break
+                    while not queue.empty():
+                        ready.append(queue.get_nowait())
                 events: list[TokenEvent] = []
                 for item in ready:
                     if isinstance(item, BaseException):
@@ -75,6 +95,7 @@ class GenerationLoop:
                     if item.finish_reason is not None:
                         remaining -= 1
                     events.append(item)
+                sent_at = loop.time()
                 yield events
         finally:
             if remaining:

@@ -185,7 +185,7 @@ class ModelReplica:
             index[ev.variant] = i + 1
             return chunk_to_proto(ev, i, len(prompt_ids))
 
-        async for events in self.loop.stream(req):
+        async for events in self.loop.stream(req, interval_s=self.limits.stream_interval_s):
             yield [to_proto(ev) for ev in events]
 
     def _prompt_ids(self, spec: GenerateSpec) -> list[int]:

@@ -147,6 +147,10 @@ class Limits(BaseModel):
     free; 0 = go at once (requests that arrive during a forward pass still batch)."""
     max_concurrent_streams: int = Field(default=32, ge=1)
     """Generate: sequences decoded together per replica; more wait in the queue."""
+    stream_interval_s: float = Field(default=0.02, ge=0, le=1)
+    """Generate: tokens made within this long of a stream's previous message leave
+    together in its next (still one chunk per token); the first and last never wait.
+    Fewer messages per token let more streams share a replica; 0 = each step at once."""
 
     def tokens_per_text(self, max_positions: int) -> int:
         """Tokens one text or prompt may have on a model with context `max_positions`."""

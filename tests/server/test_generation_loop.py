@@ -1,0 +1,67 @@
+"""The replica's generation thread: streams get the engine's events, grouped by interval."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from saeserve.engine.generate import BatchGenerator, generate
+from saeserve.engine.served_model import ServedModel
+from saeserve.engine.types import GenerateRequest, SamplingParams, TokenEvent
+from saeserve.model.tiny import build_tiny_model
+from saeserve.server.generation_loop import GenerationLoop
+
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
+    path: Path = build_tiny_model("gpt2", tmp_path_factory.mktemp("loop"), n_layers=2, d_model=32)
+    return ServedModel.load(path)
+
+
+def request(served: ServedModel) -> GenerateRequest:
+    ids = served.lm.tokenizer("Once upon a time")["input_ids"]
+    sampling = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    return GenerateRequest(ids, sampling, include_baseline=True)
+
+
+def stream_groups(served: ServedModel, interval_s: float) -> list[list[TokenEvent]]:
+    loop = GenerationLoop(BatchGenerator(served), threading.Lock())
+
+    async def collect() -> list[list[TokenEvent]]:
+        return [g async for g in loop.stream(request(served), interval_s=interval_s)]
+
+    async def main() -> list[list[TokenEvent]]:
+        # a stream that held its last event for the interval would miss this deadline
+        return await asyncio.wait_for(collect(), timeout=20.0)
+
+    return asyncio.run(main())
+
+
+def key(e: TokenEvent) -> tuple[object, ...]:
+    return (e.variant, e.token_id, e.text, e.finish_reason)
+
+
+@pytest.mark.parametrize("interval_s", [0.0, 0.05])
+def test_a_stream_carries_the_engines_events_in_order(
+    served: ServedModel, interval_s: float
+) -> None:
+    want = [key(e) for e in generate(served, request(served))]
+    groups = stream_groups(served, interval_s)
+    assert [key(e) for g in groups for e in g] == want
+    assert len(want) == 2 * NEW_TOKENS
+
+
+def test_an_interval_groups_events_but_never_holds_the_first_or_last(
+    served: ServedModel,
+) -> None:
+    groups = stream_groups(served, 30.0)  # far longer than the whole generation
+    # the first step's events (one per variant) leave at once; the rest wait for the
+    # window, except that a variant's last event sends what waited without delay
+    assert [e.variant for e in groups[0]] == ["steered", "baseline"]
+    assert len(groups) == 2
+    assert groups[1][-1].finish_reason is not None
