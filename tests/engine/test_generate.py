@@ -14,6 +14,7 @@ from saeserve.engine.types import (
     GenerateRequest,
     Intervention,
     InterventionMode,
+    PositionKind,
     SamplingParams,
     TokenEvent,
     TrackedFeature,
@@ -184,3 +185,50 @@ def test_ignore_eos_generates_past_end_of_sequence(served: ServedModel) -> None:
     assert ended[-1].finish_reason is FinishReason.EOS
     assert _tokens(past) == free
     assert past[-1].finish_reason is FinishReason.LENGTH
+
+
+def test_steered_rows_joining_and_leaving_each_match_running_alone(served: ServedModel) -> None:
+    # one row only ADDs (no encoder), one CLAMPs the same SAE, one steers its prompt only;
+    # rows join mid-flight and leave at different steps, so the batch's plan is rebuilt
+    M = InterventionMode
+    reqs = [
+        GenerateRequest(
+            _ids(served, PROMPTS[0]),
+            SamplingParams(max_new_tokens=6, temperature=0),
+            [Intervention(M.ADD, 6.0, "post0", 3), Intervention(M.ADD, 3.0, "relu0", 2)],
+            track=[TrackedFeature("post0", 3)],
+        ),
+        GenerateRequest(
+            _ids(served, PROMPTS[1]),
+            SamplingParams(max_new_tokens=9, temperature=0),
+            [Intervention(M.CLAMP, 5.0, "post0", 7), Intervention(M.ADD, -2.0, "post0", 3)],
+            logprobs=True,
+        ),
+        GenerateRequest(
+            _ids(served, PROMPTS[2]),
+            SamplingParams(max_new_tokens=7, temperature=0),
+            [
+                Intervention(M.CLAMP, 9.0, "mid1", 1, positions=PositionKind.PROMPT),
+                Intervention(M.SCALE, 0.0, "jump1", 2, positions=PositionKind.GENERATED),
+            ],
+            track=[TrackedFeature("jump1", 2), TrackedFeature("mid1", 1)],
+        ),
+    ]
+    alone = [_run(served, r) for r in reqs]
+    gen = BatchGenerator(served)
+    rids = [gen.submit(reqs[0])]
+    events: list[TokenEvent] = []
+    for step in range(40):
+        if step in (2, 4):
+            rids.append(gen.submit(reqs[len(rids)]))
+        if not gen.has_work():
+            break
+        events += gen.step()
+    for rid, want in zip(rids, alone, strict=True):
+        got = [e for e in events if e.request_id == rid]
+        assert [e.token_id for e in got] == [e.token_id for e in want]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g.tracked, w.tracked, rtol=1e-4, atol=1e-5)
+            assert (g.logprob is None) == (w.logprob is None)
+            if g.logprob is not None and w.logprob is not None:
+                assert abs(g.logprob - w.logprob) < 1e-4

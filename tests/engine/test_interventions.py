@@ -154,3 +154,100 @@ def test_bad_interventions(
         resolve_interventions(served, [iv], PROMPT_LEN, max_abs_value=1000)
     assert message in str(info.value)
     assert "interventions[0]" in str(info.value)
+
+
+def _rows_mixed(served: ServedModel, d: int) -> list[list[Intervention]]:
+    """Rows of every kind: all-ADD, CLAMP beside ADD on one SAE, LayerNorm ADD (needs the
+    token's std), VECTOR, prompt-only and generated-only, and a row with nothing."""
+    v = [float(i % 5) - 2 for i in range(d)]
+    return [
+        [Intervention(mode=M.ADD, value=3.0, sae_id="post0", feature=2),
+         Intervention(mode=M.VECTOR, value=0.5, hook_point="resid_post.0", vector=v)],
+        [Intervention(mode=M.CLAMP, value=2.0, sae_id="post0", feature=5),
+         Intervention(mode=M.ADD, value=-1.0, sae_id="post0", feature=2, normalize=True),
+         Intervention(mode=M.CLAMP, value=4.0, sae_id="post0", feature=9, positions=PositionKind.PROMPT)],
+        [],
+        [Intervention(mode=M.ADD, value=2.0, sae_id="relu0", feature=1),
+         Intervention(mode=M.ADD, value=5.0, sae_id="relu0", feature=8, positions=PositionKind.PROMPT),
+         Intervention(mode=M.ABLATE, value=0.0, sae_id="post0", feature=7, positions=PositionKind.GENERATED)],
+        [Intervention(mode=M.ADD, value=1.5, sae_id="mid1", feature=3),
+         Intervention(mode=M.CLAMP, value=0.0, sae_id="jump1", feature=4)],
+    ]  # fmt: skip
+
+
+def _run_point(
+    served: ServedModel,
+    rows: list[list[Intervention]],
+    h: torch.Tensor,
+    point_name: str,
+    *,
+    decode: bool,
+) -> torch.Tensor:
+    """The hook at one point on h [B, S, d]: decode hooks, or the general ones with every
+    token at a generated position (>= PROMPT_LEN) when ``decode`` is False."""
+    plan = SteeringPlan([resolve_interventions(served, ivs, PROMPT_LEN) for ivs in rows])
+    if decode:
+        fns = plan.decode_hook_fns()
+    else:
+        token_pos = PROMPT_LEN + torch.arange(h.shape[1]).expand(len(rows), h.shape[1])
+        fns = plan.hook_fns(token_pos, torch.full((len(rows),), PROMPT_LEN))
+    fn = fns.get(served.hook_point(point_name))  # none where no row steers this point
+    out = None if fn is None else fn(h.clone())
+    return h if out is None else out
+
+
+@pytest.mark.parametrize("point_name", ["resid_post.0", "mlp_out.0", "resid_mid.1", "resid_post.1"])
+def test_decode_hooks_equal_the_general_hooks_and_each_row_alone(
+    served: ServedModel, point_name: str
+) -> None:
+    d = served.lm.layout.d_model
+    rows = _rows_mixed(served, d)
+    h = torch.randn(len(rows), 1, d, generator=torch.Generator().manual_seed(13)) * 3
+    together = _run_point(served, rows, h, point_name, decode=True)
+    general = _run_point(served, rows, h, point_name, decode=False)
+    torch.testing.assert_close(together, general, rtol=1e-5, atol=1e-5)
+    for r, ivs in enumerate(rows):
+        for decode in (True, False):
+            alone = _run_point(served, [ivs], h[r : r + 1], point_name, decode=decode)
+            torch.testing.assert_close(together[r : r + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_rows_at_generated_positions_match_the_formulas(served: ServedModel) -> None:
+    d = served.lm.layout.d_model
+    rows = _rows_mixed(served, d)
+    h = torch.randn(len(rows), 1, d, generator=torch.Generator().manual_seed(17)) * 3
+    for point_name in ["resid_post.0", "mlp_out.0", "resid_mid.1", "resid_post.1"]:
+        out = _run_point(served, rows, h, point_name, decode=True).double().numpy()
+        point = served.hook_point(point_name)
+        for r, ivs in enumerate(rows):
+            x = h[r].double().numpy()
+            want = x.copy()
+            for iv in ivs:
+                if iv.positions is PositionKind.PROMPT:
+                    continue  # a decode token is a generated one
+                if iv.mode is M.VECTOR:
+                    if served.hook_point(iv.hook_point) == point:
+                        want += iv.value * np.array(iv.vector)[None, :]
+                elif served.saes[iv.sae_id].hook_point == point:
+                    want += _expected(served, iv, x, np.ones(1)) - x
+            np.testing.assert_allclose(out[r], want, rtol=1e-4, atol=1e-4)
+
+
+def test_all_add_plans_never_encode(served: ServedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saeserve.engine import interventions
+
+    def no_encoder(*args: object) -> torch.Tensor:
+        raise AssertionError("an ADD-only plan ran the SAE encoder")
+
+    monkeypatch.setattr(interventions._FeatureReader, "latents", no_encoder)
+    d = served.lm.layout.d_model
+    h = torch.randn(2, S, d, generator=torch.Generator().manual_seed(19)) * 3
+    for sae_id in ["post0", "mid1", "jump1", "relu0"]:
+        point = served.saes[sae_id].hook_point.name
+        iv = Intervention(mode=M.ADD, value=2.0, sae_id=sae_id, feature=6)
+        out = _apply(served, [[iv], []], h, point).double().numpy()
+        x = h[0].double().numpy()
+        np.testing.assert_allclose(
+            out[0], _expected(served, iv, x, np.ones(S)), rtol=1e-4, atol=1e-4
+        )
+        np.testing.assert_allclose(out[1], h[1].double().numpy(), rtol=1e-6, atol=1e-6)

@@ -48,7 +48,7 @@ from saeserve.engine.types import (
     Variant,
 )
 from saeserve.errors import InvalidArgument, ResourceExhausted
-from saeserve.model.hookpoints import hooked
+from saeserve.model.hookpoints import HookFn, HookPoint, hooked
 
 
 @dataclass
@@ -73,11 +73,43 @@ class _Sequence:
 
 @dataclass
 class _Batch:
-    """Running rows, their left-padded attention mask [B, T] and KV cache."""
+    """Running rows, their left-padded attention mask and KV cache, and their steering.
+
+    The mask lives in ``mask_buffer`` [B, capacity], grown in chunks, so a decode step
+    does not copy it; ``mask`` is its first ``length`` columns. ``plan`` is built once per
+    composition of the batch (rows joining or leaving), not once per step.
+    """
 
     rows: list[_Sequence]
-    mask: Tensor
+    mask_buffer: Tensor
+    length: int
     cache: DynamicCache
+    plan: SteeringPlan
+
+    @property
+    def mask(self) -> Tensor:
+        return self.mask_buffer[:, : self.length]
+
+    @classmethod
+    def of(cls, rows: list[_Sequence], mask: Tensor, cache: DynamicCache) -> _Batch:
+        return cls(rows, mask, mask.shape[1], cache, _plan(rows))
+
+    def extend_mask(self) -> Tensor:
+        """The mask with one more real column for every row."""
+        if self.length == self.mask_buffer.shape[1]:
+            grow = self.mask_buffer.new_zeros(len(self.rows), _MASK_CHUNK)
+            self.mask_buffer = torch.cat([self.mask_buffer, grow], dim=-1)
+        self.mask_buffer[:, self.length] = 1
+        self.length += 1
+        return self.mask
+
+
+_MASK_CHUNK = 256
+"""Columns the attention mask grows by when a decode step reaches its end."""
+
+
+def _plan(rows: list[_Sequence]) -> SteeringPlan:
+    return SteeringPlan([s.interventions for s in rows], [s.tracked for s in rows])
 
 
 def validate_sampling(
@@ -214,46 +246,50 @@ class BatchGenerator:
             mask[i, n - len(s.prompt_ids) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         token_pos = torch.where(mask.bool(), mask.cumsum(-1) - 1, -1)  # [b, n]
-        cache = DynamicCache()
-        logits, tracked = self._forward(seqs, ids, mask, token_pos, cache)
-        return _Batch(seqs, mask, cache), self._emit(seqs, logits, tracked)
+        batch = _Batch.of(seqs, mask, DynamicCache())
+        prompt_lens = torch.tensor([len(s.prompt_ids) for s in seqs], device=dev)
+        fns = batch.plan.hook_fns(token_pos, prompt_lens)
+        logits = self._forward(ids, mask, token_pos.clamp_min(0), batch.cache, fns)
+        return batch, self._emit(seqs, logits, batch.plan)
 
     def _decode(self, batch: _Batch) -> list[TokenEvent]:
         dev = self.served.lm.device
         ids = torch.tensor([[s.generated[-1]] for s in batch.rows], device=dev)
-        batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=-1)
-        token_pos = torch.tensor([[s.next_position] for s in batch.rows], device=dev)
-        logits, tracked = self._forward(batch.rows, ids, batch.mask, token_pos, batch.cache)
-        return self._emit(batch.rows, logits, tracked)
+        position_ids = torch.tensor([[s.next_position] for s in batch.rows], device=dev)
+        mask = batch.extend_mask()
+        fns = batch.plan.decode_hook_fns()
+        logits = self._forward(ids, mask, position_ids, batch.cache, fns)
+        return self._emit(batch.rows, logits, batch.plan)
 
     def _forward(
         self,
-        seqs: list[_Sequence],
         ids: Tensor,
         mask: Tensor,
-        token_pos: Tensor,
+        position_ids: Tensor,
         cache: DynamicCache,
-    ) -> tuple[Tensor, list[list[float]]]:
-        plan = SteeringPlan([s.interventions for s in seqs], [s.tracked for s in seqs])
-        prompt_lens = torch.tensor([len(s.prompt_ids) for s in seqs], device=ids.device)
-        with hooked(self.served.lm, plan.hook_fns(token_pos, prompt_lens)):
+        fns: dict[HookPoint, HookFn],
+    ) -> Tensor:
+        """Logits [B, V] of each row's last position."""
+        with hooked(self.served.lm, fns):
             out = self.served.lm.model(
                 input_ids=ids,
                 attention_mask=mask,
-                position_ids=token_pos.clamp_min(0),
+                position_ids=position_ids,
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
         self.steps += 1
-        return out.logits[:, -1], plan.tracked
+        return out.logits[:, -1]
 
-    def _emit(
-        self, seqs: list[_Sequence], logits: Tensor, tracked: list[list[float]]
-    ) -> list[TokenEvent]:
+    def _emit(self, seqs: list[_Sequence], logits: Tensor, plan: SteeringPlan) -> list[TokenEvent]:
         tokens, logprobs = sample_next(
-            logits, [s.sampling for s in seqs], [s.generator for s in seqs]
+            logits,
+            [s.sampling for s in seqs],
+            [s.generator for s in seqs],
+            with_logprobs=any(s.logprobs for s in seqs),
         )
+        tracked = [list(t) for t in plan.tracked]  # the plan's lists are rewritten next step
         stops = set(self.served.lm.stop_token_ids)
         events = []
         for s, tok, lp, tr in zip(seqs, tokens, logprobs, tracked, strict=True):
@@ -266,11 +302,8 @@ class BatchGenerator:
                     s.finished = FinishReason.STOP
                 elif len(s.generated) >= s.sampling.max_new_tokens:
                     s.finished, text = FinishReason.LENGTH, text + s.stream.flush()
-            events.append(
-                TokenEvent(
-                    s.request_id, s.variant, tok, text, lp if s.logprobs else None, tr, s.finished
-                )
-            )
+            logprob = lp if s.logprobs else None
+            events.append(TokenEvent(s.request_id, s.variant, tok, text, logprob, tr, s.finished))
         return events
 
     def _drop_finished(self) -> None:
@@ -293,17 +326,17 @@ class BatchGenerator:
         for layer, keys, values in _kv_layers(batch.cache):
             layer.keys = keys[idx, :, first:]
             layer.values = values[idx, :, first:]
-        self._batch = _Batch([batch.rows[i] for i in keep], mask[:, first:], batch.cache)
+        self._batch = _Batch.of([batch.rows[i] for i in keep], mask[:, first:], batch.cache)
 
 
 def _merge(a: _Batch, b: _Batch) -> _Batch:
     """One batch from two, left-padding the shorter cache and mask."""
-    t = max(a.mask.shape[1], b.mask.shape[1])
+    t = max(a.length, b.length)
     for (layer, ka, va), (_, kb, vb) in zip(_kv_layers(a.cache), _kv_layers(b.cache), strict=True):
         layer.keys = torch.cat([_left_pad(ka, t, dim=2), _left_pad(kb, t, dim=2)])
         layer.values = torch.cat([_left_pad(va, t, dim=2), _left_pad(vb, t, dim=2)])
     mask = torch.cat([_left_pad(a.mask, t, dim=1), _left_pad(b.mask, t, dim=1)])
-    return _Batch(a.rows + b.rows, mask, a.cache)
+    return _Batch.of(a.rows + b.rows, mask, a.cache)
 
 
 def _kv_layers(cache: DynamicCache) -> list[tuple[DynamicLayer, Tensor, Tensor]]:

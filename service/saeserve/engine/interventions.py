@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -32,14 +32,7 @@ from saeserve.engine.served_model import HookedSae, ServedModel
 from saeserve.engine.types import Intervention, InterventionMode, PositionKind, TrackedFeature
 from saeserve.errors import InvalidArgument
 from saeserve.model.hookpoints import HookPoint
-from saeserve.sae.base import Activation, Sae
-
-_MODE_CODE = {
-    InterventionMode.ADD: 0,
-    InterventionMode.CLAMP: 1,
-    InterventionMode.SCALE: 2,
-    InterventionMode.ABLATE: 3,
-}
+from saeserve.sae.base import Activation, InputNorm, Sae
 
 
 @dataclass(frozen=True)
@@ -157,35 +150,159 @@ def resolve_tracked(
     return out
 
 
-def feature_activations(
-    sae: Sae, x: Tensor, row_of: Tensor, features: Tensor
-) -> tuple[Tensor, Tensor]:
-    """a_f per entry: x [R, S, d_in], row_of [E] (row of x), features [E] -> a_f [E, S].
+class _FeatureReader:
+    """a_f of a few features of one SAE, straight from model-space h.
 
-    Also returns scale [E, S, 1], which maps an SAE-space change back to model space.
+    Precomputed once per plan: the encoder bias with b_dec folded in (and for JumpReLU
+    and ReLU SAEs only the features' encoder columns), so a step runs one matmul and a
+    few element-wise ops. TopK needs every pre-activation: a feature is active only among
+    the k largest.
     """
-    x_n, ctx = sae.normalize(x)
-    pre = sae.pre_activations(x_n)  # [R, S, d_sae]
-    seq = torch.arange(pre.shape[1], device=pre.device)
-    pre_f = pre[row_of.unsqueeze(-1), seq.unsqueeze(0), features.unsqueeze(-1)]  # [E, S]
-    act = sae.cfg.activation
-    if act is Activation.TOPK:
-        kth = torch.topk(pre, sae.cfg.k or 0, dim=-1).values[..., -1]  # [R, S]
-        a_f = torch.relu(pre_f) * (pre_f >= kth[row_of])
-    elif act is Activation.JUMPRELU:
-        a_f = torch.relu(pre_f) * (pre_f > sae.threshold[features].unsqueeze(-1))
-    else:
-        a_f = torch.relu(pre_f)
-    scale = (
-        ctx.scale[row_of] if ctx.scale.dim() > 0 else ctx.scale.expand(len(row_of), pre.shape[1], 1)
-    )
-    return a_f.float(), scale.float()
+
+    def __init__(self, sae: Sae, features: list[int]) -> None:
+        self.sae = sae
+        cfg = sae.cfg
+        dev = sae.W_enc.device
+        self.features = torch.tensor(features, device=dev)
+        bias: Tensor = sae.b_enc
+        if cfg.apply_b_dec_to_input:
+            bias = bias - sae.b_dec @ sae.W_enc
+        self.weight: Tensor = sae.W_enc  # [d_in, d_sae], or [d_in, E]
+        self.bias = bias  # [d_sae], or [E]
+        if cfg.activation is not Activation.TOPK:
+            self.weight = sae.W_enc[:, self.features].contiguous()
+            self.bias = bias[self.features]
+        self.threshold = sae.threshold[self.features]  # [E], JumpReLU only
+
+    def normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """SAE-space x and, for LayerNorm SAEs, the per-token std [..., 1] (else None:
+        a dataset scale is constant and folded into the directions)."""
+        cfg = self.sae.cfg
+        if cfg.input_norm is InputNorm.LAYERNORM:
+            x_n, ctx = self.sae.normalize(x)
+            return x_n, ctx.scale.float()
+        x = x.to(self.weight.dtype)
+        return (x * cfg.norm_scale if cfg.input_norm is InputNorm.SCALE else x), None
+
+    def latents(self, x_n: Tensor) -> Tensor:
+        """[R, S, E] float: every feature's a_f at every row and position of x_n [R, S, d_in]."""
+        cfg = self.sae.cfg
+        lead = x_n.shape[:-1]
+        pre = torch.addmm(self.bias, x_n.reshape(-1, x_n.shape[-1]), self.weight).view(*lead, -1)
+        if cfg.activation is Activation.TOPK:
+            kth = torch.topk(pre, cfg.k or 0, dim=-1).values[..., -1:]  # [R, S, 1]
+            sel = pre.index_select(-1, self.features)  # [R, S, E]
+            return (torch.relu(sel) * (sel >= kth)).float()
+        a = torch.relu(pre)
+        if cfg.activation is Activation.JUMPRELU:
+            a = a * (pre > self.threshold)
+        return a.float()
 
 
-@dataclass
-class _SaeEntries:
-    rows: list[int] = field(default_factory=list)
-    items: list[ResolvedIntervention] = field(default_factory=list)
+# the coefficient of d_f is c0 + c1 * a_f
+_C0_C1: dict[InterventionMode, Callable[[float], tuple[float, float]]] = {
+    InterventionMode.ADD: lambda v: (v, 0.0),
+    InterventionMode.CLAMP: lambda v: (v, -1.0),
+    InterventionMode.SCALE: lambda v: (0.0, v - 1.0),
+    InterventionMode.ABLATE: lambda v: (0.0, -1.0),
+    InterventionMode.VECTOR: lambda v: (v, 0.0),
+}
+
+
+class _Entries:
+    """Interventions at one hook point as stacked tensors, built once per plan.
+
+    Entry e adds ``coeff * dirs[e]`` to its row, ``coeff = (c0 + c1 * a_f) * std * mask``.
+    The R rows the entries sit on are computed together as [R, S, E] coefficients, zero
+    where an entry is not on a row (``c0``, ``c1`` are [R, 1, E] tables), and one matmul
+    with ``dirs`` [E, d] turns them into the rows' changes. With ``sae`` None (VECTOR,
+    and ADD on SAEs without a per-token scale) nothing depends on h and no encoder runs.
+    """
+
+    def __init__(
+        self, entries: list[tuple[int, ResolvedIntervention]], sae: Sae | None, n_rows: int
+    ) -> None:
+        self.items = entries
+        self.dirs = torch.stack([_direction(iv) for _, iv in entries])  # [E, d]
+        dev = self.dirs.device
+        rows = sorted({r for r, _ in entries})
+        self.all_rows = rows == list(range(n_rows))
+        self.rows = torch.tensor(rows, device=dev)  # [R]
+        c0 = torch.zeros(len(rows), 1, len(entries), device=dev)
+        c1 = torch.zeros_like(c0)
+        for e, (r, iv) in enumerate(entries):
+            c0[rows.index(r), 0, e], c1[rows.index(r), 0, e] = _C0_C1[iv.mode](iv.value)
+        self.c0, self.c1 = c0, c1
+        self.n_rows = n_rows
+        self.reader = (
+            None if sae is None else _FeatureReader(sae, [iv.feature for _, iv in entries])
+        )
+        self.needs_latents = bool((c1 != 0).any())
+
+    def add_to(self, out: Tensor, h: Tensor, mask: Tensor | None) -> Tensor:
+        """out [B, S, d] float plus this group's change, read from the unsteered h [B, S, d];
+        mask [E, S] (1 where an entry applies) or None for every position."""
+        coeff = self.c0  # [R, 1, E]
+        if self.reader is not None:
+            x = h if self.all_rows else h.index_select(0, self.rows)  # [R, S, d]
+            x_n, std = self.reader.normalize(x)
+            if self.needs_latents:
+                coeff = torch.addcmul(coeff, self.c1, self.reader.latents(x_n))  # [R, S, E]
+            if std is not None:
+                coeff = coeff * std
+        if mask is not None:
+            coeff = coeff * mask.T
+        delta = coeff @ self.dirs  # [R, S or 1, d]
+        if self.all_rows:
+            return out + delta
+        return out.index_add(0, self.rows, delta.expand(len(self.rows), *out.shape[1:]))
+
+    def constant(self) -> Tensor:
+        """[B, 1, d]: the change of every row when it does not depend on h (no mask)."""
+        delta = self.c0 @ self.dirs  # [R, 1, d]
+        zeros = delta.new_zeros(self.n_rows, 1, delta.shape[-1])
+        return zeros.index_add(0, self.rows, delta)
+
+
+def _direction(iv: ResolvedIntervention) -> Tensor:
+    """[d] float32 in model space: v for VECTOR; d_f (unit if normalize) for an SAE, divided
+    by its dataset scale if it has one (a LayerNorm SAE's per-token std is applied later)."""
+    if iv.sae is None:
+        assert iv.vector is not None
+        return iv.vector.float()
+    sae = iv.sae.sae
+    d_f = sae.W_dec[iv.feature].float()
+    if iv.normalize:
+        d_f = d_f / d_f.norm().clamp_min(1e-12)
+    if sae.cfg.input_norm is InputNorm.SCALE:
+        d_f = d_f / sae.cfg.norm_scale
+    return d_f
+
+
+def _needs_h(iv: ResolvedIntervention) -> bool:
+    """Whether the change depends on h: a_f, or the per-token std of a LayerNorm SAE."""
+    if iv.sae is None:
+        return False
+    return iv.mode is not InterventionMode.ADD or iv.sae.sae.cfg.input_norm is InputNorm.LAYERNORM
+
+
+class _Tracked:
+    """Tracked features of one SAE at one point: entry e is slot j of row r."""
+
+    def __init__(self, items: list[tuple[int, int, HookedSae, int]]) -> None:
+        self.slots = [(r, j) for r, j, _, _ in items]
+        self.reader = _FeatureReader(items[0][2].sae, [f for _, _, _, f in items])
+        dev = self.reader.features.device
+        rows = sorted({r for r, _, _, _ in items})
+        self.rows = torch.tensor(rows, device=dev)
+        self.row_of = torch.tensor([rows.index(r) for r, _, _, _ in items], device=dev)
+        self.entry_ids = torch.arange(len(items), device=dev)
+
+    def read(self, h: Tensor) -> list[float]:
+        """a_f of every entry at its row's last position of h [B, S, d]."""
+        x_n, _ = self.reader.normalize(h.index_select(0, self.rows)[:, -1:])  # [R, 1, d]
+        a = self.reader.latents(x_n)[:, 0]  # [R, E]
+        return a[self.row_of, self.entry_ids].tolist()
 
 
 HookFn = Callable[[Tensor], Tensor | None]
@@ -194,10 +311,15 @@ HookFn = Callable[[Tensor], Tensor | None]
 class SteeringPlan:
     """Hook functions applying each row's interventions and reading its tracked features.
 
-    ``token_pos`` [B, S] gives, per forward pass, each token's index in its own sequence
-    (-1 for padding); ``prompt_lens`` [B] the prompt lengths. After the forward,
-    ``tracked`` [B][n_tracked] holds the tracked activations at each row's last position
-    (read after steering, so a clamp shows as its value).
+    Built once per batch composition: the rows' interventions become stacked tensors per
+    hook point (``_Entries``), so a forward pass costs a few tensor ops per point and no
+    Python per intervention. ``hook_fns(token_pos, prompt_lens)`` serves any forward:
+    ``token_pos`` [B, S] gives each token's index in its own sequence (-1 for padding),
+    ``prompt_lens`` [B] the prompt lengths. ``decode_hook_fns()`` serves decode steps,
+    where every row's one token is a generated one, so positions need no masks and
+    changes that do not depend on h are added as one precomputed [B, 1, d] tensor.
+    After the forward, ``tracked`` [B][n_tracked] holds the tracked activations at each
+    row's last position (read after steering, so a clamp shows as its value).
     """
 
     def __init__(
@@ -206,113 +328,100 @@ class SteeringPlan:
         tracked: Sequence[Sequence[tuple[HookedSae, int]]] = (),
     ) -> None:
         self.n_rows = len(rows)
-        self.sae_entries: dict[HookPoint, dict[str, _SaeEntries]] = defaultdict(dict)
-        self.vector_entries: dict[HookPoint, list[tuple[int, ResolvedIntervention]]] = defaultdict(
-            list
-        )
-        for r, items in enumerate(rows):
-            for iv in items:
-                if iv.sae is None:
-                    self.vector_entries[iv.point].append((r, iv))
-                else:
-                    entry = self.sae_entries[iv.point].setdefault(iv.sae.id, _SaeEntries())
-                    entry.rows.append(r)
-                    entry.items.append(iv)
-        self.tracked_spec: dict[HookPoint, list[tuple[int, int, HookedSae, int]]] = defaultdict(
-            list
-        )
+        self.rows = [list(items) for items in rows]
         tracked = list(tracked) or [[] for _ in rows]
         self.n_tracked = [len(t) for t in tracked]
+        self.tracked: list[list[float]] = [[0.0] * n for n in self.n_tracked]
+        self._all = self._entries(lambda iv: True)
+        self._decode: dict[HookPoint, tuple[list[_Entries], Tensor | None]] | None = None
+        by_sae: dict[tuple[HookPoint, str], list[tuple[int, int, HookedSae, int]]] = {}
         for r, feats in enumerate(tracked):
             for j, (hooked, f) in enumerate(feats):
-                self.tracked_spec[hooked.hook_point].append((r, j, hooked, f))
-        self.tracked: list[list[float]] = [[0.0] * n for n in self.n_tracked]
+                by_sae.setdefault((hooked.hook_point, hooked.id), []).append((r, j, hooked, f))
+        self._tracked: dict[HookPoint, list[_Tracked]] = defaultdict(list)
+        for (point, _), items in by_sae.items():
+            self._tracked[point].append(_Tracked(items))
+
+    def _entries(
+        self, keep: Callable[[ResolvedIntervention], bool]
+    ) -> dict[HookPoint, list[_Entries]]:
+        """The kept interventions grouped per point: one group per SAE whose change
+        depends on h, and one for all the constant ones."""
+        groups: dict[HookPoint, dict[str, list[tuple[int, ResolvedIntervention]]]]
+        groups = defaultdict(dict)
+        saes: dict[str, Sae] = {}
+        for r, items in enumerate(self.rows):
+            for iv in items:
+                if not keep(iv):
+                    continue
+                key = ""  # the constant changes, one group per point
+                if iv.sae is not None and _needs_h(iv):
+                    key = iv.sae.id
+                    saes[key] = iv.sae.sae
+                groups[iv.point].setdefault(key, []).append((r, iv))
+        return {
+            point: [
+                _Entries(entries, saes.get(key), self.n_rows) for key, entries in by_key.items()
+            ]
+            for point, by_key in groups.items()
+        }
 
     @property
     def points(self) -> set[HookPoint]:
-        return set(self.sae_entries) | set(self.vector_entries) | set(self.tracked_spec)
+        return set(self._all) | set(self._tracked)
 
     def hook_fns(self, token_pos: Tensor, prompt_lens: Tensor) -> dict[HookPoint, HookFn]:
-        return {p: self._hook_for(p, token_pos, prompt_lens) for p in self.points}
+        """Hooks for any forward pass; see the class docstring."""
+        fns = {}
+        for point in self.points:
+            groups = self._all.get(point, [])
+            masks = [_entry_masks(g, token_pos, prompt_lens) for g in groups]
+            fns[point] = self._hook(point, list(zip(groups, masks, strict=True)), None)
+        return fns
 
-    def _hook_for(self, point: HookPoint, token_pos: Tensor, prompt_lens: Tensor) -> HookFn:
+    def decode_hook_fns(self) -> dict[HookPoint, HookFn]:
+        """Hooks for a decode step: one generated token per row (position >= prompt length)."""
+        if self._decode is None:
+            generated = (PositionKind.ALL, PositionKind.GENERATED)
+            decode = self._entries(lambda iv: iv.positions in generated)
+            self._decode = {}
+            for point, groups in decode.items():
+                const = [g for g in groups if g.reader is None]
+                constant = const[0].constant() if const else None
+                self._decode[point] = ([g for g in groups if g.reader is not None], constant)
+        fns = {}
+        for point in self.points:
+            groups, constant = self._decode.get(point, ([], None))
+            fns[point] = self._hook(point, [(g, None) for g in groups], constant)
+        return fns
+
+    def _hook(
+        self,
+        point: HookPoint,
+        groups: list[tuple[_Entries, Tensor | None]],
+        constant: Tensor | None,
+    ) -> HookFn:
+        tracked = self._tracked.get(point, [])
+
         def fn(h: Tensor) -> Tensor | None:
-            out = self._steer(point, h, token_pos, prompt_lens)
-            self._read_tracked(point, out if out is not None else h)
+            # every change is read from the unsteered h, then all are added at once
+            out = None
+            if groups or constant is not None:
+                out = h.float() if constant is None else h.float() + constant
+                for g, mask in groups:
+                    out = g.add_to(out, h, mask)
+                out = out.to(h.dtype)
+            for t in tracked:
+                for (r, j), value in zip(t.slots, t.read(h if out is None else out), strict=True):
+                    self.tracked[r][j] = value
             return out
 
         return fn
 
-    def _steer(
-        self, point: HookPoint, h: Tensor, token_pos: Tensor, prompt_lens: Tensor
-    ) -> Tensor | None:
-        sae_groups = self.sae_entries.get(point, {})
-        vectors = self.vector_entries.get(point, [])
-        if not sae_groups and not vectors:
-            return None
-        delta = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # [B, S, d]
-        for entries in sae_groups.values():
-            delta += self._sae_delta(entries, h, token_pos, prompt_lens)
-        for r, iv in vectors:
-            assert iv.vector is not None
-            mask = _position_mask(iv, token_pos[r], prompt_lens[r])  # [S]
-            delta[r] += (iv.value * mask).unsqueeze(-1) * iv.vector
-        return (h.float() + delta).to(h.dtype)
 
-    def _sae_delta(
-        self, entries: _SaeEntries, h: Tensor, token_pos: Tensor, prompt_lens: Tensor
-    ) -> Tensor:
-        hooked = entries.items[0].sae
-        assert hooked is not None
-        sae = hooked.sae
-        dev = h.device
-        rows = torch.tensor(entries.rows, device=dev)
-        feats = torch.tensor([iv.feature for iv in entries.items], device=dev)
-        values = torch.tensor([iv.value for iv in entries.items], device=dev, dtype=torch.float32)
-        modes = torch.tensor([_MODE_CODE[iv.mode] for iv in entries.items], device=dev)
-        uniq, inverse = torch.unique(rows, return_inverse=True)
-        # a_f per entry, from its row's unsteered activations; each row is encoded once
-        a_f, scale = feature_activations(sae, h[uniq], inverse, feats)  # [E, S], [E, S, 1]
-        v = values.unsqueeze(-1)
-        coeff = torch.where(
-            modes.unsqueeze(-1) == 0,
-            v.expand_as(a_f),
-            torch.where(
-                modes.unsqueeze(-1) == 1,
-                v - a_f,
-                torch.where(modes.unsqueeze(-1) == 2, (v - 1.0) * a_f, -a_f),
-            ),
-        )  # [E, S]
-        masks = torch.stack(
-            [
-                _position_mask(iv, token_pos[r], prompt_lens[r])
-                for r, iv in zip(entries.rows, entries.items, strict=True)
-            ]
-        )  # [E, S]
-        dirs = sae.W_dec[feats].float()  # [E, d]
-        norm_rows = torch.tensor([iv.normalize for iv in entries.items], device=dev)
-        dirs = torch.where(
-            norm_rows.unsqueeze(-1), dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12), dirs
-        )
-        contrib = (coeff * masks).unsqueeze(-1) * dirs.unsqueeze(1) * scale  # [E, S, d]
-        delta = torch.zeros(h.shape, dtype=torch.float32, device=dev)
-        return delta.index_add_(0, rows, contrib)
-
-    def _read_tracked(self, point: HookPoint, h: Tensor) -> None:
-        spec = self.tracked_spec.get(point)
-        if not spec:
-            return
-        by_sae: dict[str, list[tuple[int, int, HookedSae, int]]] = defaultdict(list)
-        for item in spec:
-            by_sae[item[2].id].append(item)
-        for items in by_sae.values():
-            sae = items[0][2].sae
-            rows = torch.tensor([r for r, _, _, _ in items], device=h.device)
-            feats = torch.tensor([f for _, _, _, f in items], device=h.device)
-            uniq, inverse = torch.unique(rows, return_inverse=True)
-            a_f, _ = feature_activations(sae, h[uniq, -1:], inverse, feats)  # [E, 1]
-            for (r, j, _, _), value in zip(items, a_f[:, 0].tolist(), strict=True):
-                self.tracked[r][j] = value
+def _entry_masks(g: _Entries, token_pos: Tensor, prompt_lens: Tensor) -> Tensor:
+    """[E, S] float: 1 where each entry applies to its row's tokens."""
+    return torch.stack([_position_mask(iv, token_pos[r], prompt_lens[r]) for r, iv in g.items])
 
 
 def _position_mask(iv: ResolvedIntervention, pos: Tensor, prompt_len: Tensor) -> Tensor:

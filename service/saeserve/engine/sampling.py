@@ -7,6 +7,7 @@ model's own distribution (before temperature and truncation).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -16,16 +17,25 @@ from saeserve.engine.types import SamplingParams
 
 
 def sample_next(
-    logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]
+    logits: Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator],
+    *,
+    with_logprobs: bool = True,
 ) -> tuple[list[int], list[float]]:
-    """logits [B, V] -> (token ids, their logprobs), one per row."""
+    """logits [B, V] -> (token ids, their logprobs), one per row.
+
+    Without ``with_logprobs`` the log-softmax over the vocabulary is skipped and every
+    logprob is nan.
+    """
     logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    greedy = logits.argmax(dim=-1)
-    tokens = greedy.tolist()
+    tokens = logits.argmax(dim=-1).tolist()
     for row, p in enumerate(params):
         if p.temperature > 0:
             tokens[row] = _sample_row(logits[row], p, generators[row])
+    if not with_logprobs:
+        return tokens, [math.nan] * len(tokens)
+    logprobs = torch.log_softmax(logits, dim=-1)
     chosen = logprobs.gather(-1, torch.tensor(tokens, device=logits.device).unsqueeze(-1))
     return tokens, chosen.squeeze(-1).tolist()
 
