@@ -175,28 +175,30 @@ class _FeatureReader:
         self.threshold = sae.threshold[self.features]  # [E], JumpReLU only
 
     def normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """SAE-space x and, for LayerNorm SAEs, the per-token std [..., 1] (else None:
-        a dataset scale is constant and folded into the directions)."""
-        cfg = self.sae.cfg
-        if cfg.input_norm is InputNorm.LAYERNORM:
+        """x for ``latents`` and, for LayerNorm SAEs, the per-token std [..., 1] (else None:
+        a dataset scale is constant, applied by ``latents`` and folded into directions)."""
+        if self.sae.cfg.input_norm is InputNorm.LAYERNORM:
             x_n, ctx = self.sae.normalize(x)
             return x_n, ctx.scale.float()
-        x = x.to(self.weight.dtype)
-        return (x * cfg.norm_scale if cfg.input_norm is InputNorm.SCALE else x), None
+        return (x if x.dtype == self.weight.dtype else x.to(self.weight.dtype)), None
 
     def latents(self, x_n: Tensor) -> Tensor:
-        """[R, S, E] float: every feature's a_f at every row and position of x_n [R, S, d_in]."""
+        """[R, S, E] float: every feature's a_f at every row and position of ``normalize``'s
+        x [R, S, d_in]. Per decode step this is the whole encoder: a handful of ops."""
         cfg = self.sae.cfg
-        lead = x_n.shape[:-1]
-        pre = torch.addmm(self.bias, x_n.reshape(-1, x_n.shape[-1]), self.weight).view(*lead, -1)
+        scale = cfg.norm_scale if cfg.input_norm is InputNorm.SCALE else 1.0
+        flat = x_n.reshape(-1, x_n.shape[-1])
+        pre = torch.addmm(self.bias, flat, self.weight, alpha=scale)  # [R*S, d_sae or E]
         if cfg.activation is Activation.TOPK:
-            kth = torch.topk(pre, cfg.k or 0, dim=-1).values[..., -1:]  # [R, S, 1]
-            sel = pre.index_select(-1, self.features)  # [R, S, E]
-            return (torch.relu(sel) * (sel >= kth)).float()
-        a = torch.relu(pre)
-        if cfg.activation is Activation.JUMPRELU:
-            a = a * (pre > self.threshold)
-        return a.float()
+            kth = torch.topk(pre, cfg.k or 0, dim=-1).values[:, -1:]  # [R*S, 1]
+            sel = pre.index_select(-1, self.features)  # [R*S, E]
+            a = torch.relu(sel) * (sel >= kth)
+        else:
+            a = torch.relu(pre)
+            if cfg.activation is Activation.JUMPRELU:
+                a = a * (pre > self.threshold)
+        a = a.view(*x_n.shape[:-1], -1)
+        return a if a.dtype == torch.float32 else a.float()
 
 
 # the coefficient of d_f is c0 + c1 * a_f
@@ -226,6 +228,7 @@ class _Entries:
         self.dirs = torch.stack([_direction(iv) for _, iv in entries])  # [E, d]
         dev = self.dirs.device
         rows = sorted({r for r, _ in entries})
+        self.batched_dirs = self.dirs.expand(len(rows), -1, -1)  # [R, E, d], a view
         self.all_rows = rows == list(range(n_rows))
         self.rows = torch.tensor(rows, device=dev)  # [R]
         c0 = torch.zeros(len(rows), 1, len(entries), device=dev)
@@ -252,9 +255,12 @@ class _Entries:
                 coeff = coeff * std
         if mask is not None:
             coeff = coeff * mask.T
-        delta = coeff @ self.dirs  # [R, S or 1, d]
         if self.all_rows:
-            return out + delta
+            # out + coeff @ dirs in one op: [B, S, d] + [B, S, E] @ [B, E, d]
+            if coeff.shape[:2] != out.shape[:2]:
+                coeff = coeff.expand(*out.shape[:2], -1)
+            return torch.baddbmm(out, coeff, self.batched_dirs)
+        delta = coeff @ self.dirs  # [R, S or 1, d]
         return out.index_add(0, self.rows, delta.expand(len(self.rows), *out.shape[1:]))
 
     def constant(self) -> Tensor:
@@ -333,7 +339,7 @@ class SteeringPlan:
         self.n_tracked = [len(t) for t in tracked]
         self.tracked: list[list[float]] = [[0.0] * n for n in self.n_tracked]
         self._all = self._entries(lambda iv: True)
-        self._decode: dict[HookPoint, tuple[list[_Entries], Tensor | None]] | None = None
+        self._decode_fns: dict[HookPoint, HookFn] | None = None
         by_sae: dict[tuple[HookPoint, str], list[tuple[int, int, HookedSae, int]]] = {}
         for r, feats in enumerate(tracked):
             for j, (hooked, f) in enumerate(feats):
@@ -380,20 +386,21 @@ class SteeringPlan:
         return fns
 
     def decode_hook_fns(self) -> dict[HookPoint, HookFn]:
-        """Hooks for a decode step: one generated token per row (position >= prompt length)."""
-        if self._decode is None:
+        """Hooks for a decode step: one generated token per row (position >= prompt length).
+        Built on the first call; the same functions serve every later step."""
+        if self._decode_fns is None:
             generated = (PositionKind.ALL, PositionKind.GENERATED)
             decode = self._entries(lambda iv: iv.positions in generated)
-            self._decode = {}
-            for point, groups in decode.items():
+            self._decode_fns = {}
+            for point in self.points:
+                groups = decode.get(point, [])
                 const = [g for g in groups if g.reader is None]
+                steered: list[tuple[_Entries, Tensor | None]] = [
+                    (g, None) for g in groups if g.reader is not None
+                ]
                 constant = const[0].constant() if const else None
-                self._decode[point] = ([g for g in groups if g.reader is not None], constant)
-        fns = {}
-        for point in self.points:
-            groups, constant = self._decode.get(point, ([], None))
-            fns[point] = self._hook(point, [(g, None) for g in groups], constant)
-        return fns
+                self._decode_fns[point] = self._hook(point, steered, constant)
+        return self._decode_fns
 
     def _hook(
         self,
@@ -407,10 +414,13 @@ class SteeringPlan:
             # every change is read from the unsteered h, then all are added at once
             out = None
             if groups or constant is not None:
-                out = h.float() if constant is None else h.float() + constant
+                out = h if h.dtype == torch.float32 else h.float()  # never written in place
+                if constant is not None:
+                    out = out + constant
                 for g, mask in groups:
                     out = g.add_to(out, h, mask)
-                out = out.to(h.dtype)
+                if out.dtype != h.dtype:
+                    out = out.to(h.dtype)
             for t in tracked:
                 for (r, j), value in zip(t.slots, t.read(h if out is None else out), strict=True):
                     self.tracked[r][j] = value

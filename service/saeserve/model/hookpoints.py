@@ -19,6 +19,7 @@ changes the block output, but that block's MLP reads ``resid_pre``, not ``resid_
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -215,19 +216,31 @@ class _LayerPlan:
     def get(self, kind: HookKind) -> list[HookFn]:
         return self.fns.get(kind, [])
 
-    def wants(self, *kinds: HookKind) -> bool:
-        return any(self.fns.get(k) or self.stop is k for k in kinds)
+    def wants(self, kind: HookKind) -> bool:
+        return kind in self.fns or self.stop is kind
 
 
 def _as_list(fns: HookFn | Sequence[HookFn]) -> list[HookFn]:
     return list(fns) if isinstance(fns, Sequence) else [fns]
 
 
+_BLOCKS: weakref.WeakKeyDictionary[nn.Module, nn.ModuleList] = weakref.WeakKeyDictionary()
+
+
+def _blocks(model: nn.Module, layout: ArchitectureLayout) -> nn.ModuleList:
+    """``layout.blocks(model)``, looked up once per model (a decode step installs hooks
+    every step, and the module-path walk costs more than registering the hook)."""
+    blocks = _BLOCKS.get(model)
+    if blocks is None:
+        blocks = _BLOCKS[model] = layout.blocks(model)
+    return blocks
+
+
 def _install_layer(
     model: nn.Module, layout: ArchitectureLayout, layer: int, plan: _LayerPlan
 ) -> list[RemovableHandle]:
     handles: list[RemovableHandle] = []
-    block = layout.blocks(model)[layer]
+    block = _blocks(model, layout)[layer]
     resid_pre: dict[str, Tensor] = {}  # the block's (possibly replaced) input, for resid_mid
 
     needs_mid = plan.wants(HookKind.RESID_MID)
