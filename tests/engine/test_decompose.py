@@ -158,3 +158,22 @@ def test_requests_batched_together_each_get_their_own_answer(served: ServedModel
                 np.testing.assert_allclose(gs.top_values, ws.top_values, atol=1e-5)
                 np.testing.assert_allclose(gs.dense_values, ws.dense_values, atol=1e-5)
                 assert (gs.token_mse is None) == (ws.token_mse is None)
+
+
+def test_topk_latents_in_blocks_of_rows_equal_one_block(
+    wide: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saeserve.engine import decompose as engine_decompose
+
+    texts = [" ".join(TEXTS * 4), *TEXTS]
+    req = DecomposeRequest(texts=texts, top_k=16, feature_ids=[3, 700])
+    whole = decompose(wide, req)
+    # 64-row blocks (the chunked top-k) and a shorter last block (torch.topk)
+    monkeypatch.setattr(engine_decompose, "_TOPK_BLOCK_ELEMENTS", 64 * 1024)
+    blocks = decompose(wide, req)
+    assert blocks.n_tokens % 64 != 0 and blocks.n_tokens > 128
+    _check_against_reference(wide, blocks, 16, [3, 700])
+    for a, b in zip(whole.texts, blocks.texts, strict=True):
+        (sa,), (sb,) = a.saes, b.saes
+        np.testing.assert_array_equal(sa.top_values, sb.top_values)
+        np.testing.assert_allclose(sa.token_mse, sb.token_mse, rtol=1e-5, atol=1e-7)
