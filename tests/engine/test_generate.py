@@ -232,3 +232,38 @@ def test_steered_rows_joining_and_leaving_each_match_running_alone(served: Serve
             assert (g.logprob is None) == (w.logprob is None)
             if g.logprob is not None and w.logprob is not None:
                 assert abs(g.logprob - w.logprob) < 1e-4
+
+
+def test_decode_hooks_act_only_inside_decode_steps(served: ServedModel) -> None:
+    from saeserve.engine.decompose import decompose
+    from saeserve.engine.types import DecomposeRequest
+
+    def n_hooks() -> int:
+        return sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) for m in served.lm.model.modules()
+        )
+
+    req = DecomposeRequest(texts=PROMPTS, top_k=4, feature_ids=[3, 7])
+    before = decompose(served, req)
+    n_before = n_hooks()  # transformers may keep hooks of its own
+    steer = [
+        Intervention(InterventionMode.ADD, 40.0, "post0", 5),
+        Intervention(InterventionMode.CLAMP, 9.0, "mid1", 7),
+    ]
+    gen = BatchGenerator(served)
+    rid = gen.submit(
+        GenerateRequest(
+            _ids(served, PROMPTS[0]), SamplingParams(max_new_tokens=30, temperature=0), steer
+        )
+    )
+    for _ in range(3):
+        gen.step()
+    assert n_hooks() > n_before  # kept between decode steps
+    between = decompose(served, req)  # a forward by someone else between two steps
+    for a, b in zip(before.texts, between.texts, strict=True):
+        for sa, sb in zip(a.saes, b.saes, strict=True):
+            np.testing.assert_array_equal(sa.top_values, sb.top_values)
+            np.testing.assert_array_equal(sa.dense_values, sb.dense_values)
+    gen.cancel(rid)
+    assert not gen.has_work()
+    assert n_hooks() == n_before
