@@ -233,14 +233,20 @@ class _Entries:
         self.rows = torch.tensor(rows, device=dev)  # [R]
         c0 = torch.zeros(len(rows), 1, len(entries), device=dev)
         c1 = torch.zeros_like(c0)
+        on_row = torch.zeros_like(c0)  # 1 where entry e sits on row r
         for e, (r, iv) in enumerate(entries):
             c0[rows.index(r), 0, e], c1[rows.index(r), 0, e] = _C0_C1[iv.mode](iv.value)
-        self.c0, self.c1 = c0, c1
+            on_row[rows.index(r), 0, e] = 1.0
+        self.c0, self.c1, self.on_row = c0, c1, on_row
         self.n_rows = n_rows
         self.reader = (
             None if sae is None else _FeatureReader(sae, [iv.feature for _, iv in entries])
         )
         self.needs_latents = bool((c1 != 0).any())
+        # decode steps: c0's part is constant; only a_f @ (c1 * dirs) changes per step
+        self.splits_at_decode = sae is not None and sae.cfg.input_norm is not InputNorm.LAYERNORM
+        c1_dirs = c1.sum(dim=(0, 1)).unsqueeze(-1) * self.dirs  # [E, d]
+        self.c1_dirs, self.batched_c1_dirs = c1_dirs, c1_dirs.expand(len(rows), -1, -1)
 
     def add_to(self, out: Tensor, h: Tensor, mask: Tensor | None) -> Tensor:
         """out [B, S, d] float plus this group's change, read from the unsteered h [B, S, d];
@@ -263,8 +269,21 @@ class _Entries:
         delta = coeff @ self.dirs  # [R, S or 1, d]
         return out.index_add(0, self.rows, delta.expand(len(self.rows), *out.shape[1:]))
 
+    def add_latent_part(self, out: Tensor, h: Tensor) -> Tensor:
+        """out + the a_f-dependent part of a decode step's change (``splits_at_decode``):
+        [R, S, E] latents times ``c1 * dirs``; the rest of the change is ``constant()``."""
+        assert self.reader is not None
+        x = h if self.all_rows else h.index_select(0, self.rows)  # [R, S, d]
+        a = self.reader.latents(self.reader.normalize(x)[0])  # [R, S, E]
+        if len(self.rows) > 1:
+            a = a * self.on_row  # each entry reads its own row only
+        if self.all_rows:
+            return torch.baddbmm(out, a, self.batched_c1_dirs)
+        return out.index_add(0, self.rows, a @ self.c1_dirs)
+
     def constant(self) -> Tensor:
-        """[B, 1, d]: the change of every row when it does not depend on h (no mask)."""
+        """[B, 1, d]: the change of every row when it does not depend on h (no mask),
+        or, for a group that ``splits_at_decode``, the part that does not."""
         delta = self.c0 @ self.dirs  # [R, 1, d]
         zeros = delta.new_zeros(self.n_rows, 1, delta.shape[-1])
         return zeros.index_add(0, self.rows, delta)
@@ -394,12 +413,14 @@ class SteeringPlan:
             self._decode_fns = {}
             for point in self.points:
                 groups = decode.get(point, [])
-                const = [g for g in groups if g.reader is None]
-                steered: list[tuple[_Entries, Tensor | None]] = [
-                    (g, None) for g in groups if g.reader is not None
+                # what does not depend on h is added as one [B, 1, d] tensor
+                parts = [g.constant() for g in groups if g.reader is None or g.splits_at_decode]
+                constant = torch.stack(parts).sum(0) if parts else None
+                split = [g for g in groups if g.splits_at_decode]
+                whole: list[tuple[_Entries, Tensor | None]] = [
+                    (g, None) for g in groups if g.reader is not None and not g.splits_at_decode
                 ]
-                constant = const[0].constant() if const else None
-                self._decode_fns[point] = self._hook(point, steered, constant)
+                self._decode_fns[point] = self._hook(point, whole, constant, split)
         return self._decode_fns
 
     def _hook(
@@ -407,18 +428,23 @@ class SteeringPlan:
         point: HookPoint,
         groups: list[tuple[_Entries, Tensor | None]],
         constant: Tensor | None,
+        split: Sequence[_Entries] = (),
     ) -> HookFn:
+        """The hook at one point: ``constant`` [B, 1, d], each group's ``add_to`` under its
+        mask, each ``split`` group's ``add_latent_part``; then the tracked features."""
         tracked = self._tracked.get(point, [])
 
         def fn(h: Tensor) -> Tensor | None:
             # every change is read from the unsteered h, then all are added at once
             out = None
-            if groups or constant is not None:
+            if groups or split or constant is not None:
                 out = h if h.dtype == torch.float32 else h.float()  # never written in place
                 if constant is not None:
                     out = out + constant
                 for g, mask in groups:
                     out = g.add_to(out, h, mask)
+                for g in split:
+                    out = g.add_latent_part(out, h)
                 if out.dtype != h.dtype:
                     out = out.to(h.dtype)
             for t in tracked:
