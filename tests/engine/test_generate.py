@@ -267,3 +267,21 @@ def test_decode_hooks_act_only_inside_decode_steps(served: ServedModel) -> None:
     gen.cancel(rid)
     assert not gen.has_work()
     assert n_hooks() == n_before
+
+
+def test_a_generator_dropped_mid_batch_takes_its_hooks_along(served: ServedModel) -> None:
+    import gc
+
+    def n_hooks() -> int:
+        return sum(len(m._forward_hooks) for m in served.lm.model.modules())
+
+    n_before = n_hooks()
+    gen = BatchGenerator(served)
+    steer = [Intervention(InterventionMode.SCALE, 2.0, "post0", 5)]
+    gen.submit(GenerateRequest(_ids(served, PROMPTS[1]), SamplingParams(max_new_tokens=20), steer))
+    for _ in range(3):
+        gen.step()
+    assert n_hooks() > n_before
+    del gen
+    gc.collect()
+    assert n_hooks() == n_before

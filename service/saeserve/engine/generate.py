@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import math
 import random
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -154,6 +155,7 @@ class BatchGenerator:
         self._cancelled: set[int] = set()
         self.steps = 0
         self._decode_hooks = contextlib.ExitStack()
+        weakref.finalize(self, self._decode_hooks.close)  # a generator dropped mid-batch
         self._hooked_plan: SteeringPlan | None = None
         self._decoding = False
         """Forward passes run so far (prefills and decode steps)."""
@@ -288,8 +290,11 @@ class BatchGenerator:
         self._hooked_plan = plan
 
     def _only_while_decoding(self, fn: HookFn) -> HookFn:
+        generator = weakref.ref(self)  # the model must not keep a dropped generator alive
+
         def gated(h: Tensor) -> Tensor | None:
-            return fn(h) if self._decoding else None
+            g = generator()
+            return fn(h) if g is not None and g._decoding else None
 
         return gated
 
