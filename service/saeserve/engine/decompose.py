@@ -215,9 +215,9 @@ def _run_sae(sae: Sae, x: Tensor, top_k: int, feature_ids: Tensor, with_error: b
 def _topk_latents(sae: Sae, x_n: Tensor) -> SparseLatents:
     """TopK latents of normalized x_n [T, d_in], a block of rows at a time.
 
-    A block's [rows, d_sae] pre-activations (about 4 MiB) stay in cache while the top-k
-    reads them, and no [T, d_sae] tensor is allocated: on CPU, first touching the pages of
-    a fresh 16 MiB buffer alone costs milliseconds.
+    A block's [rows, d_sae] pre-activations stay in cache while the top-k reads them, and
+    no [T, d_sae] tensor is allocated (on CPU, first touching the pages of a fresh buffer
+    that size is a noticeable part of the whole call; ``python -m bench decompose``).
     """
     rows = max(_TOPK_BLOCK_ELEMENTS // sae.d_sae, 64)
     if len(x_n) <= rows:

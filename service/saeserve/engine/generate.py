@@ -6,7 +6,9 @@ submitted sequences in one forward and merges their cache into the batch, so a n
 stream never waits for the others. Finished and cancelled rows are dropped before the
 next step. Position ids are explicit per row, so padding never changes a result.
 
-Each row carries its own interventions (``SteeringPlan``), sampling parameters and RNG.
+Each row carries its own interventions, sampling parameters and RNG; the batch's
+``SteeringPlan`` is rebuilt only when rows join or leave, and its decode hooks stay
+installed (acting only inside this generator's decode forwards) until then.
 ``include_baseline`` adds an unsteered twin with the same seed.
 
     gen = BatchGenerator(served)
@@ -275,7 +277,7 @@ class BatchGenerator:
         """Install the plan's decode hooks once and keep them between steps.
 
         Installing and removing hooks on every step costs about as much as the steering
-        itself (30-40 us a step on CPU). Between this generator's decode forwards the hooks
+        itself at batch 1 on CPU. Between this generator's decode forwards the hooks
         stay on the model but do nothing, so forwards by anyone else (a Decompose between
         two steps, a prefill) see an unhooked model; they are removed when the batch's
         composition changes or it empties.

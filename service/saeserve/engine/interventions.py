@@ -15,7 +15,9 @@ unsteered h, so several interventions on one SAE do not see each other.
 
 Every row of a batch carries its own list; ``SteeringPlan`` turns the rows' lists into one
 vectorised hook per hook point, so a batch of different requests costs one pass and no
-row can change another.
+row can change another. A plan is built once per batch composition: coefficients,
+directions and encoder bias are stacked tensors then, so a decode step costs the SAE's
+encoder matmul and top-k plus a few small ops, and ADD and VECTOR never run the encoder.
 """
 
 from __future__ import annotations

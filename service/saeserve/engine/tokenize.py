@@ -4,7 +4,7 @@ Offsets are in bytes of the UTF-8 encoded text (what gRPC clients in any languag
 slice), converted from the fast tokenizer's character offsets. Special tokens the
 tokenizer adds (e.g. BOS) get the empty span (0, 0). A token's string is
 ``tokenizer.decode([id])``, remembered per tokenizer: decoding one id at a time through
-``transformers`` costs about 2 us a token, more than the whole encode.
+``transformers`` costs more than the whole encode.
 """
 
 from __future__ import annotations

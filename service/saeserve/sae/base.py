@@ -102,13 +102,13 @@ def topk_largest(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k largest entries along the last dim of x, strongest first, and their indices.
 
     The same values as ``torch.topk(x, k)``; indices differ only between equal values.
-    On CPU ``torch.topk`` costs about 3 ns an element of a wide row (14 ms for 1024 tokens
-    x 4096 latents, k=32, as much as the encoder matmul). Here each row is cut into chunks
-    of 4 strided elements (chunk j holds x[j], x[j+m], x[j+2m], x[j+3m]): the k largest
-    entries lie in at most k chunks, so all of them lie in the k chunks with the largest
-    maxima. One vectorised max gives the [rows, n/4] chunk maxima, the same search (one
-    level down) picks their k best, and a top-k over those chunks' 4k entries finishes:
-    about 1.6x faster at that size. Few rows, narrow rows and GPUs take ``torch.topk``.
+    On CPU ``torch.topk`` over a wide row costs about as much as the encoder matmul that
+    produced it. Here each row is cut into chunks of 4 strided elements (chunk j holds
+    x[j], x[j+m], x[j+2m], x[j+3m]): the k largest entries lie in at most k chunks, so all
+    of them lie in the k chunks with the largest maxima. One vectorised max gives the
+    [rows, n/4] chunk maxima, the same search (one level down) picks their k best, and a
+    top-k over those chunks' 4k entries finishes. Few rows, narrow rows and GPUs take
+    ``torch.topk``.
     """
     n = x.shape[-1]
     rows = x.numel() // n if n else 0
