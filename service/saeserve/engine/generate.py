@@ -231,11 +231,17 @@ class BatchGenerator:
     # --- stepping ----------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
-        """One token for every running and every newly admitted sequence."""
+        """One token for every running and every newly admitted sequence.
+
+        The model is only touched here (hooks included), so a caller that serializes
+        forward passes with a lock needs to hold it only around ``step()``.
+        """
         self._drop_finished()
         events: list[TokenEvent] = []
         if self._batch is not None:
             events += self._decode(self._batch)
+        else:
+            self._drop_decode_hooks()
         if self._pending:
             joining, self._pending = self._pending, []
             batch, new_events = self._prefill(joining)
@@ -279,8 +285,10 @@ class BatchGenerator:
         Installing and removing hooks on every step costs about as much as the steering
         itself at batch 1 on CPU. Between this generator's decode forwards the hooks
         stay on the model but do nothing, so forwards by anyone else (a Decompose between
-        two steps, a prefill) see an unhooked model; they are removed when the batch's
-        composition changes or it empties.
+        two steps, a prefill) see an unhooked model. They are removed by the first
+        ``step()`` after the batch's composition changes or it empties (never outside
+        ``step()``: another thread may be running a forward), or when the generator is
+        dropped.
         """
         if plan is self._hooked_plan:
             return
@@ -362,7 +370,6 @@ class BatchGenerator:
             return
         if not keep:
             self._batch = None
-            self._drop_decode_hooks()
             return
         idx = torch.tensor(keep, device=batch.mask.device)
         mask = batch.mask[idx]
@@ -414,7 +421,6 @@ def generate(
             yield from gen.step()
     finally:
         gen.cancel(rid)
-        gen.has_work()  # drops the request's rows now (and the hooks, if the batch empties)
 
 
 def generated_text(events: Sequence[TokenEvent], variant: Variant = Variant.STEERED) -> str:
