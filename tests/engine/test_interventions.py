@@ -251,3 +251,39 @@ def test_all_add_plans_never_encode(served: ServedModel, monkeypatch: pytest.Mon
             out[0], _expected(served, iv, x, np.ones(S)), rtol=1e-4, atol=1e-4
         )
         np.testing.assert_allclose(out[1], h[1].double().numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("sae_id", ["post0", "mid1"])  # TopK SAEs
+def test_inactive_features_skip_the_topk_and_match_the_formulas(
+    served: ServedModel, sae_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooked = served.saes[sae_id]
+    d = served.lm.layout.d_model
+    h = torch.randn(1, 1, d, generator=torch.Generator().manual_seed(23)) * 3
+    x = h[0].double().numpy()
+    a, _ = reference.encode(hooked.sae, x)
+    # the features with the lowest pre-activations: inactive, and below every chunk maximum
+    p = {k: v.detach().double().numpy() for k, v in hooked.sae.state_dict().items()}
+    x_n = x
+    if sae_id == "mid1":  # LayerNorm input
+        centered = x - x.mean(-1, keepdims=True)
+        x_n = centered / (centered.std(-1, ddof=1, keepdims=True) + 1e-5)
+    pre = (x_n - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    low = [int(f) for f in np.argsort(pre[0])[:3]]
+    assert all(a[0, f] == 0 for f in low)
+    ivs = [
+        Intervention(mode=M.CLAMP, value=2.0, sae_id=sae_id, feature=low[0]),
+        Intervention(mode=M.SCALE, value=3.0, sae_id=sae_id, feature=low[1]),
+        Intervention(mode=M.ABLATE, value=0.0, sae_id=sae_id, feature=low[2]),
+    ]
+
+    def no_topk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the top-k ran although no steered feature can be active")
+
+    plan = SteeringPlan([resolve_interventions(served, ivs, PROMPT_LEN)])
+    fn = plan.decode_hook_fns()[hooked.hook_point]
+    monkeypatch.setattr(torch, "topk", no_topk)
+    out = fn(h.clone())
+    assert out is not None
+    want = x + sum(_expected(served, iv, x, np.ones(1)) - x for iv in ivs)
+    np.testing.assert_allclose(out[0].double().numpy(), want, rtol=1e-4, atol=1e-4)

@@ -175,6 +175,8 @@ class _FeatureReader:
             self.weight = sae.W_enc[:, self.features].contiguous()
             self.bias = bias[self.features]
         self.threshold = sae.threshold[self.features]  # [E], JumpReLU only
+        k = cfg.k or 0
+        self.bound_first = dev.type == "cpu" and k > 0 and sae.d_sae % k == 0
 
     def normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """x for ``latents`` and, for LayerNorm SAEs, the per-token std [..., 1] (else None:
@@ -184,16 +186,25 @@ class _FeatureReader:
             return x_n, ctx.scale.float()
         return (x if x.dtype == self.weight.dtype else x.to(self.weight.dtype)), None
 
-    def latents(self, x_n: Tensor) -> Tensor:
+    def latents(self, x_n: Tensor) -> Tensor | None:
         """[R, S, E] float: every feature's a_f at every row and position of ``normalize``'s
-        x [R, S, d_in]. Per decode step this is the whole encoder: a handful of ops."""
+        x [R, S, d_in]; None when all are 0 (found without the top-k: see below). Per decode
+        step this is the whole encoder: a handful of ops."""
         cfg = self.sae.cfg
         scale = cfg.norm_scale if cfg.input_norm is InputNorm.SCALE else 1.0
         flat = x_n.reshape(-1, x_n.shape[-1])
         pre = torch.addmm(self.bias, flat, self.weight, alpha=scale)  # [R*S, d_sae or E]
         if cfg.activation is Activation.TOPK:
-            kth = torch.topk(pre, cfg.k or 0, dim=-1).values[:, -1:]  # [R*S, 1]
+            k = cfg.k or 0
             sel = pre.index_select(-1, self.features)  # [R*S, E]
+            if self.bound_first and len(pre) <= _BOUND_FIRST_ROWS:
+                # the maxima of k disjoint chunks are k entries, so their min is <= the
+                # k-th largest: features below it in every row are all inactive, and the
+                # top-k (the dearer op here) is not needed. One host sync: CPU only.
+                lower = pre.view(len(pre), -1, k).amax(dim=1).amin(dim=-1, keepdim=True)
+                if not bool((sel >= lower).any()):
+                    return None
+            kth = torch.topk(pre, k, dim=-1).values[:, -1:]  # [R*S, 1]
             a = torch.relu(sel) * (sel >= kth)
         else:
             a = torch.relu(pre)
@@ -201,6 +212,10 @@ class _FeatureReader:
                 a = a * (pre > self.threshold)
         a = a.view(*x_n.shape[:-1], -1)
         return a if a.dtype == torch.float32 else a.float()
+
+
+_BOUND_FIRST_ROWS = 16
+"""Up to this many tokens (decode steps) ``latents`` first tries to rule every feature out."""
 
 
 # the coefficient of d_f is c0 + c1 * a_f
@@ -258,7 +273,9 @@ class _Entries:
             x = h if self.all_rows else h.index_select(0, self.rows)  # [R, S, d]
             x_n, std = self.reader.normalize(x)
             if self.needs_latents:
-                coeff = torch.addcmul(coeff, self.c1, self.reader.latents(x_n))  # [R, S, E]
+                a = self.reader.latents(x_n)  # [R, S, E], None if all 0
+                if a is not None:
+                    coeff = torch.addcmul(coeff, self.c1, a)
             if std is not None:
                 coeff = coeff * std
         if mask is not None:
@@ -277,6 +294,8 @@ class _Entries:
         assert self.reader is not None
         x = h if self.all_rows else h.index_select(0, self.rows)  # [R, S, d]
         a = self.reader.latents(self.reader.normalize(x)[0])  # [R, S, E]
+        if a is None:
+            return out
         if len(self.rows) > 1:
             a = a * self.on_row  # each entry reads its own row only
         if self.all_rows:
@@ -328,8 +347,10 @@ class _Tracked:
     def read(self, h: Tensor) -> list[float]:
         """a_f of every entry at its row's last position of h [B, S, d]."""
         x_n, _ = self.reader.normalize(h.index_select(0, self.rows)[:, -1:])  # [R, 1, d]
-        a = self.reader.latents(x_n)[:, 0]  # [R, E]
-        return a[self.row_of, self.entry_ids].tolist()
+        a = self.reader.latents(x_n)  # [R, 1, E]
+        if a is None:
+            return [0.0] * len(self.slots)
+        return a[:, 0][self.row_of, self.entry_ids].tolist()
 
 
 HookFn = Callable[[Tensor], Tensor | None]
