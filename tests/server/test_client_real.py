@@ -138,7 +138,7 @@ def test_invalid_argument_is_not_retried_and_deadline_is_honoured(
         == 1
     )
     with pytest.raises(SaeserveError) as info:
-        list(client.generate("Once", model=DEMO, max_new_tokens=200, timeout=0.05))
+        list(client.generate("Once", model=DEMO, max_new_tokens=200, ignore_eos=True, timeout=0.05))
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 

@@ -151,7 +151,7 @@ def test_a_stream_past_its_deadline_stops_generation(server: Server) -> None:
     """The client's deadline cancels the call; the replica drops the sequence at its next step."""
     before = scrape(server)
     # 240 tokens of the demo model take several times the deadline, so it lands mid-generation
-    sampling = pb.SamplingParams(max_new_tokens=240, temperature=0)
+    sampling = pb.SamplingParams(max_new_tokens=240, temperature=0, ignore_eos=True)
     req = pb.GenerateRequest(model="demo", prompt="Once", sampling=sampling)
     received = []
     with pytest.raises(grpc.RpcError) as info:
@@ -166,18 +166,31 @@ def test_a_stream_past_its_deadline_stops_generation(server: Server) -> None:
 
 def test_every_cancelled_stream_stops_generation(server: Server) -> None:
     """A client's cancel, made right after it read a chunk, reaches the model replica every
-    time (the case Ray Serve's gRPC proxy lost about 1 in 3; docs/notes-ray-grpc.md)."""
-    before = scrape(server)
-    sampling = pb.SamplingParams(max_new_tokens=240, temperature=0)
+    time (the case Ray Serve's gRPC proxy lost about 1 in 3; docs/notes-ray-grpc.md).
+
+    Each stream is judged alone: the replica counts its cancel, unless the stream had
+    already written all its tokens when the cancel arrived (the model can run ahead of
+    a client reading a loaded machine's output)."""
+    sampling = pb.SamplingParams(max_new_tokens=240, temperature=0, ignore_eos=True)
     req = pb.GenerateRequest(model="demo", prompt="Once", sampling=sampling)
-    cancels = 6
-    for i in range(cancels):
+    outcomes = []
+    for i in range(6):
+        before = scrape(server)
         call = server.stub.Generate(req, metadata=AUTH, timeout=60)
         for n, _ in enumerate(call, start=1):
             if n == 1 + i:  # after a different chunk each time
                 call.cancel()
                 break
         assert call.code() == grpc.StatusCode.CANCELLED
-    _wait_until_stopped(server, before, cancels)
-    generated = delta(before, scrape(server), "ray_saeserve_tokens_generated_total")
-    assert generated < cancels * 240
+
+        def outcome(before: dict = before) -> tuple[float, float]:
+            now = scrape(server)
+            return (
+                delta(before, now, "ray_saeserve_cancelled_generations_total"),
+                delta(before, now, "ray_saeserve_tokens_generated_total"),
+            )
+
+        wait_for(lambda: outcome()[0] >= 1 or outcome()[1] >= 240)
+        outcomes.append(outcome())
+    assert all(c == 1 or g >= 240 for c, g in outcomes), outcomes
+    assert any(c == 1 for c, _ in outcomes), outcomes

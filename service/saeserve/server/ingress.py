@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
@@ -27,13 +27,14 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from saeserve.engine.tokenize import tokenize
-from saeserve.engine.types import DecomposeRequest, DecomposeResult, Tokenization
+from saeserve.engine.types import DecomposeRequest, DecomposeResult, Tokenization, Variant
 from saeserve.errors import NotFound, ResourceExhausted
 from saeserve.model.loader import LoadedTokenizer, load_tokenizer
 from saeserve.server import metrics
 from saeserve.server.auth import ApiKeys
 from saeserve.server.batcher import Batcher
 from saeserve.server.convert import (
+    chunk_to_proto,
     decompose_from_proto,
     decompose_to_proto,
     generate_from_proto,
@@ -211,11 +212,14 @@ class SaeserveIngress:
 
         return await self._call("SearchFeatures", context, work)
 
-    async def Generate(
-        self, request: pb.GenerateRequest, context: Context
-    ) -> AsyncIterator[pb.GenerateChunk]:
-        """Chunks as the model replica makes them; it sends them in groups when it runs
-        ahead of this stream, and they go out one message per chunk."""
+    async def Generate(self, request: pb.GenerateRequest, context: Context) -> None:
+        """Chunks as the model replica makes them: it sends its events in groups
+        (limits.stream_interval_s), and each event goes out as one chunk message.
+
+        Written with ``context.write`` rather than as an async generator: when the client
+        cancels (or its deadline passes), grpc cancels this coroutine wherever it waits, so
+        the ``finally`` always stops the replica's generation. A generator suspended at a
+        ``yield`` would only be closed whenever it is garbage-collected."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         stream = None
@@ -224,10 +228,13 @@ class SaeserveIngress:
             spec = generate_from_proto(request, self.limits)
             handle = self._model(request.model, "generate.model").options(stream=True)
             stream = cast(DeploymentResponseGenerator, handle.generate.remote(spec))
-            async for chunks in stream:
-                for chunk in chunks:
-                    yield chunk
-        except (asyncio.CancelledError, GeneratorExit):
+            prompt_tokens = await anext(stream)
+            index = dict.fromkeys(Variant, 0)
+            async for events in stream:
+                for ev in events:
+                    await context.write(chunk_to_proto(ev, index[ev.variant], prompt_tokens))
+                    index[ev.variant] += 1
+        except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as e:

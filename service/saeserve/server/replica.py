@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -31,7 +32,7 @@ from saeserve.engine.types import (
 )
 from saeserve.errors import FailedPrecondition, InvalidArgument, SaeserveError
 from saeserve.server import metrics
-from saeserve.server.convert import GenerateSpec, chunk_to_proto
+from saeserve.server.convert import GenerateSpec
 from saeserve.server.feature_view import FeatureView
 from saeserve.server.generation_loop import GenerationLoop
 from saeserve.server.settings import Limits, ModelSpec
@@ -166,7 +167,9 @@ class ModelReplica:
         return out
 
     # --- generate ---------------------------------------------------------------------------
-    async def generate(self, spec: GenerateSpec) -> AsyncIterator[list[pb.GenerateChunk]]:
+    async def generate(self, spec: GenerateSpec) -> AsyncIterator[int | list[TokenEvent]]:
+        """The prompt's length in tokens, then the events in groups (the ingress makes the
+        chunks: this process runs the model, so it does as little else as it can)."""
         prompt_ids = await asyncio.to_thread(self._prompt_ids, spec)
         req = GenerateRequest(
             prompt_ids=prompt_ids,
@@ -178,15 +181,9 @@ class ModelReplica:
         )
         for iv in spec.interventions:
             metrics.INTERVENTIONS.labels(mode=str(iv.mode)).inc()
-        index: dict[str, int] = {}
-
-        def to_proto(ev: TokenEvent) -> pb.GenerateChunk:
-            i = index.get(ev.variant, 0)
-            index[ev.variant] = i + 1
-            return chunk_to_proto(ev, i, len(prompt_ids))
-
+        yield len(prompt_ids)
         async for events in self.loop.stream(req, interval_s=self.limits.stream_interval_s):
-            yield [to_proto(ev) for ev in events]
+            yield events
 
     def _prompt_ids(self, spec: GenerateSpec) -> list[int]:
         tok = self.served.lm.tokenizer
@@ -213,8 +210,8 @@ class ModelReplica:
 
     def _on_generate_step(self, events: list[TokenEvent]) -> None:
         metrics.BATCH_SIZE.labels(rpc="Generate").observe(len(events))
-        for ev in events:
-            metrics.TOKENS_GENERATED.labels(variant=str(ev.variant)).inc()
+        for variant, n in Counter(str(ev.variant) for ev in events).items():
+            metrics.TOKENS_GENERATED.labels(variant=variant).inc(n)
         if torch.cuda.is_available():
             metrics.ACCELERATOR_MEMORY.set(torch.cuda.memory_allocated())
 
