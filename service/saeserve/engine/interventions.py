@@ -177,6 +177,13 @@ class _FeatureReader:
         self.threshold = sae.threshold[self.features]  # [E], JumpReLU only
         k = cfg.k or 0
         self.bound_first = dev.type == "cpu" and k > 0 and sae.d_sae % k == 0
+        # TopK: a_f = relu(pre_f) when f is among the k largest, so a feature whose own
+        # pre-activation is <= 0 is inactive whatever the others are. On CPU a decode step
+        # first computes just the steered columns and skips the full encoder if that rules
+        # every feature out (the full encoder reads all of W_enc every step).
+        self.columns_first = dev.type == "cpu" and cfg.activation is Activation.TOPK
+        self.col_weight = sae.W_enc[:, self.features].contiguous()  # [d_in, E]
+        self.col_bias = bias[self.features]  # [E]
 
     def normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """x for ``latents`` and, for LayerNorm SAEs, the per-token std [..., 1] (else None:
@@ -193,6 +200,10 @@ class _FeatureReader:
         cfg = self.sae.cfg
         scale = cfg.norm_scale if cfg.input_norm is InputNorm.SCALE else 1.0
         flat = x_n.reshape(-1, x_n.shape[-1])
+        if self.columns_first and len(flat) <= _BOUND_FIRST_ROWS:
+            own = torch.addmm(self.col_bias, flat, self.col_weight, alpha=scale)  # [R*S, E]
+            if not bool((own > 0).any()):
+                return None
         pre = torch.addmm(self.bias, flat, self.weight, alpha=scale)  # [R*S, d_sae or E]
         if cfg.activation is Activation.TOPK:
             k = cfg.k or 0
