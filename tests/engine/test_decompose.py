@@ -175,5 +175,6 @@ def test_topk_latents_in_blocks_of_rows_equal_one_block(
     _check_against_reference(wide, blocks, 16, [3, 700])
     for a, b in zip(whole.texts, blocks.texts, strict=True):
         (sa,), (sb,) = a.saes, b.saes
-        np.testing.assert_array_equal(sa.top_values, sb.top_values)
+        # the same values up to the matmul's rounding, which depends on the block's shape
+        np.testing.assert_allclose(sa.top_values, sb.top_values, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(sa.token_mse, sb.token_mse, rtol=1e-5, atol=1e-7)
