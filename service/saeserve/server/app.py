@@ -10,6 +10,7 @@ Serve's own gRPC proxy is not used.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ray import serve
@@ -65,8 +66,8 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 
 def start(settings: ServerSettings, *, ray_address: str | None = None) -> None:
-    """Start (or join) Ray, start Serve and run the app; returns once it is deployed (the
-    gRPC server answers health checks a moment later)."""
+    """Start (or join) Ray, start Serve and run the app; returns once it is deployed and,
+    on a local cluster, once its gRPC port answers health SERVING."""
     import ray
 
     if not ray.is_initialized():
@@ -80,3 +81,28 @@ def start(settings: ServerSettings, *, ray_address: str | None = None) -> None:
             )
     serve.start(http_options={"host": settings.host, "port": settings.http_port})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    if not ray_address:  # a local cluster: the ingress, and so the port, is on this machine
+        wait_until_serving(settings.grpc_port)
+
+
+def wait_until_serving(port: int, timeout_s: float = 120.0) -> None:
+    """Block until the gRPC server on this machine's `port` answers health SERVING.
+
+    TimeoutError naming the port if it does not within `timeout_s` (the ingress starts
+    its server as it is constructed, a moment after Serve reports the app running)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"grpc_port: nothing answered health on port {port}")
+            time.sleep(0.2)
