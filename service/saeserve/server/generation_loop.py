@@ -2,37 +2,54 @@
 
 Streams (asyncio, on the replica's event loop) submit requests and read their events from
 an asyncio queue; the thread runs one decode step for all running sequences at a time, so
-concurrent streams share forward passes and a new stream joins at the next step. Each
-step's events reach the event loop in one hand-off, and a stream yields every event that
-is waiting at once, so a reader that falls behind catches up in fewer, larger pieces. A
-stream that is closed (client cancelled, deadline passed) cancels its sequences, which
-leave the batch before the next step.
+concurrent streams share forward passes and a new stream joins at the next step. The
+thread also groups each stream's events: it keeps them in the stream's buffer and hands
+the buffer over (one call into the event loop per step, for every stream due) when the
+stream's interval has passed since its last hand-over, or at once for a stream's first
+events, a variant's last event or an error. So with an interval a stream wakes, and sends
+a message, once per interval rather than once per step. A stream that is closed (client
+cancelled, deadline passed) cancels its sequences, which leave the batch before the next
+step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
 
 from saeserve.engine.generate import BatchGenerator
 from saeserve.engine.types import GenerateRequest, TokenEvent
 
 log = logging.getLogger(__name__)
 
-EventQueue = asyncio.Queue[TokenEvent | BaseException]
-EventSink = tuple[asyncio.AbstractEventLoop, EventQueue]
+Group = list[TokenEvent] | BaseException
+GroupQueue = asyncio.Queue[Group]
 
 
-def _ends(item: TokenEvent | BaseException) -> bool:
-    return isinstance(item, BaseException) or item.finish_reason is not None
+@dataclass
+class _Sink:
+    """Where one request's events go, and those waiting to go there."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: GroupQueue
+    interval_s: float
+    buffer: list[TokenEvent] = field(default_factory=list)
+    handed_at: float | None = None
+    """time.monotonic() of the last hand-over; None before the first."""
+
+    def due(self, now: float) -> bool:
+        if self.handed_at is None or any(ev.finish_reason is not None for ev in self.buffer):
+            return True
+        return now - self.handed_at >= self.interval_s
 
 
-def _deliver(items: list[tuple[EventQueue, TokenEvent | BaseException]]) -> None:
-    for queue, item in items:
-        queue.put_nowait(item)
+def _deliver(items: list[tuple[GroupQueue, Group]]) -> None:
+    for queue, group in items:
+        queue.put_nowait(group)
 
 
 class GenerationLoop:
@@ -51,7 +68,7 @@ class GenerationLoop:
         self.on_active = on_active
         self.on_cancel = on_cancel
         self._cv = threading.Condition()
-        self._sinks: dict[int, EventSink] = {}
+        self._sinks: dict[int, _Sink] = {}
         self._thread = threading.Thread(target=self._run, name="saeserve-generate", daemon=True)
         self._thread.start()
 
@@ -63,45 +80,25 @@ class GenerationLoop:
         self, req: GenerateRequest, *, interval_s: float = 0.0
     ) -> AsyncIterator[list[TokenEvent]]:
         """Events of one request, in groups, until each variant has finished; closing it
-        cancels. A group holds the events ready together; with `interval_s` > 0, events
-        that come sooner than that after the previous group wait (at most that long) to
-        leave with the next, so a fast stream sends fewer, larger messages. The first
-        event and a variant's last never wait."""
+        cancels. With `interval_s` > 0, events made sooner than that after the previous
+        group wait to leave with the next; the first events, a variant's last event and
+        an error never wait."""
         loop = asyncio.get_running_loop()
-        queue: EventQueue = asyncio.Queue()
-        rid = await asyncio.to_thread(self._submit, req, (loop, queue))
+        sink = _Sink(loop, asyncio.Queue(), interval_s)
+        rid = await asyncio.to_thread(self._submit, req, sink)
         remaining = 1 + int(req.include_baseline)
-        sent_at = -math.inf
         try:
             while remaining:
-                ready = [await queue.get()]
-                while not queue.empty():
-                    ready.append(queue.get_nowait())
-                until = sent_at + interval_s
-                while not any(map(_ends, ready)) and (left := until - loop.time()) > 0:
-                    try:
-                        async with asyncio.timeout(left):
-                            ready.append(await queue.get())
-                    except TimeoutError:
-                        break
-                    while not queue.empty():
-                        ready.append(queue.get_nowait())
-                events: list[TokenEvent] = []
-                for item in ready:
-                    if isinstance(item, BaseException):
-                        if events:
-                            yield events
-                        raise item
-                    if item.finish_reason is not None:
-                        remaining -= 1
-                    events.append(item)
-                sent_at = loop.time()
-                yield events
+                group = await sink.queue.get()
+                if isinstance(group, BaseException):
+                    raise group
+                remaining -= sum(ev.finish_reason is not None for ev in group)
+                yield group
         finally:
             if remaining:
                 self._cancel(rid)
 
-    def _submit(self, req: GenerateRequest, sink: EventSink) -> int:
+    def _submit(self, req: GenerateRequest, sink: _Sink) -> int:
         with self._cv:
             rid = self.generator.submit(req)
             self._sinks[rid] = sink
@@ -135,27 +132,39 @@ class GenerationLoop:
                 self.generator.has_work()  # drops rows that just finished
                 if self.on_active:
                     self.on_active(self.generator.n_sequences)
-                self._hand_off((ev.request_id, ev) for ev in events)
+                self._hand_off(events)
                 done = {ev.request_id for ev in events if ev.finish_reason is not None}
                 for rid in done:
                     if not self.generator.has_request(rid):
                         self._sinks.pop(rid, None)
 
-    def _hand_off(self, items: Iterable[tuple[int, TokenEvent | BaseException]]) -> None:
-        """Put each item on its stream's queue: one call into each event loop per step."""
-        by_loop: dict[
-            asyncio.AbstractEventLoop, list[tuple[EventQueue, TokenEvent | BaseException]]
-        ] = {}
-        for rid, item in items:
-            sink = self._sinks.get(rid)
+    def _hand_off(self, events: Iterable[TokenEvent]) -> None:
+        """Buffer each event with its stream, and hand over the buffers that are due: one
+        call into each event loop per step."""
+        touched: dict[int, _Sink] = {}
+        for ev in events:
+            sink = self._sinks.get(ev.request_id)
             if sink is not None:
-                loop, queue = sink
-                by_loop.setdefault(loop, []).append((queue, item))
-        for loop, batch in by_loop.items():
-            loop.call_soon_threadsafe(_deliver, batch)
+                sink.buffer.append(ev)
+                touched[ev.request_id] = sink
+        now = time.monotonic()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GroupQueue, Group]]] = {}
+        for sink in touched.values():
+            if sink.due(now):
+                by_loop.setdefault(sink.loop, []).append((sink.queue, sink.buffer))
+                sink.buffer, sink.handed_at = [], now
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _fail_all(self, error: Exception) -> None:
-        self._hand_off((rid, error) for rid in self._sinks)
-        for rid in self._sinks:
+        """Every open stream gets what it was owed, then the error."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GroupQueue, Group]]] = {}
+        for rid, sink in self._sinks.items():
+            items = by_loop.setdefault(sink.loop, [])
+            if sink.buffer:
+                items.append((sink.queue, sink.buffer))
+            items.append((sink.queue, error))
             self.generator.cancel(rid)
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
         self._sinks.clear()
