@@ -97,6 +97,8 @@ class SaeserveServicer:
         """Generate text, optionally steering SAE features, streamed one token per chunk.
         With include_baseline, an unsteered continuation is streamed alongside, interleaved.
         Cancelling the call (or passing its deadline) stops generation at the next step.
+        Tokens made within limits.stream_interval_s (default 0.02 s) of a stream's previous
+        chunks arrive together (still one chunk each); the first and the last never wait.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
