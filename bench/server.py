@@ -1,12 +1,11 @@
-"""A real saeserve service for the service benchmarks: local Ray, Serve, the gRPC proxy.
+"""A real saeserve service for the service benchmarks: local Ray, Serve, the gRPC ingress.
 
 ``running_server(assets)`` starts Ray on this machine with the app ``saeserve`` serving
-one model (``bench``) and its SAE on free loopback ports, waits until the gRPC health
-check says SERVING, and shuts Ray down on exit. Other limits (e.g. ``max_batch_size=1``)
-need a fresh instance: after an in-place ``serve.run`` of the app with new settings, Ray
-Serve 2.60's gRPC proxy answered NOT_FOUND "Application metadata not set" to every call
-(tried in this harness). ``replica_pid`` finds the model
-replica's process among this process's descendants, for the memory measurement.
+one model (``bench``) and its SAE on free loopback ports (``start`` returns once the gRPC
+health check says SERVING), and shuts Ray down on exit. Other limits (e.g.
+``max_batch_size=1``) get a fresh instance each (``running_server(..., **limits)``).
+``replica_pid`` finds the model replica's process among this process's descendants, for
+the memory measurement.
 """
 
 from __future__ import annotations
@@ -14,15 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.assets import BenchAssets
 from saeserve.server.settings import Limits, ModelSpec, SaeSpec, ServerSettings
@@ -59,24 +54,6 @@ def bench_settings(
     )
 
 
-def wait_serving(target: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"saeserve at {target} did not become SERVING in {timeout:.0f} s"
-                )
-            time.sleep(0.5)
-
-
 @contextmanager
 def running_server(assets: BenchAssets, threads: int, **limits: Any) -> Iterator[Server]:
     import ray
@@ -96,9 +73,7 @@ def running_server(assets: BenchAssets, threads: int, **limits: Any) -> Iterator
     )
     try:
         start(settings)
-        target = f"127.0.0.1:{settings.grpc_port}"
-        wait_serving(target)
-        yield Server(target, settings)
+        yield Server(f"127.0.0.1:{settings.grpc_port}", settings)  # start() waited for it
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -8,14 +8,12 @@ with a feature index. The server requires an API key (``KEY``); tests send it in
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from saeserve.insight.index import build_index
 from saeserve.model.loader import load_model
@@ -86,23 +84,6 @@ def build_assets(root: Path) -> tuple[Path, list[Path]]:
     return model, saes
 
 
-def wait_serving(channel: grpc.Channel, timeout: float = 120.0) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if (
-                stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                == health_pb2.HealthCheckResponse.SERVING
-            ):
-                return
-        except grpc.RpcError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("saeserve did not become SERVING")
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     import ray
@@ -134,8 +115,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         start(settings)
         target = f"127.0.0.1:{settings.grpc_port}"
-        channel = grpc.insecure_channel(target)
-        wait_serving(channel)
+        channel = grpc.insecure_channel(target)  # start() waited until it answers SERVING
         yield Server(
             target, settings, model, saes, channel, f"http://127.0.0.1:{metrics_port}/metrics"
         )

@@ -13,11 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from saeserve.v1 import saeserve_pb2 as pb
+from saeserve.server.health import SERVICE_NAME as SAESERVE_SERVICE
 from saeserve.v1 import saeserve_pb2_grpc
 
 SERVICE_NAMES = (
-    pb.DESCRIPTOR.services_by_name["Saeserve"].full_name,
+    SAESERVE_SERVICE,
     health.SERVICE_NAME,
     reflection.SERVICE_NAME,
 )

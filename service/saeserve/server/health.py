@@ -13,7 +13,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-SERVICE_NAME = "saeserve.v1.Saeserve"
+from saeserve.v1 import saeserve_pb2 as pb
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Saeserve"].full_name
 SERVICES = ("", SERVICE_NAME)
 WATCH_INTERVAL_S = 1.0
 """How often Watch asks for the status; it sends a message only when it changes."""

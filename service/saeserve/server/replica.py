@@ -3,10 +3,10 @@
 Decompose arrives in batches (the ingress groups concurrent requests, ``batcher.py``) and
 runs as one engine forward; a batch whose requests include an invalid one falls back to
 running each alone, so every caller gets its own answer or its own error. Generate
-streams share the replica's ``GenerationLoop``; a stream sends the chunks that are ready
-together, so a consumer that falls behind gets fewer, larger messages. One lock
-serialises forward passes, because hooks live on the shared model modules. Returns
-engine types and protobuf messages; the ingress owns gRPC.
+streams share the replica's ``GenerationLoop`` and send engine events in groups (one per
+``limits.stream_interval_s``); the ingress turns them into chunks. One lock serialises
+forward passes, because hooks live on the shared model modules. Returns engine types and
+protobuf messages; the ingress owns gRPC.
 """
 
 from __future__ import annotations
@@ -161,8 +161,8 @@ class ModelReplica:
             max_tokens=self._max_tokens,
             max_dense_values=self.limits.max_dense_values,
         )
+        metrics.TOKENS_DECOMPOSED.inc(sum(r.n_tokens for r in out))
         for r in out:
-            metrics.TOKENS_DECOMPOSED.inc(r.n_tokens)
             metrics.SAE_ENCODE_SECONDS.observe(r.sae_seconds)
         return out
 
