@@ -42,6 +42,7 @@ from saeserve.engine.interventions import (
     resolve_interventions,
     resolve_tracked,
 )
+from saeserve.engine.kv_cache import growing_cache
 from saeserve.engine.sampling import sample_next
 from saeserve.engine.served_model import HookedSae, ServedModel
 from saeserve.engine.types import (
@@ -260,7 +261,7 @@ class BatchGenerator:
             mask[i, n - len(s.prompt_ids) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         token_pos = torch.where(mask.bool(), mask.cumsum(-1) - 1, -1)  # [b, n]
-        batch = _Batch.of(seqs, mask, DynamicCache())
+        batch = _Batch.of(seqs, mask, growing_cache())
         prompt_lens = torch.tensor([len(s.prompt_ids) for s in seqs], device=dev)
         fns = batch.plan.hook_fns(token_pos, prompt_lens)
         logits = self._forward(ids, mask, token_pos.clamp_min(0), batch.cache, fns)
