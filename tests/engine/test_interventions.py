@@ -287,3 +287,39 @@ def test_inactive_features_skip_the_topk_and_match_the_formulas(
     assert out is not None
     want = x + sum(_expected(served, iv, x, np.ones(1)) - x for iv in ivs)
     np.testing.assert_allclose(out[0].double().numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_whose_features_cannot_be_active_skip_the_encoder_and_match_the_formulas(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode batch where each row scales its own feature: rows whose feature has a
+    positive pre-activation go through the full encoder, the others do not (another row's
+    feature being positive there does not count), and every row still equals the formula."""
+    from saeserve.engine import interventions
+
+    sae_id = "post0"  # TopK, no input norm
+    hooked = served.saes[sae_id]
+    d = served.lm.layout.d_model
+    h = torch.randn(4, 1, d, generator=torch.Generator().manual_seed(29)) * 3
+    p = {k: v.detach().double().numpy() for k, v in hooked.sae.state_dict().items()}
+    pre = (h[:, 0].double().numpy() - p["b_dec"]) @ p["W_enc"] + p["b_enc"]  # [4, d_sae]
+    # rows 0 and 2 scale their strongest feature; rows 1 and 3 one that is negative on
+    # their own row but positive on row 0
+    strongest = [int(np.argmax(pre[r])) for r in range(4)]
+    cross = [int(f) for f in np.flatnonzero((pre[1] < 0) & (pre[3] < 0) & (pre[0] > 0))[:2]]
+    features = [strongest[0], cross[0], strongest[2], cross[1]]
+    rows = [[Intervention(mode=M.SCALE, value=3.0, sae_id=sae_id, feature=f)] for f in features]
+    seen: list[int] = []
+    encode = interventions._FeatureReader._encode
+
+    def counting(self: object, flat: torch.Tensor, *args: object) -> object:
+        seen.append(len(flat))
+        return encode(self, flat, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(interventions._FeatureReader, "_encode", counting)
+    out = _run_point(served, rows, h, hooked.hook_point.name, decode=True).double().numpy()
+    assert seen == [2]  # rows 0 and 2 only
+    for r, ivs in enumerate(rows):
+        x = h[r].double().numpy()
+        want = _expected(served, ivs[0], x, np.ones(1))
+        np.testing.assert_allclose(out[r], want, rtol=1e-4, atol=1e-4)

@@ -193,36 +193,62 @@ class _FeatureReader:
             return x_n, ctx.scale.float()
         return (x if x.dtype == self.weight.dtype else x.to(self.weight.dtype)), None
 
-    def latents(self, x_n: Tensor) -> Tensor | None:
+    def latents(self, x_n: Tensor, wanted: Tensor | None = None) -> Tensor | None:
         """[R, S, E] float: every feature's a_f at every row and position of ``normalize``'s
         x [R, S, d_in]; None when all are 0 (found without the top-k: see below). Per decode
-        step this is the whole encoder: a handful of ops."""
+        step this is the whole encoder: a handful of ops. ``wanted`` (bool, broadcastable
+        to [R, S, E]) marks the entries a caller reads; the others may come back 0."""
         cfg = self.sae.cfg
         scale = cfg.norm_scale if cfg.input_norm is InputNorm.SCALE else 1.0
         flat = x_n.reshape(-1, x_n.shape[-1])
-        if self.columns_first and len(flat) <= _BOUND_FIRST_ROWS:
+        n_tokens, n_features = len(flat), len(self.features)
+        live_rows: Tensor | None = None  # the tokens the full encoder must see
+        live: Tensor | None = None  # [tokens, E]: entries that can be active and are wanted
+        if self.columns_first and n_tokens <= _BOUND_FIRST_ROWS:
             own = torch.addmm(self.col_bias, flat, self.col_weight, alpha=scale)  # [R*S, E]
-            if not bool((own > 0).any()):
+            live = own > 0
+            if wanted is not None:
+                live &= wanted.expand(*x_n.shape[:-1], n_features).reshape(n_tokens, -1)
+            live_rows = live.any(dim=-1).nonzero().flatten()
+            if len(live_rows) == 0:
                 return None
-        pre = torch.addmm(self.bias, flat, self.weight, alpha=scale)  # [R*S, d_sae or E]
+            if len(live_rows) == n_tokens:
+                live_rows = None
+            else:  # the encoder runs only where a wanted feature can be active
+                flat = flat.index_select(0, live_rows)
+                live = live.index_select(0, live_rows)
+        a = self._encode(flat, scale, live)
+        if a is None:
+            return None
+        if live_rows is not None:
+            a = a.new_zeros(n_tokens, n_features).index_copy_(0, live_rows, a)
+        a = a.view(*x_n.shape[:-1], -1)
+        return a if a.dtype == torch.float32 else a.float()
+
+    def _encode(self, flat: Tensor, scale: float, live: Tensor | None) -> Tensor | None:
+        """[N, E] a_f of the features at each of the N tokens of ``flat``; None if all 0.
+        ``live`` [N, E] (or None: all) marks the entries that matter."""
+        cfg = self.sae.cfg
+        pre = torch.addmm(self.bias, flat, self.weight, alpha=scale)  # [N, d_sae or E]
         if cfg.activation is Activation.TOPK:
             k = cfg.k or 0
-            sel = pre.index_select(-1, self.features)  # [R*S, E]
+            sel = pre.index_select(-1, self.features)  # [N, E]
             if self.bound_first and len(pre) <= _BOUND_FIRST_ROWS:
                 # the maxima of k disjoint chunks are k entries, so their min is <= the
                 # k-th largest: features below it in every row are all inactive, and the
                 # top-k (the dearer op here) is not needed. One host sync: CPU only.
                 lower = pre.view(len(pre), -1, k).amax(dim=1).amin(dim=-1, keepdim=True)
-                if not bool((sel >= lower).any()):
+                can_be_active = sel >= lower
+                if live is not None:
+                    can_be_active &= live
+                if not bool(can_be_active.any()):
                     return None
-            kth = torch.topk(pre, k, dim=-1).values[:, -1:]  # [R*S, 1]
-            a = torch.relu(sel) * (sel >= kth)
-        else:
-            a = torch.relu(pre)
-            if cfg.activation is Activation.JUMPRELU:
-                a = a * (pre > self.threshold)
-        a = a.view(*x_n.shape[:-1], -1)
-        return a if a.dtype == torch.float32 else a.float()
+            kth = torch.topk(pre, k, dim=-1).values[:, -1:]  # [N, 1]
+            return torch.relu(sel) * (sel >= kth)
+        a = torch.relu(pre)
+        if cfg.activation is Activation.JUMPRELU:
+            a = a * (pre > self.threshold)
+        return a
 
 
 _BOUND_FIRST_ROWS = 16
@@ -304,10 +330,12 @@ class _Entries:
         [R, S, E] latents times ``c1 * dirs``; the rest of the change is ``constant()``."""
         assert self.reader is not None
         x = h if self.all_rows else h.index_select(0, self.rows)  # [R, S, d]
-        a = self.reader.latents(self.reader.normalize(x)[0])  # [R, S, E]
+        several = len(self.rows) > 1
+        wanted = self.on_row.bool() if several else None
+        a = self.reader.latents(self.reader.normalize(x)[0], wanted)  # [R, S, E]
         if a is None:
             return out
-        if len(self.rows) > 1:
+        if several:
             a = a * self.on_row  # each entry reads its own row only
         if self.all_rows:
             return torch.baddbmm(out, a, self.batched_c1_dirs)
