@@ -1,11 +1,13 @@
 """A background thread that steps the engine's BatchGenerator for every open Generate stream.
 
-Streams (asyncio, on the replica's event loop) submit requests and read their events from
-an asyncio queue; the thread runs one decode step for all running sequences at a time, so
-concurrent streams share forward passes and a new stream joins at the next step. The
-thread also groups each stream's events: it keeps them in the stream's buffer and hands
-the buffer over (one call into the event loop per step, for every stream due) when the
-stream's interval has passed since its last hand-over, or at once for a stream's first
+Streams (asyncio, on the replica's event loop) leave their requests and cancels in an
+inbox and read their events from an asyncio queue. Only the thread touches the generator:
+before each step it admits what the inbox holds, then runs one decode step for all running
+sequences, outside the inbox's lock, so concurrent streams share forward passes, a new
+stream joins at the next step, and neither a submit nor a cancel ever waits for a step.
+The thread also groups each stream's events: it keeps them in the stream's buffer and
+hands the buffer over (one call into the event loop per step, for every stream due) when
+the stream's interval has passed since its last hand-over, or at once for a stream's first
 events, a variant's last event or an error. So with an interval a stream wakes, and sends
 a message, once per interval rather than once per step. A stream that is closed (client
 cancelled, deadline passed) cancels its sequences, which leave the batch before the next
@@ -38,6 +40,8 @@ class _Sink:
     queue: GroupQueue
     interval_s: float
     buffer: list[TokenEvent] = field(default_factory=list)
+    request_id: int | None = None
+    """The generator's id for the request, once the thread has admitted it."""
     handed_at: float | None = None
     """time.monotonic() of the last hand-over; None before the first."""
 
@@ -68,7 +72,10 @@ class GenerationLoop:
         self.on_active = on_active
         self.on_cancel = on_cancel
         self._cv = threading.Condition()
+        self._inbox: list[tuple[GenerateRequest, _Sink]] = []
+        self._cancels: list[_Sink] = []
         self._sinks: dict[int, _Sink] = {}
+        """Admitted requests by id; only the thread reads and writes it."""
         self._thread = threading.Thread(target=self._run, name="saeserve-generate", daemon=True)
         self._thread.start()
 
@@ -83,9 +90,8 @@ class GenerationLoop:
         cancels. With `interval_s` > 0, events made sooner than that after the previous
         group wait to leave with the next; the first events, a variant's last event and
         an error never wait."""
-        loop = asyncio.get_running_loop()
-        sink = _Sink(loop, asyncio.Queue(), interval_s)
-        rid = await asyncio.to_thread(self._submit, req, sink)
+        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue(), interval_s)
+        self._post(lambda: self._inbox.append((req, sink)))
         remaining = 1 + int(req.include_baseline)
         try:
             while remaining:
@@ -96,47 +102,67 @@ class GenerationLoop:
                 yield group
         finally:
             if remaining:
-                self._cancel(rid)
+                self._post(lambda: self._cancels.append(sink))
 
-    def _submit(self, req: GenerateRequest, sink: _Sink) -> int:
+    def _post(self, put: Callable[[], None]) -> None:
+        """Leave a request or a cancel for the thread (the lock is never held over a step)."""
         with self._cv:
-            rid = self.generator.submit(req)
-            self._sinks[rid] = sink
+            put()
             self._cv.notify()
-            return rid
-
-    def _cancel(self, rid: int) -> None:
-        with self._cv:
-            if self._sinks.pop(rid, None) is not None:
-                self.generator.cancel(rid)
-                if self.on_cancel:
-                    self.on_cancel()
-                self.generator.has_work()  # drops the cancelled rows now
-                if self.on_active:
-                    self.on_active(self.generator.n_sequences)
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self.generator.has_work():
+                while not (self._inbox or self._cancels or self.generator.has_work()):
                     self._cv.wait()
-                try:
-                    with self.model_lock:
-                        events = self.generator.step()
-                except Exception as e:  # a bug: fail every open stream, keep serving
-                    log.exception("generation step failed")
-                    self._fail_all(e)
-                    continue
-                if self.on_step:
-                    self.on_step(events)
-                self.generator.has_work()  # drops rows that just finished
-                if self.on_active:
-                    self.on_active(self.generator.n_sequences)
-                self._hand_off(events)
-                done = {ev.request_id for ev in events if ev.finish_reason is not None}
-                for rid in done:
-                    if not self.generator.has_request(rid):
-                        self._sinks.pop(rid, None)
+                inbox, self._inbox = self._inbox, []
+                cancels, self._cancels = self._cancels, []
+            self._admit(inbox)
+            self._drop(cancels)
+            if not self.generator.has_work():
+                continue
+            try:
+                with self.model_lock:
+                    events = self.generator.step()
+            except Exception as e:  # a bug: fail every open stream, keep serving
+                log.exception("generation step failed")
+                self._fail_all(e)
+                continue
+            if self.on_step:
+                self.on_step(events)
+            self.generator.has_work()  # drops rows that just finished
+            if self.on_active:
+                self.on_active(self.generator.n_sequences)
+            self._hand_off(events)
+            done = {ev.request_id for ev in events if ev.finish_reason is not None}
+            for rid in done:
+                if not self.generator.has_request(rid):
+                    self._sinks.pop(rid, None)
+
+    def _admit(self, inbox: list[tuple[GenerateRequest, _Sink]]) -> None:
+        """Submit each new request; one the generator refuses gets its error instead."""
+        for req, sink in inbox:
+            try:
+                sink.request_id = self.generator.submit(req)
+            except Exception as e:  # the engine's typed errors, for the stream to raise
+                sink.loop.call_soon_threadsafe(sink.queue.put_nowait, e)
+                continue
+            self._sinks[sink.request_id] = sink
+        if inbox and self.on_active:
+            self.on_active(self.generator.n_sequences)
+
+    def _drop(self, cancels: list[_Sink]) -> None:
+        """Cancel the closed streams' requests; their rows leave before the next step."""
+        for sink in cancels:
+            rid = sink.request_id
+            if rid is not None and self._sinks.pop(rid, None) is not None:
+                self.generator.cancel(rid)
+                if self.on_cancel:
+                    self.on_cancel()
+        if cancels:
+            self.generator.has_work()  # drops the cancelled rows now
+            if self.on_active:
+                self.on_active(self.generator.n_sequences)
 
     def _hand_off(self, events: Iterable[TokenEvent]) -> None:
         """Buffer each event with its stream, and hand over the buffers that are due: one
