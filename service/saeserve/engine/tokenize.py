@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import weakref
 from itertools import accumulate
+from typing import Any, cast
 
 from transformers import PreTrainedTokenizerBase
 
 from saeserve.engine.types import Tokenization
-from saeserve.errors import InvalidArgument
+from saeserve.errors import FailedPrecondition, InvalidArgument
 
 _TOKEN_STRINGS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[int, str]] = (
     weakref.WeakKeyDictionary()
@@ -42,6 +43,31 @@ def tokenize(
     byte_at = [0, *accumulate(len(ch.encode("utf-8")) for ch in text)]
     offsets = [(byte_at[s], byte_at[e]) for s, e in enc["offset_mapping"]]
     return Tokenization(token_ids=ids, tokens=token_strings(tokenizer, ids), offsets=offsets)
+
+
+def chat_token_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[tuple[str, str]],
+    *,
+    max_tokens: int,
+    field_name: str = "messages",
+    model: str = "",
+) -> list[int]:
+    """The ids of (role, content) messages rendered by the tokenizer's chat template, with
+    the generation prompt; FailedPrecondition without a template, InvalidArgument if longer
+    than max_tokens."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise FailedPrecondition(f"{field_name}: model {model!r} has no chat template")
+    encoded = tokenizer.apply_chat_template(
+        [{"role": r, "content": c} for r, c in messages],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
+    ids = [int(i) for i in cast(Any, encoded)["input_ids"]]
+    if len(ids) > max_tokens:
+        raise InvalidArgument(f"{field_name}: {len(ids)} tokens > limit {max_tokens}")
+    return ids
 
 
 def token_strings(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[str]:

@@ -16,6 +16,7 @@ from saeserve.engine.types import (
     DecomposeRequest,
     DecomposeResult,
     FinishReason,
+    GenerateRequest,
     Intervention,
     InterventionMode,
     PositionKind,
@@ -114,7 +115,7 @@ def decompose_to_proto(result: DecomposeResult) -> pb.DecomposeResponse:
 # --- Generate ---------------------------------------------------------------------------------
 @dataclass
 class GenerateSpec:
-    """A Generate request before tokenization (the replica owns the tokenizer)."""
+    """A Generate request before tokenization (the ingress tokenizes it: ``request``)."""
 
     prompt: str
     messages: list[tuple[str, str]]
@@ -123,6 +124,17 @@ class GenerateSpec:
     include_baseline: bool = False
     track: list[TrackedFeature] = field(default_factory=list)
     logprobs: bool = False
+
+    def request(self, prompt_ids: list[int]) -> GenerateRequest:
+        """The engine's request, with the prompt (or the rendered messages) as ids."""
+        return GenerateRequest(
+            prompt_ids=prompt_ids,
+            sampling=self.sampling,
+            interventions=self.interventions,
+            include_baseline=self.include_baseline,
+            track=self.track,
+            logprobs=self.logprobs,
+        )
 
 
 def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec:

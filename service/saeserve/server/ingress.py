@@ -8,7 +8,8 @@ client's cancel reach the model replica every time (docs/notes-ray-grpc.md).
 
 Every RPC goes through one path (``_call``/``Generate``): API-key check, request
 conversion and limits, the model replica's handle, metrics, and the mapping of errors to
-status codes. Tokenize is answered here (the ingress holds each model's tokenizer);
+status codes. Tokenize is answered here (the ingress holds each model's tokenizer), and Generate
+prompts are tokenized here, so the model replica gets ids;
 concurrent Decompose calls for one model leave as one replica call (``Batcher``). The
 methods hold no model logic; the replicas (``replica.py``) and the engine do the work.
 """
@@ -16,6 +17,7 @@ methods hold no model logic; the replicas (``replica.py``) and the engine do the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +28,7 @@ from grpc_health.v1 import health_pb2
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from saeserve.engine.tokenize import tokenize
+from saeserve.engine.tokenize import chat_token_ids, tokenize
 from saeserve.engine.types import DecomposeRequest, DecomposeResult, Tokenization, Variant
 from saeserve.errors import NotFound, ResourceExhausted
 from saeserve.model.loader import LoadedTokenizer, load_tokenizer
@@ -34,6 +36,7 @@ from saeserve.server import metrics
 from saeserve.server.auth import ApiKeys
 from saeserve.server.batcher import Batcher
 from saeserve.server.convert import (
+    GenerateSpec,
     chunk_to_proto,
     decompose_from_proto,
     decompose_to_proto,
@@ -70,7 +73,11 @@ class SaeserveIngress:
     def __init__(self, settings: dict[str, Any], models: dict[str, DeploymentHandle]) -> None:
         self.settings = ServerSettings.model_validate(settings)
         self.limits = self.settings.limits
-        self.models = models
+        # Calls to model replicas go over Ray Serve's replica-to-replica gRPC transport, not
+        # as Ray tasks: a streamed Generate group then costs one gRPC message instead of an
+        # object reference reported through Ray's core worker (about half the per-group CPU
+        # in both processes; docs/BENCHMARKS.md).
+        self.models = {name: h.options(_by_reference=False) for name, h in models.items()}
         self.default_model = self.settings.models[0].name
         self.keys = ApiKeys.from_settings(self.settings)
         self.tokenizers = {m.name: load_tokenizer(m.path) for m in self.settings.models}
@@ -161,20 +168,34 @@ class SaeserveIngress:
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         async def work() -> pb.TokenizeResponse:
             tok = self.tokenizers[self._model_name(request.model, "tokenize.model")]
-            if len(request.text) > INLINE_TOKENIZE_CHARS:
-                tokens = await asyncio.to_thread(self._tokenize, tok, request.text)
-            else:
-                tokens = self._tokenize(tok, request.text)
+            tokens = await self._tokenize(tok, request.text, "tokenize.text")
             return pb.TokenizeResponse(tokens=tokens_to_proto(tokens))
 
         return await self._call("Tokenize", context, work)
 
-    def _tokenize(self, tok: LoadedTokenizer, text: str) -> Tokenization:
-        return tokenize(
+    async def _tokenize(self, tok: LoadedTokenizer, text: str, field_name: str) -> Tokenization:
+        """``tokenize`` within the limits; long texts on a worker thread, off the loop."""
+        run = functools.partial(
+            tokenize,
             tok.tokenizer,
             text,
             max_tokens=self.limits.tokens_per_text(tok.max_positions),
-            field_name="tokenize.text",
+            field_name=field_name,
+        )
+        return await asyncio.to_thread(run) if len(text) > INLINE_TOKENIZE_CHARS else run()
+
+    async def _prompt_ids(self, name: str, spec: GenerateSpec) -> list[int]:
+        """A Generate prompt as ids: its text, or its messages through the chat template."""
+        tok = self.tokenizers[name]
+        if not spec.messages:
+            return (await self._tokenize(tok, spec.prompt, "generate.prompt")).token_ids
+        return await asyncio.to_thread(
+            chat_token_ids,
+            tok.tokenizer,
+            spec.messages,
+            max_tokens=self.limits.tokens_per_text(tok.max_positions),
+            field_name="generate.messages",
+            model=name,
         )
 
     async def Decompose(
@@ -226,9 +247,11 @@ class SaeserveIngress:
         try:
             self.keys.check(context.invocation_metadata())
             spec = generate_from_proto(request, self.limits)
-            handle = self._model(request.model, "generate.model").options(stream=True)
-            stream = cast(DeploymentResponseGenerator, handle.generate.remote(spec))
-            prompt_tokens = await anext(stream)
+            name = self._model_name(request.model, "generate.model")
+            req = spec.request(await self._prompt_ids(name, spec))
+            prompt_tokens = len(req.prompt_ids)
+            handle = self.models[name].options(stream=True)
+            stream = cast(DeploymentResponseGenerator, handle.generate.remote(req))
             index = dict.fromkeys(Variant, 0)
             async for events in stream:
                 for ev in events:

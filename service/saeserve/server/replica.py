@@ -3,8 +3,9 @@
 Decompose arrives in batches (the ingress groups concurrent requests, ``batcher.py``) and
 runs as one engine forward; a batch whose requests include an invalid one falls back to
 running each alone, so every caller gets its own answer or its own error. Generate
-streams share the replica's ``GenerationLoop`` and send engine events in groups (one per
-``limits.stream_interval_s``); the ingress turns them into chunks. One lock serialises
+requests arrive as token ids (the ingress tokenizes), share the replica's
+``GenerationLoop`` and send engine events in groups (one per ``limits.stream_interval_s``);
+the ingress turns them into chunks. One lock serialises
 forward passes, because hooks live on the shared model modules. Returns engine types and
 protobuf messages; the ingress owns gRPC.
 """
@@ -16,23 +17,21 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import torch
 
 from saeserve.engine.decompose import decompose_many
 from saeserve.engine.generate import BatchGenerator
 from saeserve.engine.served_model import ServedModel
-from saeserve.engine.tokenize import tokenize
 from saeserve.engine.types import (
     DecomposeRequest,
     DecomposeResult,
     GenerateRequest,
     TokenEvent,
 )
-from saeserve.errors import FailedPrecondition, InvalidArgument, SaeserveError
+from saeserve.errors import SaeserveError
 from saeserve.server import metrics
-from saeserve.server.convert import GenerateSpec
 from saeserve.server.feature_view import FeatureView
 from saeserve.server.generation_loop import GenerationLoop
 from saeserve.server.settings import Limits, ModelSpec
@@ -167,46 +166,13 @@ class ModelReplica:
         return out
 
     # --- generate ---------------------------------------------------------------------------
-    async def generate(self, spec: GenerateSpec) -> AsyncIterator[int | list[TokenEvent]]:
-        """The prompt's length in tokens, then the events in groups (the ingress makes the
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[list[TokenEvent]]:
+        """The request's events in groups (the ingress tokenized the prompt and makes the
         chunks: this process runs the model, so it does as little else as it can)."""
-        prompt_ids = await asyncio.to_thread(self._prompt_ids, spec)
-        req = GenerateRequest(
-            prompt_ids=prompt_ids,
-            sampling=spec.sampling,
-            interventions=spec.interventions,
-            include_baseline=spec.include_baseline,
-            track=spec.track,
-            logprobs=spec.logprobs,
-        )
-        for iv in spec.interventions:
+        for iv in req.interventions:
             metrics.INTERVENTIONS.labels(mode=str(iv.mode)).inc()
-        yield len(prompt_ids)
         async for events in self.loop.stream(req, interval_s=self.limits.stream_interval_s):
             yield events
-
-    def _prompt_ids(self, spec: GenerateSpec) -> list[int]:
-        tok = self.served.lm.tokenizer
-        if spec.messages:
-            if not getattr(tok, "chat_template", None):
-                raise FailedPrecondition(
-                    f"generate.messages: model {self.spec.name!r} has no chat template"
-                )
-            encoded = tok.apply_chat_template(
-                [{"role": r, "content": c} for r, c in spec.messages],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-            )
-            ids = [int(i) for i in cast(Any, encoded)["input_ids"]]
-            if len(ids) > self._max_tokens:
-                raise InvalidArgument(
-                    f"generate.messages: {len(ids)} tokens > limit {self._max_tokens}"
-                )
-            return ids
-        return tokenize(
-            tok, spec.prompt, max_tokens=self._max_tokens, field_name="generate.prompt"
-        ).token_ids
 
     def _on_generate_step(self, events: list[TokenEvent]) -> None:
         metrics.BATCH_SIZE.labels(rpc="Generate").observe(len(events))
