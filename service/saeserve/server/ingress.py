@@ -73,11 +73,15 @@ class SaeserveIngress:
     def __init__(self, settings: dict[str, Any], models: dict[str, DeploymentHandle]) -> None:
         self.settings = ServerSettings.model_validate(settings)
         self.limits = self.settings.limits
-        # Calls to model replicas go over Ray Serve's replica-to-replica gRPC transport, not
-        # as Ray tasks: a streamed Generate group then costs one gRPC message instead of an
-        # object reference reported through Ray's core worker (about half the per-group CPU
-        # in both processes; docs/BENCHMARKS.md).
-        self.models = {name: h.options(_by_reference=False) for name, h in models.items()}
+        self.models = models
+        # Generate streams go over Ray Serve's replica-to-replica gRPC transport: a group of
+        # events is then one gRPC message, not an object reported through Ray's core worker
+        # (far less CPU per group in both processes; docs/BENCHMARKS.md). Other calls stay
+        # on Ray's object path: that channel caps a message at 4 MiB, and a Decompose
+        # batch's result can be much larger.
+        self.streams = {
+            name: h.options(stream=True, _by_reference=False) for name, h in models.items()
+        }
         self.default_model = self.settings.models[0].name
         self.keys = ApiKeys.from_settings(self.settings)
         self.tokenizers = {m.name: load_tokenizer(m.path) for m in self.settings.models}
@@ -250,8 +254,7 @@ class SaeserveIngress:
             name = self._model_name(request.model, "generate.model")
             req = spec.request(await self._prompt_ids(name, spec))
             prompt_tokens = len(req.prompt_ids)
-            handle = self.models[name].options(stream=True)
-            stream = cast(DeploymentResponseGenerator, handle.generate.remote(req))
+            stream = cast(DeploymentResponseGenerator, self.streams[name].generate.remote(req))
             index = dict.fromkeys(Variant, 0)
             async for events in stream:
                 for ev in events:
