@@ -12,7 +12,7 @@ from saeserve.engine.generate import BatchGenerator, generate
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import GenerateRequest, SamplingParams, TokenEvent
 from saeserve.model.tiny import build_tiny_model
-from saeserve.server.generation_loop import GenerationLoop
+from saeserve.server.generation_loop import GenerationLoop, group_interval
 
 NEW_TOKENS = 24
 
@@ -30,10 +30,10 @@ def request(served: ServedModel) -> GenerateRequest:
 
 
 def stream_groups(served: ServedModel, interval_s: float) -> list[list[TokenEvent]]:
-    loop = GenerationLoop(BatchGenerator(served), threading.Lock())
+    loop = GenerationLoop(BatchGenerator(served), threading.Lock(), interval_s=interval_s)
 
     async def collect() -> list[list[TokenEvent]]:
-        return [g async for g in loop.stream(request(served), interval_s=interval_s)]
+        return [g async for g in loop.stream(request(served))]
 
     async def main() -> list[list[TokenEvent]]:
         # a stream that held its last event for the interval would miss this deadline
@@ -65,3 +65,11 @@ def test_an_interval_groups_events_but_never_holds_the_first_or_last(
     # within stream_groups' deadline (holding the first or the last would miss it)
     assert len(groups) <= 3
     assert groups[-1][-1].finish_reason is not None
+
+
+def test_the_group_interval_grows_with_the_streams_open_up_to_its_maximum() -> None:
+    assert group_interval(1, 0.02, 0.1) == 0.02
+    assert group_interval(3, 0.02, 0.1) == pytest.approx(0.06)
+    assert group_interval(8, 0.02, 0.1) == 0.1
+    assert group_interval(8, 0.0, 0.1) == 0.0  # 0: every step at once, at any load
+    assert group_interval(4, 0.05, 0.01) == 0.05  # a maximum below the interval

@@ -6,12 +6,14 @@ before each step it admits what the inbox holds, then runs one decode step for a
 sequences, outside the inbox's lock, so concurrent streams share forward passes, a new
 stream joins at the next step, and neither a submit nor a cancel ever waits for a step.
 The thread also groups each stream's events: it keeps them in the stream's buffer and
-hands the buffer over (one call into the event loop per step, for every stream due) when
-the stream's interval has passed since its last hand-over, or at once for a stream's first
-events, a variant's last event or an error. So with an interval a stream wakes, and sends
-a message, once per interval rather than once per step. A stream that is closed (client
-cancelled, deadline passed) cancels its sequences, which leave the batch before the next
-step.
+hands the buffer over (one call into the event loop per step, for every stream due) when the
+interval has passed since the stream's last hand-over, or at once for a stream's first
+events, a variant's last event or an error. So a stream wakes, and sends a message, once
+per interval rather than once per step. The interval grows with the streams open
+(``group_interval``), so the hand-overs a second, and the CPU they take from the steps in
+this process, stay about the same however many streams share the thread. A stream that
+is closed (client cancelled, deadline passed) cancels its sequences, which leave the
+batch before the next step.
 """
 
 from __future__ import annotations
@@ -38,17 +40,23 @@ class _Sink:
 
     loop: asyncio.AbstractEventLoop
     queue: GroupQueue
-    interval_s: float
     buffer: list[TokenEvent] = field(default_factory=list)
     request_id: int | None = None
     """The generator's id for the request, once the thread has admitted it."""
     handed_at: float | None = None
     """time.monotonic() of the last hand-over; None before the first."""
 
-    def due(self, now: float) -> bool:
+    def due(self, now: float, interval_s: float) -> bool:
         if self.handed_at is None or any(ev.finish_reason is not None for ev in self.buffer):
             return True
-        return now - self.handed_at >= self.interval_s
+        return now - self.handed_at >= interval_s
+
+
+def group_interval(n_streams: int, interval_s: float, max_interval_s: float) -> float:
+    """How long a stream's events may wait for their group with ``n_streams`` open:
+    ``interval_s`` each, so about 1/interval_s hand-overs a second in all, but never more
+    than ``max_interval_s`` (nor less than ``interval_s``)."""
+    return max(interval_s, min(interval_s * n_streams, max_interval_s))
 
 
 def _deliver(items: list[tuple[GroupQueue, Group]]) -> None:
@@ -62,12 +70,16 @@ class GenerationLoop:
         generator: BatchGenerator,
         model_lock: threading.Lock,
         *,
+        interval_s: float = 0.0,
+        max_interval_s: float = 0.0,
         on_step: Callable[[list[TokenEvent]], None] | None = None,
         on_active: Callable[[int], None] | None = None,
         on_cancel: Callable[[], None] | None = None,
     ) -> None:
         self.generator = generator
         self.model_lock = model_lock
+        self.interval_s = interval_s
+        self.max_interval_s = max_interval_s
         self.on_step = on_step
         self.on_active = on_active
         self.on_cancel = on_cancel
@@ -83,14 +95,11 @@ class GenerationLoop:
     def active_sequences(self) -> int:
         return self.generator.n_sequences
 
-    async def stream(
-        self, req: GenerateRequest, *, interval_s: float = 0.0
-    ) -> AsyncIterator[list[TokenEvent]]:
+    async def stream(self, req: GenerateRequest) -> AsyncIterator[list[TokenEvent]]:
         """Events of one request, in groups, until each variant has finished; closing it
-        cancels. With `interval_s` > 0, events made sooner than that after the previous
-        group wait to leave with the next; the first events, a variant's last event and
-        an error never wait."""
-        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue(), interval_s)
+        cancels. The first events, a variant's last event and an error never wait for
+        their group's interval."""
+        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue())
         self._post(lambda: self._inbox.append((req, sink)))
         remaining = 1 + int(req.include_baseline)
         try:
@@ -174,9 +183,10 @@ class GenerationLoop:
                 sink.buffer.append(ev)
                 touched[ev.request_id] = sink
         now = time.monotonic()
+        interval = group_interval(len(self._sinks), self.interval_s, self.max_interval_s)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GroupQueue, Group]]] = {}
         for sink in touched.values():
-            if sink.due(now):
+            if sink.due(now, interval):
                 by_loop.setdefault(sink.loop, []).append((sink.queue, sink.buffer))
                 sink.buffer, sink.handed_at = [], now
         for loop, items in by_loop.items():

@@ -4,8 +4,8 @@ Decompose arrives in batches (the ingress groups concurrent requests, ``batcher.
 runs as one engine forward; a batch whose requests include an invalid one falls back to
 running each alone, so every caller gets its own answer or its own error. Generate
 requests arrive as token ids (the ingress tokenizes), share the replica's
-``GenerationLoop`` and send engine events in groups (one per ``limits.stream_interval_s``);
-the ingress turns them into chunks. One lock serialises
+``GenerationLoop`` and send engine events in groups (``limits.stream_interval_s``, longer
+when many streams are open); the ingress turns them into chunks. One lock serialises
 forward passes, because hooks live on the shared model modules. Returns engine types and
 protobuf messages; the ingress owns gRPC.
 """
@@ -84,6 +84,8 @@ class ModelReplica:
                 max_abs_value=self.limits.max_abs_intervention_value,
             ),
             self.lock,
+            interval_s=self.limits.stream_interval_s,
+            max_interval_s=self.limits.max_stream_interval_s,
             on_step=self._on_generate_step,
             on_active=metrics.ACTIVE_SEQUENCES.set,
             on_cancel=metrics.CANCELLED_GENERATIONS.inc,
@@ -171,7 +173,7 @@ class ModelReplica:
         chunks: this process runs the model, so it does as little else as it can)."""
         for iv in req.interventions:
             metrics.INTERVENTIONS.labels(mode=str(iv.mode)).inc()
-        async for events in self.loop.stream(req, interval_s=self.limits.stream_interval_s):
+        async for events in self.loop.stream(req):
             yield events
 
     def _on_generate_step(self, events: list[TokenEvent]) -> None:

@@ -148,9 +148,15 @@ class Limits(BaseModel):
     max_concurrent_streams: int = Field(default=32, ge=1)
     """Generate: sequences decoded together per replica; more wait in the queue."""
     stream_interval_s: float = Field(default=0.02, ge=0, le=1)
-    """Generate: tokens made within this long of a stream's previous message leave
-    together in its next (still one chunk per token); the first and last never wait.
-    Fewer messages per token let more streams share a replica; 0 = each step at once."""
+    """Generate: a replica hands a stream's tokens to the ingress in groups (the client
+    still gets one chunk per token): tokens made within this long of the stream's last
+    group wait for its next, when it is the replica's only stream; with n streams open a
+    group waits up to n times this, at most max_stream_interval_s, so a replica sends
+    about 1/stream_interval_s groups a second however many streams it serves. The first
+    and last tokens never wait. 0 = every step at once."""
+    max_stream_interval_s: float = Field(default=0.1, ge=0, le=1)
+    """Generate: the longest a token waits for its group, however many streams are open
+    (never less than stream_interval_s)."""
 
     def tokens_per_text(self, max_positions: int) -> int:
         """Tokens one text or prompt may have on a model with context `max_positions`."""

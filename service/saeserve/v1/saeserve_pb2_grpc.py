@@ -98,7 +98,9 @@ class SaeserveServicer:
         With include_baseline, an unsteered continuation is streamed alongside, interleaved.
         Cancelling the call (or passing its deadline) stops generation at the next step.
         Tokens made within limits.stream_interval_s (default 0.02 s) of a stream's previous
-        chunks arrive together (still one chunk each); the first and the last never wait.
+        chunks arrive together (still one chunk each); with n streams open on a model replica
+        the window is n times that, at most limits.max_stream_interval_s (default 0.1 s). The
+        first and the last tokens never wait.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
