@@ -39,3 +39,21 @@ def test_prefix_of_a_stop_string_is_held_until_resolved(gpt2_path: Path) -> None
     deltas, stopped, rest = _stream(gpt2_path, "ab Sto ab", ["Stop"])
     assert not stopped
     assert "".join(deltas) + rest == "ab Sto ab"
+
+
+class _DecodeOnly:
+    """A tokenizer with decode() but no Rust backend (a slow tokenizer)."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self._tokenizer = tokenizer
+
+    def decode(self, ids: list[int], **kwargs: object) -> str:
+        return str(self._tokenizer.decode(ids, **kwargs))  # type: ignore[attr-defined]
+
+
+def test_a_tokenizer_without_a_rust_backend_streams_the_same_text(gpt2_path: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(gpt2_path)
+    ids = tok("The river runs to the sea; café ü ø. Stop", add_special_tokens=False)["input_ids"]
+    fast, slow = TextStream(tok, ["Stop"]), TextStream(_DecodeOnly(tok), ["Stop"])  # type: ignore[arg-type]
+    assert [fast.push(i) for i in ids] == [slow.push(i) for i in ids]
+    assert fast.flush() == slow.flush()
