@@ -209,14 +209,18 @@ class _FeatureReader:
             live = own > 0
             if wanted is not None:
                 live &= wanted.expand(*x_n.shape[:-1], n_features).reshape(n_tokens, -1)
-            live_rows = live.any(dim=-1).nonzero().flatten()
-            if len(live_rows) == 0:
-                return None
-            if len(live_rows) == n_tokens:
-                live_rows = None
-            else:  # the encoder runs only where a wanted feature can be active
-                flat = flat.index_select(0, live_rows)
-                live = live.index_select(0, live_rows)
+            if n_tokens == 1:  # one host sync and no index ops: the batch-1 decode step
+                if not bool(live.any()):
+                    return None
+            else:
+                live_rows = live.any(dim=-1).nonzero().flatten()
+                if len(live_rows) == 0:
+                    return None
+                if len(live_rows) == n_tokens:
+                    live_rows = None
+                else:  # the encoder runs only where a wanted feature can be active
+                    flat = flat.index_select(0, live_rows)
+                    live = live.index_select(0, live_rows)
         a = self._encode(flat, scale, live)
         if a is None:
             return None

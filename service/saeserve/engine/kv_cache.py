@@ -29,6 +29,9 @@ class GrowingLayer(DynamicLayer):
         super().__init__()
         self._key_buffer: Tensor | None = None
         self._value_buffer: Tensor | None = None
+        self._key_view: Tensor | None = None
+        self._value_view: Tensor | None = None
+        """The keys/values this layer last set: anything else was assigned from outside."""
 
     def update(
         self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
@@ -40,30 +43,22 @@ class GrowingLayer(DynamicLayer):
         kb, vb = self._key_buffer, self._value_buffer
         filled = 0 if keys.numel() == 0 else keys.shape[-2]
         end = filled + key_states.shape[-2]
+        # keys/values are still the views this layer made (not assigned from outside), and
+        # the buffers have room: write in place; else copy into fresh buffers
         if not (
             kb is not None
             and vb is not None
+            and keys is self._key_view
+            and values is self._value_view
             and end <= kb.shape[-2]
-            and _prefix_of(keys, kb)
-            and _prefix_of(values, vb)
-        ):  # first update, no room left, or keys/values assigned from outside
+        ):
             kb = self._key_buffer = _buffer_of(keys, key_states)
             vb = self._value_buffer = _buffer_of(values, value_states)
         kb[:, :, filled:end] = key_states
         vb[:, :, filled:end] = value_states
-        self.keys, self.values = kb[:, :, :end], vb[:, :, :end]
+        self.keys = self._key_view = kb[:, :, :end]
+        self.values = self._value_view = vb[:, :, :end]
         return self.keys, self.values
-
-
-def _prefix_of(view: Tensor, buffer: Tensor) -> bool:
-    """Whether ``view`` is ``buffer[:, :, :n]`` for some n (``_base`` is not kept under
-    inference mode, so this compares storage and layout)."""
-    return (
-        view.data_ptr() == buffer.data_ptr()
-        and view.stride() == buffer.stride()
-        and view.shape[:2] == buffer.shape[:2]
-        and view.shape[-1] == buffer.shape[-1]
-    )
 
 
 def _buffer_of(filled: Tensor, new: Tensor) -> Tensor:
