@@ -212,7 +212,13 @@ def test_decode_hooks_equal_the_general_hooks_and_each_row_alone(
             torch.testing.assert_close(together[r : r + 1], alone, rtol=1e-5, atol=1e-5)
 
 
-def test_mixed_rows_at_generated_positions_match_the_formulas(served: ServedModel) -> None:
+@pytest.mark.parametrize("count_budget", [1 << 18, 0])  # TopK activity by counting / top-k
+def test_mixed_rows_at_generated_positions_match_the_formulas(
+    served: ServedModel, count_budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saeserve.engine import interventions
+
+    monkeypatch.setattr(interventions, "_COUNT_BUDGET", count_budget)
     d = served.lm.layout.d_model
     rows = _rows_mixed(served, d)
     h = torch.randn(len(rows), 1, d, generator=torch.Generator().manual_seed(17)) * 3

@@ -237,6 +237,11 @@ class _FeatureReader:
         if cfg.activation is Activation.TOPK:
             k = cfg.k or 0
             sel = pre.index_select(-1, self.features)  # [N, E]
+            if sel.numel() * pre.shape[-1] <= _COUNT_BUDGET:
+                # f is among the k largest iff fewer than k entries exceed it: for a few
+                # features and tokens, one comparison is cheaper than a top-k or its bound
+                above = (pre.unsqueeze(1) > sel.unsqueeze(-1)).sum(dim=-1)  # [N, E]
+                return torch.relu(sel) * (above < k)
             if self.bound_first and len(pre) <= _BOUND_FIRST_ROWS:
                 # the maxima of k disjoint chunks are k entries, so their min is <= the
                 # k-th largest: features below it in every row are all inactive, and the
@@ -257,6 +262,10 @@ class _FeatureReader:
 
 _BOUND_FIRST_ROWS = 16
 """Up to this many tokens (decode steps) ``latents`` first tries to rule every feature out."""
+
+_COUNT_BUDGET = 1 << 18
+"""Up to this many (token, feature, latent) comparisons TopK activity is found by counting
+the latents above each feature instead of by a top-k."""
 
 
 # the coefficient of d_f is c0 + c1 * a_f
