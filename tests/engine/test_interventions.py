@@ -329,3 +329,37 @@ def test_rows_whose_features_cannot_be_active_skip_the_encoder_and_match_the_for
         x = h[r].double().numpy()
         want = _expected(served, ivs[0], x, np.ones(1))
         np.testing.assert_allclose(out[r], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("count_budget", [1 << 18, 0])  # TopK activity by counting / top-k
+def test_features_at_the_topk_boundary_match_the_formulas(
+    served: ServedModel, count_budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The k-th largest pre-activation is active and the (k+1)-th is not: scaling each
+    moves h exactly as the formula says (a feature a rank too far either way would not)."""
+    from saeserve.engine import interventions
+
+    monkeypatch.setattr(interventions, "_COUNT_BUDGET", count_budget)
+    sae_id = "post0"  # TopK, no input norm
+    hooked = served.saes[sae_id]
+    k = hooked.sae.cfg.k
+    assert k is not None
+    d = served.lm.layout.d_model
+    h = torch.randn(2, 1, d, generator=torch.Generator().manual_seed(31)) * 3
+    p = {n: v.detach().double().numpy() for n, v in hooked.sae.state_dict().items()}
+    rows = []
+    for r in range(2):
+        pre = (h[r, 0].double().numpy() - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+        order = np.argsort(-pre)
+        assert pre[order[k]] > 0  # the first inactive one is positive: only its rank hides it
+        rows.append(
+            [Intervention(mode=M.SCALE, value=3.0, sae_id=sae_id, feature=int(order[k - 1 + r]))]
+        )
+    out = _run_point(served, rows, h, hooked.hook_point.name, decode=True).double().numpy()
+    for r, ivs in enumerate(rows):
+        x = h[r].double().numpy()
+        np.testing.assert_allclose(
+            out[r], _expected(served, ivs[0], x, np.ones(1)), rtol=1e-4, atol=1e-4
+        )
+    assert not np.allclose(out[0], h[0].double().numpy())  # the k-th one was scaled
+    np.testing.assert_allclose(out[1], h[1].double().numpy(), rtol=1e-6, atol=1e-6)
