@@ -23,6 +23,7 @@ encoder matmul and top-k plus a few small ops, and ADD and VECTOR never run the 
 from __future__ import annotations
 
 import math
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,25 @@ def resolve_tracked(
     return out
 
 
+_FOLDED_BIAS: weakref.WeakKeyDictionary[Sae, Tensor] = weakref.WeakKeyDictionary()
+
+
+def _folded_bias(sae: Sae) -> Tensor:
+    """[d_sae] the encoder bias with b_dec folded in (when the SAE subtracts b_dec from its
+    input), computed once per SAE (served weights never change): plans are rebuilt whenever
+    a batch changes."""
+    bias = _FOLDED_BIAS.get(sae)
+    if bias is None:
+        # a plain tensor even when first asked inside inference mode, so plans built
+        # outside it can use it too
+        with torch.inference_mode(False), torch.no_grad():
+            bias = sae.b_enc.detach().clone()
+            if sae.cfg.apply_b_dec_to_input:
+                bias -= sae.b_dec @ sae.W_enc
+        _FOLDED_BIAS[sae] = bias
+    return bias
+
+
 class _FeatureReader:
     """a_f of a few features of one SAE, straight from model-space h.
 
@@ -166,9 +186,7 @@ class _FeatureReader:
         cfg = sae.cfg
         dev = sae.W_enc.device
         self.features = torch.tensor(features, device=dev)
-        bias: Tensor = sae.b_enc
-        if cfg.apply_b_dec_to_input:
-            bias = bias - sae.b_dec @ sae.W_enc
+        bias = _folded_bias(sae)
         self.weight: Tensor = sae.W_enc  # [d_in, d_sae], or [d_in, E]
         self.bias = bias  # [d_sae], or [E]
         if cfg.activation is not Activation.TOPK:
@@ -298,12 +316,14 @@ class _Entries:
         self.batched_dirs = self.dirs.expand(len(rows), -1, -1)  # [R, E, d], a view
         self.all_rows = rows == list(range(n_rows))
         self.rows = torch.tensor(rows, device=dev)  # [R]
-        c0 = torch.zeros(len(rows), 1, len(entries), device=dev)
-        c1 = torch.zeros_like(c0)
-        on_row = torch.zeros_like(c0)  # 1 where entry e sits on row r
+        # built as lists and sent as one tensor each (an item write per entry costs more)
+        tables = [[[0.0] * len(entries) for _ in rows] for _ in range(3)]  # c0, c1, on_row
+        row_index = {r: i for i, r in enumerate(rows)}
         for e, (r, iv) in enumerate(entries):
-            c0[rows.index(r), 0, e], c1[rows.index(r), 0, e] = _C0_C1[iv.mode](iv.value)
-            on_row[rows.index(r), 0, e] = 1.0
+            i = row_index[r]
+            tables[0][i][e], tables[1][i][e] = _C0_C1[iv.mode](iv.value)
+            tables[2][i][e] = 1.0  # entry e sits on row r
+        c0, c1, on_row = torch.tensor(tables, device=dev).unsqueeze(2)  # each [R, 1, E]
         self.c0, self.c1, self.on_row = c0, c1, on_row
         self.n_rows = n_rows
         self.reader = (
