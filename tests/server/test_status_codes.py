@@ -150,6 +150,20 @@ CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
         "limit of 48",
     ),
     (
+        "generate-messages-too-long",
+        "Generate",
+        pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content="word " * 200)]),
+        C.INVALID_ARGUMENT,
+        "generate.messages",
+    ),
+    (
+        "generate-messages-without-a-chat-template",
+        "Generate",
+        pb.GenerateRequest(model="demo", messages=[pb.ChatMessage(role="user", content="hi")]),
+        C.FAILED_PRECONDITION,
+        "no chat template",
+    ),
+    (
         "generate-max-new-tokens",
         "Generate",
         _gen(sampling=pb.SamplingParams(max_new_tokens=241)),
