@@ -157,11 +157,12 @@ class BatchGenerator:
         self._batch: _Batch | None = None
         self._cancelled: set[int] = set()
         self.steps = 0
+        """Forward passes run so far (prefills and decode steps)."""
         self._decode_hooks = contextlib.ExitStack()
         weakref.finalize(self, self._decode_hooks.close)  # a generator dropped mid-batch
         self._hooked_plan: SteeringPlan | None = None
         self._decoding = False
-        """Forward passes run so far (prefills and decode steps)."""
+        """True only inside this generator's decode forwards (the gate of its hooks)."""
 
     # --- requests ----------------------------------------------------------------------
     def submit(self, req: GenerateRequest) -> int:

@@ -200,8 +200,9 @@ class _FeatureReader:
         # first computes just the steered columns and skips the full encoder if that rules
         # every feature out (the full encoder reads all of W_enc every step).
         self.columns_first = dev.type == "cpu" and cfg.activation is Activation.TOPK
-        self.col_weight = sae.W_enc[:, self.features].contiguous()  # [d_in, E]
-        self.col_bias = bias[self.features]  # [E]
+        if self.columns_first:
+            self.col_weight = sae.W_enc[:, self.features].contiguous()  # [d_in, E]
+            self.col_bias = bias[self.features]  # [E]
 
     def normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """x for ``latents`` and, for LayerNorm SAEs, the per-token std [..., 1] (else None:
@@ -325,6 +326,8 @@ class _Entries:
             tables[2][i][e] = 1.0  # entry e sits on row r
         c0, c1, on_row = torch.tensor(tables, device=dev).unsqueeze(2)  # each [R, 1, E]
         self.c0, self.c1, self.on_row = c0, c1, on_row
+        self.wanted = on_row.bool() if len(rows) > 1 else None
+        """Which entries each row reads (several rows), for ``latents``."""
         self.n_rows = n_rows
         self.reader = (
             None if sae is None else _FeatureReader(sae, [iv.feature for _, iv in entries])
@@ -363,12 +366,10 @@ class _Entries:
         [R, S, E] latents times ``c1 * dirs``; the rest of the change is ``constant()``."""
         assert self.reader is not None
         x = h if self.all_rows else h.index_select(0, self.rows)  # [R, S, d]
-        several = len(self.rows) > 1
-        wanted = self.on_row.bool() if several else None
-        a = self.reader.latents(self.reader.normalize(x)[0], wanted)  # [R, S, E]
+        a = self.reader.latents(self.reader.normalize(x)[0], self.wanted)  # [R, S, E]
         if a is None:
             return out
-        if several:
+        if self.wanted is not None:
             a = a * self.on_row  # each entry reads its own row only
         if self.all_rows:
             return torch.baddbmm(out, a, self.batched_c1_dirs)

@@ -228,8 +228,8 @@ _BLOCKS: weakref.WeakKeyDictionary[nn.Module, nn.ModuleList] = weakref.WeakKeyDi
 
 
 def _blocks(model: nn.Module, layout: ArchitectureLayout) -> nn.ModuleList:
-    """``layout.blocks(model)``, looked up once per model (a decode step installs hooks
-    every step, and the module-path walk costs more than registering the hook)."""
+    """``layout.blocks(model)``, looked up once per model (hooks are installed for every
+    prefill and Decompose, and the module-path walk costs more than registering one)."""
     blocks = _BLOCKS.get(model)
     if blocks is None:
         blocks = _BLOCKS[model] = layout.blocks(model)
