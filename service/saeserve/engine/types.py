@@ -133,6 +133,8 @@ class GenerateRequest:
     track: list[TrackedFeature] = field(default_factory=list)
     """Features whose activation is reported for every generated token."""
     logprobs: bool = False
+    top_logprobs: int = 0
+    """With logprobs: also report this many most likely tokens per step."""
 
 
 class Variant(StrEnum):
@@ -161,6 +163,8 @@ class TokenEvent:
     """Activations of the request's tracked features at this token, in request order."""
     finish_reason: FinishReason | None = None
     """Set on the last event of the variant."""
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+    """The request's top_logprobs most likely (token id, logprob) at this step."""
 
 
 @dataclass
