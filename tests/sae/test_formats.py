@@ -275,7 +275,11 @@ def test_openai_topk_layernorm(tmp_path: Path) -> None:
     x_ln, mu, std = np_layernorm(xn)
     a = np_topk_relu((x_ln - pre_bias) @ enc.T + latent_bias, K)
     check(sae, x, a, (a @ dec.T + pre_bias) * std + mu)
-    assert (sae.cfg.id, sae.cfg.hook_point, sae.cfg.k) == ("6", "resid_post.6", K)
+    assert (sae.cfg.id, sae.cfg.hook_point, sae.cfg.k) == (
+        "resid_post_mlp_v5_32k/6",
+        "resid_post.6",
+        K,
+    )
 
 
 def test_openai_relu_no_layernorm(tmp_path: Path) -> None:
@@ -342,10 +346,10 @@ def test_gemmascope_jumprelu(tmp_path: Path) -> None:
     pre = xn @ p["W_enc"] + p["b_enc"]  # no b_dec subtraction
     a = (pre > p["threshold"]) * np.maximum(pre, 0)
     check(sae, x, a, a @ p["W_dec"] + p["b_dec"])
-    assert (sae.cfg.id, sae.cfg.hook_point) == ("average_l0_82", "resid_post.12")
-    assert load_sae(
-        folder / "params.npz", hook_point="blocks.12.hook_resid_post"
-    ).cfg.hook_point == ("blocks.12.hook_resid_post")
+    assert (sae.cfg.id, sae.cfg.hook_point) == ("layer_12/width_16k/average_l0_82", "resid_post.12")
+    from_file = load_sae(folder / "params.npz", hook_point="blocks.12.hook_resid_post")
+    assert from_file.cfg.hook_point == "blocks.12.hook_resid_post"
+    assert from_file.cfg.id == sae.cfg.id
 
 
 # --- native write -> read --------------------------------------------------------------------
