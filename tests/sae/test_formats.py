@@ -161,6 +161,43 @@ def test_saelens_jumprelu_log_threshold(tmp_path: Path) -> None:
     check(sae, x, a, a @ w["W_dec"] + w["b_dec"])
 
 
+def test_saelens_topk_rescale_acts_by_decoder_norm(tmp_path: Path) -> None:
+    """SAELens 6's TopK training default: encode ranks and returns pre * |W_dec[i]|, decode
+    divides the latents by |W_dec[i]| again (sae_lens 6.54.12 saes/topk_sae.py, TopKSAE
+    encode/decode and act_times_W_dec)."""
+    rng = np.random.default_rng(18)
+    w = saelens_weights(rng)
+    w["W_dec"] *= np.exp(rng.uniform(-1.5, 1.5, (D_SAE, 1))).astype(np.float32)
+    w["W_dec"][5] = 0  # a dead row: SAELens encodes its latent as 0 (its decode divides by 0)
+    cfg = saelens_v6_cfg("topk", k=K, rescale_acts_by_decoder_norm=True)
+    sae = load_sae(write_saelens_folder(tmp_path / "rescaled", cfg, w))
+
+    xn, x = inputs(9)
+    pre = (xn - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    norms = np.linalg.norm(w["W_dec"].astype(np.float64), axis=-1)
+    a = np_topk_relu(pre * norms, K)
+    recon = (a / np.where(norms > 0, norms, 1)) @ w["W_dec"] + w["b_dec"]
+    check(sae, x, a, recon)
+    assert not np.array_equal(a != 0, np_topk_relu(pre, K) != 0)  # the rescale matters here
+    row_norms = sae.W_dec.detach().norm(dim=-1).numpy()
+    np.testing.assert_allclose(row_norms[norms > 0], 1, rtol=1e-6)
+    assert row_norms[5] == 0
+
+
+def test_saelens_rescale_in_metadata_of_jumprelu_is_ignored(tmp_path: Path) -> None:
+    """A BatchTopK SAE is saved as JumpReLU with its training details in metadata; SAELens
+    folds the decoder norms before saving it and its JumpReLU config has no such field."""
+    w = saelens_weights(np.random.default_rng(19), threshold=True)
+    cfg = saelens_v6_cfg("jumprelu")
+    cfg["metadata"]["training_architecture_details"] = {"rescale_acts_by_decoder_norm": True}
+    cfg["metadata"]["rescale_acts_by_decoder_norm"] = True
+    sae = load_sae(write_saelens_folder(tmp_path / "batchtopk", cfg, w))
+    xn, x = inputs(10)
+    pre = (xn - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    a = np.maximum(pre, 0) * (pre > w["threshold"])
+    check(sae, x, a, a @ w["W_dec"] + w["b_dec"])
+
+
 def test_saelens_relu_layer_norm(tmp_path: Path) -> None:
     w = saelens_weights(np.random.default_rng(4))
     cfg = saelens_v6_cfg("standard", normalize_activations="layer_norm")

@@ -9,7 +9,9 @@ object inside the same ``cfg.json``, so that write -> read gives back an equal c
 and bit-identical tensors. Reading accepts SAELens 3.x-6.x configs: ``k`` at the top
 level or under ``activation_fn_kwargs``, ``hook_name`` at the top level, under
 ``metadata``/``meta``, or as the old ``hook_point`` key; ``log_threshold`` (exp'd) for
-``threshold``; a non-trivial ``scaling_factor`` tensor is folded into ``W_dec``.
+``threshold``; a non-trivial ``scaling_factor`` tensor is folded into ``W_dec``; a TopK
+SAE's ``rescale_acts_by_decoder_norm`` (SAELens 6's training default) is folded into
+``W_enc`` and ``b_enc``, leaving unit-norm decoder rows.
 """
 
 from __future__ import annotations
@@ -66,11 +68,11 @@ def read_saelens(
     activation = _activation(raw, cfg_path)
     k = _k(raw, cfg_path) if activation is Activation.TOPK else None
     input_norm, norm_scale = _input_norm(raw, own, cfg_path)
-    for key in ("hook_head_index", "rescale_acts_by_decoder_norm"):
-        if raw.get(key) or meta.get(key):
-            raise InvalidArgument(
-                f"{cfg_path}: {key}={raw.get(key) or meta.get(key)!r} is not supported"
-            )
+    if head := raw.get("hook_head_index") or meta.get("hook_head_index"):
+        raise InvalidArgument(f"{cfg_path}: hook_head_index={head!r} is not supported")
+    # A field of SAELens's TopK config only; in other configs' metadata it records how a
+    # BatchTopK SAE was trained, and SAELens folds the norms before saving those.
+    rescale = activation is Activation.TOPK and bool(raw.get("rescale_acts_by_decoder_norm"))
 
     hook_name = raw.get("hook_name") or meta.get("hook_name") or raw.get("hook_point") or ""
     if not hook_name and layer is not None:
@@ -131,6 +133,8 @@ def read_saelens(
                 f"{weights_path}: scaling_factor has shape {list(scaling.shape)}; expected [{w_dec.shape[0]}] (W_dec rows)"
             )
         tensors["W_dec"] = (f"{origin} * scaling_factor", w_dec * scaling[:, None])
+    if rescale:
+        _fold_decoder_norms(tensors, cfg)
     return cfg, tensors
 
 
@@ -184,6 +188,30 @@ def write_saelens(sae: Sae, folder: Path) -> Path:
     os.replace(weights_tmp, folder / WEIGHTS_FILE)
     os.replace(cfg_tmp, folder / CFG_FILE)
     return folder
+
+
+def _fold_decoder_norms(tensors: dict[str, tuple[str, Tensor]], cfg: SaeConfig) -> None:
+    """Plain TopK weights for SAELens's ``rescale_acts_by_decoder_norm`` (in place).
+
+    SAELens (topk_sae.py, 6.x) then ranks and returns ``pre * |W_dec[i]|`` and decodes
+    ``(a / |W_dec[i]|) @ W_dec``: the same as ``W_enc`` and ``b_enc`` times the row norms
+    with unit-norm decoder rows (its own ``fold_W_dec_norm``). Done in float64; a zero row
+    stays zero and its latent's pre-activation is 0, as in SAELens.
+    """
+    (enc_origin, w_enc), (bias_origin, b_enc), (dec_origin, w_dec) = (
+        tensors[n] for n in ("W_enc", "b_enc", "W_dec")
+    )
+    if (w_enc.shape, b_enc.shape, w_dec.shape) != (
+        (cfg.d_in, cfg.d_sae),
+        (cfg.d_sae,),
+        (cfg.d_sae, cfg.d_in),
+    ):
+        return  # build_sae names the tensor whose shape is wrong
+    norms = w_dec.double().norm(dim=-1)  # [d_sae]
+    tensors["W_enc"] = (f"{enc_origin} * |W_dec|", (w_enc.double() * norms).to(w_enc.dtype))
+    tensors["b_enc"] = (f"{bias_origin} * |W_dec|", (b_enc.double() * norms).to(b_enc.dtype))
+    unit = w_dec.double() / norms.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    tensors["W_dec"] = (f"{dec_origin} / |W_dec|", unit.to(w_dec.dtype))
 
 
 def saelens_hook_name(hook_point: str) -> str:
