@@ -6,6 +6,7 @@ point handling, and the errors. Run: ``pytest tests/sae/test_formats.py -q``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -416,16 +417,26 @@ def test_native_round_trip(tmp_path: Path, activation: Activation, input_norm: I
 
     folder = write_sae(sae, tmp_path / "rt-sae")
     back = load_sae(folder)
-    assert back.cfg == sae.cfg
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
-        assert torch.equal(getattr(back, name), getattr(sae, name)), name
-
     written = json.loads((folder / "cfg.json").read_text())
+    if input_norm is InputNorm.SCALE:  # folded into the weights: the same SAE on unscaled input
+        assert back.cfg == dataclasses.replace(cfg, input_norm=InputNorm.NONE, norm_scale=1.0)
+        assert written["saeserve"]["folded_norm_scale"] == cfg.norm_scale
+        _, x = inputs(11)
+        with torch.no_grad():
+            # float32 rounding of the folded weights, on latents and outputs of size ~10
+            torch.testing.assert_close(back.encode(x), sae.encode(x), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(back(x), sae(x), rtol=1e-4, atol=1e-4)
+    else:
+        assert back.cfg == sae.cfg
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            assert torch.equal(getattr(back, name), getattr(sae, name)), name
+
     architecture = {"topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}[activation]
-    normalize = {"none": "none", "layernorm": "layer_norm", "scale": "expected_average_only_in"}
+    normalize = {"none": "none", "layernorm": "layer_norm", "scale": "none"}
     assert written["architecture"] == architecture
     assert written["hook_name"] == "blocks.3.hook_resid_post"
     assert written["normalize_activations"] == normalize[input_norm]
+    assert "norm_scaling_factor" not in written
     assert written.get("k") == cfg.k
     assert written["d_in"] == D_IN and written["d_sae"] == D_SAE
 
