@@ -195,9 +195,9 @@ def write_saelens(sae: Sae, folder: Path) -> Path:
 def _fold_decoder_norms(tensors: dict[str, tuple[str, Tensor]], cfg: SaeConfig) -> None:
     """Plain TopK weights for SAELens's ``rescale_acts_by_decoder_norm`` (in place).
 
-    SAELens (topk_sae.py, 6.x) then ranks and returns ``pre * |W_dec[i]|`` and decodes
-    ``(a / |W_dec[i]|) @ W_dec``: the same as ``W_enc`` and ``b_enc`` times the row norms
-    with unit-norm decoder rows (its own ``fold_W_dec_norm``). Done in float64; a zero row
+    With that option SAELens 6 (saes/topk_sae.py) ranks and returns ``pre * |W_dec[i]|``
+    and decodes ``(a / |W_dec[i]|) @ W_dec``: the same as ``W_enc`` and ``b_enc`` times
+    the row norms with unit-norm decoder rows (its own ``fold_W_dec_norm``). Done in float64; a zero row
     stays zero and its latent's pre-activation is 0, as in SAELens.
     """
     (enc_origin, w_enc), (bias_origin, b_enc), (dec_origin, w_dec) = (
