@@ -65,7 +65,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-_REFUSES_OTHERS = {"additionalProperties": False}
+_REFUSES_OTHERS: dict[str, Any] = {"additionalProperties": False}
 """Unknown fields are refused (``NEUTRAL`` aside), so the published schema says so."""
 
 
