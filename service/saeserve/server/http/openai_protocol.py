@@ -150,7 +150,7 @@ class ChatCompletionRequest(_OpenAIRequest):
                         ]
                     },
                 }
-            ]
+            ],
         },
     )
 
@@ -191,7 +191,7 @@ class CompletionRequest(_OpenAIRequest):
                         "include_baseline": True,
                     },
                 }
-            ]
+            ],
         },
     )
 
