@@ -645,6 +645,8 @@ def _dockerfile_instructions() -> list[str]:
 
 
 def test_dockerfile_builds_from_registry_packages_as_a_numeric_non_root_user() -> None:
+    # a `# syntax=` line makes BuildKit pull a frontend image from Docker Hub first
+    assert "# syntax=" not in (DEPLOY / "Dockerfile").read_text()
     instructions = _dockerfile_instructions()
     runs = " ".join(i for i in instructions if i.startswith("RUN"))
     # the interpreter comes from apt, not from a tool that downloads one
