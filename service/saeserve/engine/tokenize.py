@@ -5,6 +5,11 @@ slice), converted from the fast tokenizer's character offsets. Special tokens th
 tokenizer adds (e.g. BOS) get the empty span (0, 0). A token's string is
 ``tokenizer.decode([id])``, remembered per tokenizer: decoding one id at a time through
 ``transformers`` costs more than the whole encode.
+
+Work is bounded before it starts: ``check_text_size`` refuses a text longer than
+``max_tokens`` tokens could possibly cover (``max_bytes_per_token``, from the vocabulary)
+without tokenizing or even encoding it, so no input makes the tokenizer run in proportion
+to an unchecked size.
 """
 
 from __future__ import annotations
@@ -21,6 +26,47 @@ from saeserve.errors import FailedPrecondition, InvalidArgument
 _TOKEN_STRINGS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[int, str]] = (
     weakref.WeakKeyDictionary()
 )
+_BYTES_PER_TOKEN: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, int] = (
+    weakref.WeakKeyDictionary()
+)
+INPUT_BYTES_PER_PIECE_BYTE = 4
+"""A vocabulary piece's byte stands for at most this many bytes of input: one UTF-8
+character (at most 4 bytes) that normalization may have folded into a 1-byte piece."""
+
+
+def max_bytes_per_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """An upper bound on the UTF-8 bytes of input one token covers, from the longest
+    vocabulary piece (byte-level pieces spell each input byte as one character; the bound
+    also holds when normalization shortened the text). Computed once per tokenizer."""
+    bound = _BYTES_PER_TOKEN.get(tokenizer)
+    if bound is None:
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        longest = max((len(p.encode("utf-8")) for p in pieces if p), default=1)
+        bound = _BYTES_PER_TOKEN[tokenizer] = INPUT_BYTES_PER_PIECE_BYTE * longest
+    return bound
+
+
+def check_text_size(
+    tokenizer: PreTrainedTokenizerBase, size: int, *, max_tokens: int, field_name: str
+) -> None:
+    """InvalidArgument if ``size`` (a text's characters or UTF-8 bytes; both bound its
+    bytes from below) is more than ``max_tokens`` tokens of this tokenizer can cover."""
+    limit = max_tokens * max_bytes_per_token(tokenizer)
+    if size > limit:
+        raise InvalidArgument(
+            f"{field_name}: {size} bytes is more than {max_tokens} tokens can cover "
+            f"(at most {limit} bytes for this model; limits.max_tokens_per_text)"
+        )
+
+
+def check_text(
+    tokenizer: PreTrainedTokenizerBase, text: str, *, max_tokens: int, field_name: str
+) -> None:
+    """``check_text_size`` for one text: its length first (no copy), then its bytes."""
+    check_text_size(tokenizer, len(text), max_tokens=max_tokens, field_name=field_name)
+    check_text_size(
+        tokenizer, len(text.encode("utf-8")), max_tokens=max_tokens, field_name=field_name
+    )
 
 
 def tokenize(
@@ -33,6 +79,7 @@ def tokenize(
     """Tokenize one text; InvalidArgument if it is empty or longer than max_tokens."""
     if not text:
         raise InvalidArgument(f"{field_name}: must not be empty")
+    check_text(tokenizer, text, max_tokens=max_tokens, field_name=field_name)
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     ids: list[int] = list(enc["input_ids"])
     if not ids:
@@ -58,6 +105,8 @@ def chat_token_ids(
     than max_tokens."""
     if not getattr(tokenizer, "chat_template", None):
         raise FailedPrecondition(f"{field_name}: model {model!r} has no chat template")
+    size = sum(len(r) + len(c) for r, c in messages)  # characters: no copy of any text
+    check_text_size(tokenizer, size, max_tokens=max_tokens, field_name=field_name)
     encoded = tokenizer.apply_chat_template(
         [{"role": r, "content": c} for r, c in messages],
         add_generation_prompt=True,

@@ -2,25 +2,32 @@
 an ingress replica runs with it, grpc.health.v1 and reflection.
 
 The servicer only translates: it hands each request message and the call's metadata to
-the operation and sends the operation's status on failure. ``SO_REUSEPORT`` is on, so
-several ingress replicas on one node can bind the same port and the kernel spreads
-connections among them.
+the operation and sends the operation's status on failure. Requests are parsed here rather
+than by grpc's generated deserializers, so a malformed message (truncated, garbage, a
+string that is not UTF-8) is INVALID_ARGUMENT, not an UNKNOWN naming a Python class.
+``SO_REUSEPORT`` is on only when several ingress replicas are configured (those on one node
+share the port and the kernel spreads connections among them); otherwise a second process
+cannot silently take half of the port's connections.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from saeserve.server.health import SERVICE_NAME as SAESERVE_SERVICE
 from saeserve.server.operations import Caller, OperationFailed, Operations
+from saeserve.server.status import RpcStatus
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve.v1 import saeserve_pb2_grpc
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Saeserve"]
 
 R = TypeVar("R")
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -36,47 +43,37 @@ def _caller(context: Context) -> Caller:
     return Caller("grpc", context.invocation_metadata())
 
 
-async def _abort(context: Context, failed: OperationFailed) -> NoReturn:
-    await context.abort(failed.status.code, failed.status.details)
-    raise AssertionError("grpc.aio abort returned")  # pragma: no cover
-
-
 class SaeserveServicer(saeserve_pb2_grpc.SaeserveServicer):
-    """saeserve.v1.Saeserve as a thin adapter over ``Operations``."""
+    """saeserve.v1.Saeserve as a thin adapter over ``Operations``: a failure leaves as the
+    operation's ``OperationFailed``, which the method handler (``_answering``) sends."""
 
     def __init__(self, ops: Operations) -> None:
         self.ops = ops
 
-    async def _answer(self, work: Awaitable[R], context: Context) -> R:
-        try:
-            return await work
-        except OperationFailed as failed:
-            await _abort(context, failed)
-
     async def ListModels(  # type: ignore[override]
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        return await self._answer(self.ops.list_models(_caller(context)), context)
+        return await self.ops.list_models(_caller(context))
 
     async def Tokenize(  # type: ignore[override]
         self, request: pb.TokenizeRequest, context: Context
     ) -> pb.TokenizeResponse:
-        return await self._answer(self.ops.tokenize(request, _caller(context)), context)
+        return await self.ops.tokenize(request, _caller(context))
 
     async def Decompose(  # type: ignore[override]
         self, request: pb.DecomposeRequest, context: Context
     ) -> pb.DecomposeResponse:
-        return await self._answer(self.ops.decompose(request, _caller(context)), context)
+        return await self.ops.decompose(request, _caller(context))
 
     async def GetFeature(  # type: ignore[override]
         self, request: pb.GetFeatureRequest, context: Context
     ) -> pb.GetFeatureResponse:
-        return await self._answer(self.ops.get_feature(request, _caller(context)), context)
+        return await self.ops.get_feature(request, _caller(context))
 
     async def SearchFeatures(  # type: ignore[override]
         self, request: pb.SearchFeaturesRequest, context: Context
     ) -> pb.SearchFeaturesResponse:
-        return await self._answer(self.ops.search_features(request, _caller(context)), context)
+        return await self.ops.search_features(request, _caller(context))
 
     async def Generate(  # type: ignore[override]
         self, request: pb.GenerateRequest, context: Context
@@ -84,14 +81,62 @@ class SaeserveServicer(saeserve_pb2_grpc.SaeserveServicer):
         """Written with ``context.write`` rather than as an async generator: when the client
         cancels (or its deadline passes), grpc cancels this coroutine wherever it waits,
         and ``aclosing`` then closes the operation's stream, which stops the generation."""
+        groups = self.ops.generate(request, _caller(context))
+        async with contextlib.aclosing(groups):
+            async for group in groups:
+                for chunk in group:
+                    await context.write(chunk)
+
+
+Handler = Callable[[Any, Context], Awaitable[Any]]
+
+
+def _answering(method: Handler, request_type: type[Message]) -> Handler:
+    """``method`` taking the raw request bytes, with its failures sent as statuses:
+    INVALID_ARGUMENT when the bytes do not parse, the operation's status when it fails.
+
+    The status is sent from a frame that no longer holds the request: grpc.aio keeps an
+    aborted call's exception, and with it every frame its traceback passes through, so a
+    refused 50 MiB request aborted deep inside would stay in memory."""
+
+    async def answer(data: bytes, context: Context) -> tuple[Any, RpcStatus | None]:
         try:
-            groups = self.ops.generate(request, _caller(context))
-            async with contextlib.aclosing(groups):
-                async for group in groups:
-                    for chunk in group:
-                        await context.write(chunk)
+            request = request_type.FromString(data)
+        except DecodeError:
+            return None, RpcStatus(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: not a valid {request_type.DESCRIPTOR.full_name} message "
+                "(malformed protobuf, or a string field that is not UTF-8)",
+            )
+        try:
+            return await method(request, context), None
         except OperationFailed as failed:
-            await _abort(context, failed)
+            return None, failed.status
+
+    async def handler(data: bytes, context: Context) -> Any:
+        response, failure = await answer(data, context)
+        del data
+        if failure is not None:
+            await context.abort(failure.code, failure.details)
+        return response
+
+    return handler
+
+
+def method_handlers(servicer: SaeserveServicer) -> grpc.GenericRpcHandler:
+    """saeserve.v1.Saeserve's methods, each parsing its own request."""
+    handlers = {}
+    for m in SERVICE.methods:
+        request_type = getattr(pb, m.input_type.name)
+        respond = getattr(pb, m.output_type.name).SerializeToString
+        answering = _answering(getattr(servicer, m.name), request_type)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if m.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[m.name] = make(answering, response_serializer=respond)
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
 
 
 def bind_address(host: str, port: int) -> str:
@@ -108,19 +153,21 @@ def build_grpc_server(
     host: str,
     port: int,
     max_message_bytes: int,
+    reuse_port: bool,
 ) -> grpc.aio.Server:
     """A server with both servicers bound to ``host:port``, not yet started.
 
-    RuntimeError if the port cannot be bound (grpc reports that as port 0).
+    RuntimeError if the port cannot be bound (grpc reports that as port 0), e.g. when
+    another process holds it and ``reuse_port`` is off.
     """
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
     )
-    saeserve_pb2_grpc.add_SaeserveServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((method_handlers(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
     address = bind_address(host, port)

@@ -1,8 +1,8 @@
 """The ingress deployment: one replica serves both transports over one ``Operations``.
 
 Each ingress replica runs its own grpc.aio server (``grpc_server.py``) on the replica's
-event loop, on ``settings.grpc_port`` (``SO_REUSEPORT``, so several replicas on one node
-share the port), and is Ray Serve's HTTP ingress (``serve.ingress``; the FastAPI app of
+event loop, on ``settings.grpc_port`` (with several ingress replicas, ``SO_REUSEPORT``
+lets those on one node share the port), and is Ray Serve's HTTP ingress (``serve.ingress``; the FastAPI app of
 ``http/app.py``, served by Serve's HTTP proxy on ``settings.http_port``). Serving gRPC here
 rather than through Ray Serve's gRPC proxy saves a process hop per call and per streamed
 message, and makes a client's cancel reach the model replica every time
@@ -36,6 +36,7 @@ class SaeserveIngress:
             host=self.settings.host,
             port=self.settings.grpc_port,
             max_message_bytes=self.settings.max_message_bytes,
+            reuse_port=self.settings.ingress_replicas > 1,
         )
         self._started = asyncio.get_running_loop().create_task(self.server.start())
 

@@ -25,7 +25,7 @@ from typing import Any, cast
 import grpc
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from saeserve.engine.tokenize import chat_token_ids, token_strings, tokenize
+from saeserve.engine.tokenize import chat_token_ids, check_text, token_strings, tokenize
 from saeserve.engine.types import DecomposeRequest, DecomposeResult, Tokenization, Variant
 from saeserve.errors import NotFound
 from saeserve.model.loader import LoadedTokenizer, load_tokenizer
@@ -47,6 +47,8 @@ from saeserve.v1 import saeserve_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+HEALTH_TIMEOUT_S = 1.0
+"""How long a health check waits for the model replicas before it answers NOT_SERVING."""
 INLINE_TOKENIZE_CHARS = 20_000
 """Longer texts are tokenized on a worker thread, off the event loop."""
 
@@ -116,6 +118,7 @@ class Operations:
         ``OperationFailed`` (cancellation stays a cancellation)."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
+        failed: RpcStatus | None = None
         try:
             self.keys.check(caller.metadata)
             yield
@@ -123,13 +126,16 @@ class Operations:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as e:
-            status = status_for(e, rpc=rpc)
-            code = status.code
+            failed = status_for(e, rpc=rpc)
+            code = failed.code
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
                 metrics.REJECTED.labels(reason="queue_full").inc()
-            raise OperationFailed(status) from None
         finally:
             metrics.observe_request(rpc, caller.transport, code.name, time.perf_counter() - start)
+        if failed is not None:
+            # raised outside the handler, so it carries no chain to the original's frames
+            # (which hold the request: a refused 50 MiB prompt must not outlive its call)
+            raise OperationFailed(failed)
 
     def model_name(self, name: str, field: str) -> str:
         """``name``, or the default model for an empty one; NotFound if not served."""
@@ -183,6 +189,12 @@ class Operations:
         async with self._serving("Decompose", caller):
             name = self.model_name(request.model, "decompose.model")
             req = decompose_from_proto(request, self.limits)
+            tok = self.tokenizers[name]
+            max_tokens = self.limits.tokens_per_text(tok.max_positions)
+            for i, text in enumerate(req.texts):  # before the batch: bounded work per text
+                check_text(
+                    tok.tokenizer, text, max_tokens=max_tokens, field_name=f"decompose.texts[{i}]"
+                )
             return decompose_to_proto(await self.decompose_batchers[name].submit(req))
 
     async def get_feature(
@@ -235,10 +247,12 @@ class Operations:
 
     # --- health ---------------------------------------------------------------------------
     async def serving(self) -> bool:
-        """Whether every model has a replica that answers."""
+        """Whether every model has a replica that answers within HEALTH_TIMEOUT_S (while
+        one is being replaced the call would wait: that is "not serving", said promptly)."""
         try:
-            ready: list[Any] = await asyncio.gather(
-                *(h.ready.remote() for h in self.models.values())
+            ready: list[Any] = await asyncio.wait_for(
+                asyncio.gather(*(h.ready.remote() for h in self.models.values())),
+                HEALTH_TIMEOUT_S,
             )
         except Exception:
             return False
