@@ -18,7 +18,7 @@ from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import DecomposeRequest, GenerateRequest, SamplingParams
 from saeserve.server.settings import demo_models
 from saeserve_client import AsyncSaeserveClient, SaeserveClient, SaeserveError, Steer, collect
-from tests.server.conftest import KEY, Server
+from tests.conftest import KEY, Server
 from tests.server.test_metrics_endpoint import delta, scrape, wait_for
 
 DEMO = "demo"

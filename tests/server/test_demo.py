@@ -10,7 +10,7 @@ from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import DecomposeRequest
 from saeserve.server.settings import demo_models
 from saeserve.v1 import saeserve_pb2 as pb
-from tests.server.conftest import AUTH, Server
+from tests.conftest import AUTH, Server
 
 DEMO = "demo"
 

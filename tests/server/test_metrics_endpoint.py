@@ -17,7 +17,7 @@ from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import DecomposeRequest
 from saeserve.sae.formats import load_sae
 from saeserve.v1 import saeserve_pb2 as pb
-from tests.server.conftest import AUTH, Server
+from tests.conftest import AUTH, Server
 
 
 def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

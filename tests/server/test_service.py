@@ -15,7 +15,7 @@ from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import DecomposeRequest, GenerateRequest, SamplingParams
 from saeserve.sae.formats import load_sae
 from saeserve.v1 import saeserve_pb2 as pb
-from tests.server.conftest import AUTH, Server
+from tests.conftest import AUTH, Server
 
 
 @pytest.fixture(scope="module")

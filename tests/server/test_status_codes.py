@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from saeserve.v1 import saeserve_pb2 as pb
-from tests.server.conftest import AUTH, Server
+from tests.conftest import AUTH, Server
 
 C = grpc.StatusCode
 ADD = pb.INTERVENTION_MODE_ADD

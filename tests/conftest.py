@@ -1,8 +1,9 @@
-"""A real Ray Serve instance with the saeserve app, started once for the server tests.
+"""A real Ray Serve instance with the saeserve app, started once for the whole test session.
 
 The model is a tiny random GPT-2 with two random SAEs written in the native format, one
 with a feature index. The server requires an API key (``KEY``); tests send it in
-``authorization: Bearer`` metadata over a real gRPC channel.
+``authorization: Bearer`` metadata over a real gRPC channel, or an ``Authorization: Bearer``
+header over HTTP (``Server.http_url``). tests/client has its own fake ``server`` fixture.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ class Server:
     sae_paths: list[Path]
     channel: grpc.Channel
     metrics_url: str
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP API and web UI, e.g. ``http://127.0.0.1:8123``."""
+        return f"http://127.0.0.1:{self.settings.http_port}"
 
     @property
     def stub(self) -> saeserve_pb2_grpc.SaeserveStub:
