@@ -61,6 +61,12 @@ export function featureUrl(sae, feature, model) {
   return model ? `${base}?model=${encodeURIComponent(model)}` : base;
 }
 
+// Marks the page fully drawn (performance entry "saeserve:rendered"); tests wait for it
+// and read its time as the page's load-and-render time.
+export function markRendered() {
+  performance.mark("saeserve:rendered");
+}
+
 // Page start-up: the key box in the header, the current page marked in the nav.
 export function initPage() {
   const box = document.getElementById("api-key");

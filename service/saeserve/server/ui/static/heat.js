@@ -43,14 +43,16 @@ export function legend(max, label) {
 
 // One row of tokens coloured by `values` (same length) on a scale up to `max`. Each token
 // is a span.tok with data-i, data-value and a title naming the value; `mark` (an index or
-// -1) gets the .max class. Returns the container element.
-export function tokenRow(tokens, values, max, { mark = -1, label = "activation", className = "tokens" } = {}) {
+// -1) gets the .max class; `lineBreaks` breaks the line after a newline's ↵ mark.
+// Returns the container element.
+export function tokenRow(tokens, values, max, { mark = -1, label = "activation", lineBreaks = false } = {}) {
   const row = document.createElement("div");
-  row.className = className;
+  row.className = "tokens";
   const html = [];
   for (let i = 0; i < tokens.length; i++) {
     const v = values[i];
-    const text = escapeHtml(tokenLabel(tokens[i]));
+    const shown = tokenLabel(tokens[i]);
+    const text = escapeHtml(lineBreaks ? shown.replaceAll("↵", "↵\n") : shown);
     const cls = i === mark ? "tok max" : "tok";
     const title = escapeHtml(`${JSON.stringify(tokens[i])}  ${label} ${fmt(v)}`);
     html.push(
@@ -80,15 +82,22 @@ export function tokenNavigation(container, onToken, onPick) {
       event.preventDefault();
       return;
     }
-    const all = Array.from(tokens());
-    const at = all.indexOf(current);
-    const next = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: all.length - 1 }[event.key];
-    if (next === undefined || next < 0 || next >= all.length) return;
+    const next = neighbour(current, event.key);
+    if (!next) return;
     event.preventDefault();
     current.tabIndex = -1;
-    all[next].tabIndex = 0;
-    all[next].focus();
+    next.tabIndex = 0;
+    next.focus();
   });
+  // The adjacent token is usually the adjacent element; across rows, search the list.
+  const neighbour = (current, key) => {
+    const sibling = { ArrowRight: current.nextElementSibling, ArrowLeft: current.previousElementSibling }[key];
+    if (sibling && sibling.classList.contains("tok")) return sibling;
+    if (!["ArrowRight", "ArrowLeft", "Home", "End"].includes(key)) return null;
+    const all = Array.from(tokens());
+    const at = all.indexOf(current);
+    return all[{ ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: all.length - 1 }[key]] || null;
+  };
   const show = (event) => {
     const tok = event.target.closest(".tok");
     if (tok && container.contains(tok)) onToken(tok);

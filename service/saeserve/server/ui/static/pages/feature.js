@@ -4,7 +4,7 @@
 // playground with this feature filled in.
 
 import { getJson, listModels } from "../api.js";
-import { featureUrl, fmt, h, initPage, percent, pickModel, showError, tokenLabel } from "../dom.js";
+import { featureUrl, fmt, h, initPage, markRendered, percent, pickModel, showError, tokenLabel } from "../dom.js";
 import { legend, tokenNavigation, tokenRow } from "../heat.js";
 import { histogram } from "../histogram.js";
 
@@ -31,6 +31,7 @@ try {
   main.append(navigation(Infinity, modelName));
   showError(main, err);
 }
+markRendered();
 
 function navigation(dSae, model) {
   const jump = h("input", { type: "number", min: 0, max: Number.isFinite(dSae) ? dSae - 1 : null, value: feature, id: "jump", "aria-label": "Feature id" });

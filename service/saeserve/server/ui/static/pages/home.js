@@ -2,7 +2,7 @@
 // coverage), with links into the feature pages, inspector, search and playground.
 
 import { getJson, listModels } from "../api.js";
-import { featureUrl, h, initPage, showError } from "../dom.js";
+import { featureUrl, h, initPage, markRendered, showError } from "../dom.js";
 
 const ARCH = { SAE_ARCHITECTURE_TOPK: "TopK", SAE_ARCHITECTURE_JUMPRELU: "JumpReLU", SAE_ARCHITECTURE_RELU: "ReLU" };
 
@@ -16,12 +16,15 @@ main.append(
   ),
 );
 
+const coverage = [];
 try {
   const models = await listModels();
   models.forEach((model, i) => main.append(modelCard(model, i === 0)));
+  await Promise.all(coverage);
 } catch (err) {
   showError(main, err);
 }
+markRendered();
 
 function modelCard(model, isDefault) {
   const q = `?model=${encodeURIComponent(model.name)}`;
@@ -35,8 +38,8 @@ function modelCard(model, isDefault) {
     model.has_chat_template ? "chat template" : "no chat template",
   ];
   const rows = model.saes.map((sae) => {
-    const coverage = h("td", {}, sae.has_feature_index ? "indexed" : "no index");
-    if (sae.has_feature_index) fillCoverage(coverage, model.name, sae.id);
+    const cell = h("td", {}, sae.has_feature_index ? "indexed" : "no index");
+    if (sae.has_feature_index) coverage.push(fillCoverage(cell, model.name, sae.id));
     const sq = `${q}&sae=${encodeURIComponent(sae.id)}`;
     return h(
       "tr",
@@ -46,7 +49,7 @@ function modelCard(model, isDefault) {
       h("td", { class: "num" }, sae.d_sae.toLocaleString()),
       h("td", { class: "num" }, sae.k || "–"),
       h("td", {}, ARCH[sae.architecture] || sae.architecture),
-      coverage,
+      cell,
       h(
         "td",
         { class: "links" },

@@ -4,7 +4,7 @@
 // the whole text. One Decompose call per run; the token row is built once.
 
 import { listModels, postJson } from "../api.js";
-import { clearError, featureUrl, fmt, h, initPage, pickModel, showError, tokenLabel } from "../dom.js";
+import { clearError, featureUrl, fmt, h, initPage, markRendered, pickModel, showError, tokenLabel } from "../dom.js";
 import { legend, tokenNavigation, tokenRow } from "../heat.js";
 
 const TOP_K = 8;
@@ -24,10 +24,11 @@ let models = [];
 try {
   models = await listModels();
   buildForm();
-  if (params.get("text")) run();
+  if (params.get("text")) await run();
 } catch (err) {
   showError(main, err);
 }
+markRendered();
 
 function buildForm() {
   const model = pickModel(models, params.get("model"));
@@ -75,7 +76,6 @@ async function run() {
   button.disabled = true;
   results.replaceChildren(h("p", { class: "note" }, "Decomposing…"));
   try {
-    const started = performance.now();
     const response = await postJson("/v1/decompose", {
       model: state.model,
       texts: [state.text],
@@ -83,9 +83,8 @@ async function run() {
       top_k: TOP_K,
       feature_ids: state.feature === null ? [] : [state.feature],
     });
-    const fetched = performance.now();
+    performance.mark("saeserve:decomposed");
     render(response.texts[0], state);
-    document.body.dataset.inspectMs = JSON.stringify({ fetch: fetched - started, render: performance.now() - fetched });
   } catch (err) {
     results.replaceChildren();
     showError(main, err);
@@ -103,7 +102,7 @@ function render(text, state) {
   const values = state.feature === null ? tokens.map((_, t) => sae.top_values[t * k] || 0) : sae.dense_values.slice(0, n);
   const max = Math.max(0, ...values);
   const label = state.feature === null ? "strongest feature" : `feature ${state.feature}`;
-  const row = tokenRow(tokens, values, max, { label });
+  const row = tokenRow(tokens, values, max, { label, lineBreaks: true });
   row.id = "tokens";
   sae.token_mse.forEach((mse, t) => {
     if (mse > POOR_MSE) row.children[t].classList.add("poor");

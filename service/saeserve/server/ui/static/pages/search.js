@@ -3,7 +3,7 @@
 // (fetched per match, after the list is shown).
 
 import { getJson, listModels } from "../api.js";
-import { clearError, featureUrl, fmt, h, initPage, pickModel, showError } from "../dom.js";
+import { clearError, featureUrl, fmt, h, initPage, markRendered, pickModel, showError } from "../dom.js";
 import { histogram } from "../histogram.js";
 
 const main = initPage();
@@ -17,10 +17,11 @@ let models = [];
 try {
   models = await listModels();
   buildForm();
-  if (params.get("q")) run();
+  if (params.get("q")) await run();
 } catch (err) {
   showError(main, err);
 }
+markRendered();
 
 function buildForm() {
   const model = pickModel(models, params.get("model"));
@@ -61,19 +62,21 @@ async function run() {
   results.replaceChildren(h("p", { class: "note" }, "Searching…"));
   try {
     const response = await getJson("/v1/features/search", query);
-    render(response.matches, query.model);
+    await render(response.matches, query.model);
   } catch (err) {
     results.replaceChildren();
     showError(main, err);
   }
 }
 
-function render(matches, model) {
+// Resolves once every match's histogram is drawn.
+async function render(matches, model) {
   if (!matches.length) {
     results.replaceChildren(h("p", {}, "No feature matches that query."));
     return;
   }
   const list = h("ol", { class: "matches", id: "matches" });
+  const charts = [];
   for (const m of matches) {
     const chart = h("div", { class: "mini-hist", "aria-label": "activation histogram" });
     list.append(
@@ -91,9 +94,10 @@ function render(matches, model) {
         chart,
       ),
     );
-    fillHistogram(chart, m.feature, model);
+    charts.push(fillHistogram(chart, m.feature, model));
   }
   results.replaceChildren(h("p", { class: "summary" }, `${matches.length} features`), list);
+  await Promise.all(charts);
 }
 
 // Top tokens repeat (one per top context); show each once with its count.

@@ -5,7 +5,7 @@
 // whole form lives in the URL (see stateToUrl), so a link reproduces a result.
 
 import { generateStream, getJson, listModels } from "../api.js";
-import { clearError, featureUrl, fmt, h, initPage, pickModel, showError } from "../dom.js";
+import { clearError, featureUrl, fmt, h, initPage, markRendered, pickModel, showError } from "../dom.js";
 import { tokenNavigation } from "../heat.js";
 
 const MODES = ["add", "clamp", "scale", "ablate"];
@@ -31,6 +31,7 @@ try {
 } catch (err) {
   showError(main, err);
 }
+markRendered();
 
 function currentModel() {
   return pickModel(models, form.elements.model.value);

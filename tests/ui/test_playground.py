@@ -1,0 +1,75 @@
+"""The steering playground streams the steered and baseline continuations side by side
+from one /v1/generate call, and shows the API's own message for a bad intervention."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Server
+from tests.ui.conftest import WIDTHS, Browser, call_api
+
+PROMPT = "The function returns"
+RUN = (
+    "/steer?model=demo&prompt=The%20function%20returns&iv=resid_post.2:1224:add:{value}:all"
+    "&n=16&temp=0&top_p=1&top_k=0&seed=1&baseline=1"
+)
+
+pytestmark = pytest.mark.slow
+
+
+def generate(browser: Browser, value: float) -> str:
+    browser.open(RUN.format(value=value))
+    browser.driver.find_element("id", "generate").click()
+    browser.wait_for("['done', 'error'].includes(document.getElementById('output').dataset.state)")
+    return str(browser.js("return document.getElementById('output').dataset.state"))
+
+
+def column_tokens(browser: Browser, column: str) -> list[dict]:
+    return list(
+        browser.js(
+            f"return Array.from(document.querySelectorAll('#{column}-text .tok'),"
+            " t => ({text: t.textContent, title: t.title}))"
+        )
+    )
+
+
+def test_playground_streams_both_columns_and_steering_changes_the_text(browser: Browser) -> None:
+    assert generate(browser, 16) == "done"
+    steered, baseline = column_tokens(browser, "steered"), column_tokens(browser, "baseline")
+    assert len(steered) == 16 and len(baseline) == 16
+    assert "".join(t["text"] for t in steered) != "".join(t["text"] for t in baseline)
+    assert all("logprob" in t["title"] and "alternatives" in t["title"] for t in steered)
+    for column in ("steered", "baseline"):
+        finish = browser.js(f"return document.getElementById('{column}-finish').textContent")
+        assert finish.startswith("finished: length · 16 tokens")
+    assert browser.console_errors() == []
+    assert browser.foreign_requests() == []
+    for width in WIDTHS.values():
+        browser.screenshot("steer", width)
+
+
+def test_bad_intervention_shows_the_api_message(browser: Browser, server: Server) -> None:
+    too_strong = 5000  # over the test server's limits.max_abs_intervention_value
+    assert generate(browser, too_strong) == "error"
+    shown = browser.js("return document.querySelector('.error').textContent")
+    status, body = call_api(
+        server,
+        "/v1/generate",
+        {
+            "model": "demo",
+            "prompt": PROMPT,
+            "sampling": {"max_new_tokens": 16, "temperature": 0},
+            "interventions": [
+                {
+                    "mode": "INTERVENTION_MODE_ADD",
+                    "sae": "resid_post.2",
+                    "feature": 1224,
+                    "value": too_strong,
+                }
+            ],
+            "include_baseline": True,
+        },
+    )
+    assert status == 400, body
+    assert shown == body["error"]["message"]
+    assert str(too_strong) in shown
