@@ -3,7 +3,7 @@
 // token's top features and reconstruction error, and the features that fire most over
 // the whole text. One Decompose call per run; the token row is built once.
 
-import { listModels, postJson } from "../api.js";
+import { getJson, listModels, postJson } from "../api.js";
 import { clearError, featureUrl, fmt, h, initPage, markRendered, pickModel, showError, tokenLabel } from "../dom.js";
 import { legend, tokenNavigation, tokenRow } from "../heat.js";
 
@@ -11,6 +11,9 @@ const TOP_K = 8;
 // Normalized MSE above which a token is marked as poorly reconstructed.
 const POOR_MSE = 0.3;
 const TEXT_IN_URL_MAX = 4000;
+const N_LISTED = 20;
+// Feature explanations already fetched, by "model/sae/id".
+const explanations = new Map();
 
 const main = initPage();
 const params = new URLSearchParams(location.search);
@@ -84,7 +87,7 @@ async function run() {
       feature_ids: state.feature === null ? [] : [state.feature],
     });
     performance.mark("saeserve:decomposed");
-    render(response.texts[0], state);
+    await render(response.texts[0], state);
   } catch (err) {
     results.replaceChildren();
     showError(main, err);
@@ -93,7 +96,8 @@ async function run() {
   }
 }
 
-function render(text, state) {
+// Resolves once the listed features' explanations are filled in.
+async function render(text, state) {
   const sae = text.saes[0];
   const tokens = text.tokens.strings;
   const n = tokens.length;
@@ -134,6 +138,20 @@ function render(text, state) {
     h("div", { class: "inspect-layout" }, h("section", { class: "card", "aria-label": "Tokens" }, row), panel),
     topFeatures(sae, n, state),
   );
+  await Promise.all(Array.from(results.querySelectorAll("#top-features .explanation"), (cell) => explain(cell, state.model, sae.sae, Number(cell.dataset.feature))));
+}
+
+async function explain(cell, model, sae, id) {
+  const key = `${model}/${sae}/${id}`;
+  if (!explanations.has(key)) {
+    try {
+      const info = await getJson(`/v1/saes/${encodeURIComponent(sae)}/features/${id}`, { model });
+      explanations.set(key, info.explanation ? info.explanation.text : "");
+    } catch {
+      explanations.set(key, ""); // the table still lists the feature without a label
+    }
+  }
+  cell.textContent = explanations.get(key);
 }
 
 function tokenDetails(t, text, sae, state) {
@@ -146,7 +164,8 @@ function tokenDetails(t, text, sae, state) {
     const value = sae.top_values[t * k + j];
     if (!(value > 0)) break;
     const id = sae.top_ids[t * k + j];
-    items.push(h("li", {}, h("a", { href: featureUrl(sae.sae, id, state.model) }, `#${id}`), ` ${fmt(value)} `, colourButton(id)));
+    const label = explanations.get(`${state.model}/${sae.sae}/${id}`);
+    items.push(h("li", {}, h("a", { href: featureUrl(sae.sae, id, state.model) }, `#${id}`), ` ${fmt(value)} `, colourButton(id), label ? h("div", { class: "note" }, label) : null));
   }
   return [
     h("h2", {}, h("code", {}, JSON.stringify(tokenLabel(token)))),
@@ -179,7 +198,7 @@ function topFeatures(sae, n, state) {
     s.max = Math.max(s.max, value);
     stats.set(id, s);
   }
-  const ranked = [...stats.entries()].sort((a, b) => b[1].count - a[1].count || b[1].max - a[1].max).slice(0, 30);
+  const ranked = [...stats.entries()].sort((a, b) => b[1].count - a[1].count || b[1].max - a[1].max).slice(0, N_LISTED);
   return h(
     "section",
     { class: "card" },
@@ -195,7 +214,16 @@ function topFeatures(sae, n, state) {
         h(
           "tbody",
           {},
-          ranked.map(([id, s]) => h("tr", {}, h("td", {}, h("a", { href: featureUrl(sae.sae, id, state.model) }, `${sae.sae} / ${id}`)), h("td", { class: "num" }, s.count), h("td", { class: "num" }, fmt(s.max)), h("td", {}, colourButton(id)))),
+          ranked.map(([id, s]) =>
+            h(
+              "tr",
+              {},
+              h("td", { class: "feature-cell" }, h("a", { href: featureUrl(sae.sae, id, state.model) }, `#${id}`), h("div", { class: "note explanation", dataset: { feature: id } })),
+              h("td", { class: "num" }, s.count),
+              h("td", { class: "num" }, fmt(s.max)),
+              h("td", {}, colourButton(id)),
+            ),
+          ),
         ),
       ),
     ),
