@@ -154,6 +154,32 @@ def test_logprobs_stop_strings_and_finish_reasons(served: ServedModel) -> None:
     assert generated_text(stopped) == text[: text.find(stop)]
 
 
+def test_top_logprobs_are_the_models_own_distribution(served: ServedModel) -> None:
+    """Each step's logprob and top-N alternatives equal a plain forward's log-softmax over
+    the prompt plus the tokens generated so far (the model's distribution, before
+    temperature); a row asking for fewer alternatives in the same batch gets fewer."""
+    ids = _ids(served, PROMPTS[0])
+    sampling = SamplingParams(max_new_tokens=5, temperature=0.8, seed=3)
+    gen = BatchGenerator(served)
+    wide = gen.submit(GenerateRequest(ids, sampling, logprobs=True, top_logprobs=4))
+    narrow = gen.submit(GenerateRequest(ids, sampling, logprobs=True, top_logprobs=1))
+    events: list[TokenEvent] = []
+    while gen.has_work():
+        events.extend(gen.step())
+    mine = [e for e in events if e.request_id == wide]
+    assert all(len(e.top_logprobs) == 1 for e in events if e.request_id == narrow)
+    context = list(ids)
+    for e in mine:
+        with torch.no_grad():
+            logits = served.lm.model(torch.tensor([context])).logits[0, -1].float()
+        want = torch.log_softmax(logits, dim=-1)
+        top = torch.topk(want, 4)
+        assert [i for i, _ in e.top_logprobs] == top.indices.tolist()
+        np.testing.assert_allclose([v for _, v in e.top_logprobs], top.values, atol=1e-4)
+        assert e.logprob is not None and abs(e.logprob - want[e.token_id].item()) < 1e-4
+        context.append(e.token_id)
+
+
 def test_closing_the_stream_stops_the_work(served: ServedModel) -> None:
     gen = BatchGenerator(served)
     req = GenerateRequest(

@@ -1,4 +1,4 @@
-"""FeatureAccumulator, logit_effects and final_norm_lens on hand-made tensors."""
+"""FeatureAccumulator on hand-made tensors."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 
-from saeserve.insight.index import FeatureAccumulator, LogBins, final_norm_lens, logit_effects
+from saeserve.insight.index import FeatureAccumulator, LogBins
 
 GRID = LogBins(low=1.0, high=100.0, per_decade=2)  # inner edges 1, 3.162, 10, 31.62, 100
 
@@ -97,53 +95,3 @@ def test_histogram_merges_fine_bins_and_handles_under_and_overflow() -> None:
     assert math.isnan(stats.hist_edges[1][2])
     assert stats.hist_counts[1].tolist() == [2, 0]
     assert stats.hist_n_bins[2] == 0 and np.isnan(stats.hist_edges[2]).all()
-
-
-def test_logit_effects_by_hand() -> None:
-    w_dec = torch.tensor([[1.0, 0.0], [1.0, 3.0]])
-    w_u = torch.tensor([[1.0, 1.0], [2.0, -1.0], [0.0, 1.0]])  # [vocab 3, d 2]
-    gain = torch.tensor([2.0, 1.0])
-    up_ids, up, down_ids, down = logit_effects(w_dec, w_u, 2, gain=gain, chunk=1)
-    # row 0 -> [2, 0] -> effects [2, 4, 0]; row 1 -> [2, 3] -> [5, 1, 3]
-    assert up_ids.tolist() == [[1, 0], [0, 2]]
-    assert up.tolist() == [[4.0, 2.0], [5.0, 3.0]]
-    assert down_ids.tolist() == [[2, 0], [1, 2]]
-    assert down.tolist() == [[0.0, 2.0], [1.0, 3.0]]
-    # centring: row 1 -> [-1, 1]; scale 0.5 -> effects [0, -1.5, 0.5]
-    _, up_c, _, down_c = logit_effects(w_dec[1:], w_u, 1, centre=True, scale=0.5)
-    assert up_c.tolist() == [[0.5]] and down_c.tolist() == [[-1.5]]
-
-
-class OneplusRms(nn.Module):
-    """A norm that scales by (1 + weight), the way Gemma's RMSNorm does."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
-
-
-def test_final_norm_lens_measures_gain_and_centring() -> None:
-    w = torch.tensor([0.5, -2.0, 1.5, 3.0])
-    ln = nn.LayerNorm(4)
-    rms = nn.RMSNorm(4)
-    gemma = GemmaRMSNorm(4)
-    with torch.no_grad():
-        ln.weight.copy_(w)
-        ln.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
-        rms.weight.copy_(w)
-        gemma.weight.copy_(w)
-    for norm, gain, centres in [
-        (ln, w, True),
-        (rms, w, False),
-        (OneplusRms(w.clone()), 1 + w, False),
-        (gemma, 1 + w, False),
-    ]:
-        got, got_centres = final_norm_lens(norm, 4)
-        assert got is not None
-        torch.testing.assert_close(got, gain, rtol=1e-4, atol=1e-5)
-        assert got_centres is centres
-    assert final_norm_lens(None, 4) == (None, False)
-    assert final_norm_lens(ln, 3) == (None, False)

@@ -23,7 +23,7 @@ from saeserve.server.auth import (
     read_keys_file,
 )
 from saeserve.server.settings import ServerSettings
-from saeserve.server.status import abort_aio
+from saeserve.server.status import status_for
 
 KEY = "k-0123456789abcdef"
 OTHER = "k-fedcba9876543210"
@@ -171,7 +171,7 @@ def test_unauthenticated_through_a_real_server() -> None:
         try:
             keys.check(context.invocation_metadata(), DECOMPOSE)
         except Unauthenticated as e:
-            await abort_aio(context, e)
+            await context.abort(*status_for(e))
         return b"ok"
 
     def identity(b: bytes) -> bytes:

@@ -71,7 +71,7 @@ def test_recorded_values_are_scraped(registry: CollectorRegistry) -> None:
     metrics.CANCELLED_GENERATIONS.inc()
     metrics.INTERVENTIONS.labels(mode="clamp").inc(2)
     metrics.REJECTED.labels(reason="queue_full").inc()
-    metrics.observe_request("Decompose", "OK", 0.2)
+    metrics.observe_request("Decompose", "http", "OK", 0.2)
     got = _samples(registry)
     assert got[("saeserve_tokens_decomposed_total", ())] == 12
     assert got[("saeserve_tokens_generated_total", (("variant", "steered"),))] == 2
@@ -83,8 +83,10 @@ def test_recorded_values_are_scraped(registry: CollectorRegistry) -> None:
     assert got[("saeserve_cancelled_generations_total", ())] == 1
     assert got[("saeserve_interventions_total", (("mode", "clamp"),))] == 2
     assert got[("saeserve_requests_rejected_total", (("reason", "queue_full"),))] == 1
-    assert got[("saeserve_requests_total", (("code", "OK"), ("rpc", "Decompose")))] == 1
-    assert got[("saeserve_request_seconds_sum", (("rpc", "Decompose"),))] == pytest.approx(0.2)
+    labels = (("code", "OK"), ("rpc", "Decompose"), ("transport", "http"))
+    assert got[("saeserve_requests_total", labels)] == 1
+    seconds = (("rpc", "Decompose"), ("transport", "http"))
+    assert got[("saeserve_request_seconds_sum", seconds)] == pytest.approx(0.2)
 
 
 def test_label_and_kind_mistakes_fail_loudly(registry: CollectorRegistry) -> None:

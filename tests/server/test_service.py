@@ -10,10 +10,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from saeserve.engine.decompose import decompose
+from saeserve.engine.feature_math import feature_token_effects
 from saeserve.engine.generate import generate
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import DecomposeRequest, GenerateRequest, SamplingParams
 from saeserve.sae.formats import load_sae
+from saeserve.server.feature_view import FeatureView
 from saeserve.v1 import saeserve_pb2 as pb
 from tests.conftest import AUTH, Server
 
@@ -138,12 +140,22 @@ def test_get_feature_and_search(server: Server, engine: ServedModel) -> None:
     assert len(resp.top_promoted) == 10 and len(resp.top_suppressed) == 10
     effects = [t.logit_effect for t in resp.top_promoted]
     assert effects == sorted(effects, reverse=True)
-    # by hand: W_U @ (W_dec[7] * ln_f gain)
-    lm = engine.lm.model
-    d_f = engine.saes["post1"].sae.W_dec[7].detach() * lm.transformer.ln_f.weight.detach()
-    by_hand = (lm.lm_head.weight.detach() @ d_f).numpy()
-    assert resp.top_promoted[0].token_id == int(by_hand.argmax())
-    assert resp.top_suppressed[0].token_id == int(by_hand.argmin())
+    # the engine's feature math (checked against the model's own norm in tests/engine)
+    promoted, suppressed = feature_token_effects(engine.lm, engine.saes["post1"].sae, 7, 10)
+    assert [(t.token_id, t.token) for t in resp.top_promoted] == [
+        (t.token_id, t.token) for t in promoted
+    ]
+    assert [t.token_id for t in resp.top_suppressed] == [t.token_id for t in suppressed]
+    # post0 has an index: its answer carries the same tokens as the no-index answer
+    indexed = server.stub.GetFeature(pb.GetFeatureRequest(sae="post0", feature=7), metadata=AUTH)
+    without = FeatureView(engine, {}).get("post0", 7)
+    assert indexed.has_statistics and not without.has_statistics
+    for got, want in [
+        (indexed.top_promoted, without.top_promoted),
+        (indexed.top_suppressed, without.top_suppressed),
+    ]:
+        assert [(t.token_id, t.token) for t in got] == [(t.token_id, t.token) for t in want]
+        assert [t.logit_effect for t in got] == pytest.approx([t.logit_effect for t in want])
 
 
 def test_get_feature_and_search_from_the_index(server: Server) -> None:

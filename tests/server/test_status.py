@@ -25,15 +25,7 @@ from saeserve.errors import (
     SaeserveError,
 )
 from saeserve.server.auth import Unauthenticated
-from saeserve.server.status import (
-    MAX_DETAILS_CHARS,
-    RpcStatus,
-    abort,
-    abort_aio,
-    original,
-    set_status,
-    status_for,
-)
+from saeserve.server.status import MAX_DETAILS_CHARS, RpcStatus, original, status_for
 
 Code: TypeAlias = grpc.StatusCode
 
@@ -81,6 +73,7 @@ def test_ray_wrapped_errors_report_the_original_message() -> None:
     inner = InvalidArgument("texts: at least one text is required")
     wrapped = _Traceback(inner)
     assert original(wrapped) is inner
+    assert original(_Traceback(wrapped)) is inner  # wrapped twice (a replica calling one)
     assert status_for(wrapped) == RpcStatus(Code.INVALID_ARGUMENT, str(inner))
 
 
@@ -100,10 +93,24 @@ def test_ray_serve_errors_by_class_name() -> None:
     class MyBackPressure(BackPressureError):  # matched along the MRO
         pass
 
+    class RayActorError(Exception):
+        pass
+
+    class ActorDiedError(RayActorError):
+        pass
+
+    class ActorUnavailableError(RayActorError):
+        pass
+
     assert status_for(MyBackPressure("queue of 256 full")).code is Code.RESOURCE_EXHAUSTED
     assert status_for(GetTimeoutError()).code is Code.DEADLINE_EXCEEDED
     assert status_for(RequestCancelledError("r1")).code is Code.CANCELLED
     assert status_for(DeploymentUnavailableError("down")).code is Code.UNAVAILABLE
+    assert status_for(ActorDiedError("/srv/secret died")) == RpcStatus(
+        Code.UNAVAILABLE, status_for(DeploymentUnavailableError("x")).details
+    )
+    assert "secret" not in status_for(ActorUnavailableError("/srv/secret")).details
+    assert status_for(BackPressureError("a class name")).details == "the request queue is full"
     assert status_for(asyncio.CancelledError()).code is Code.CANCELLED
     assert status_for(TimeoutError()).code is Code.DEADLINE_EXCEEDED
 
@@ -130,24 +137,6 @@ def test_long_messages_are_cut() -> None:
     assert len(details) == MAX_DETAILS_CHARS and details.endswith("[truncated]")
 
 
-class _Context:
-    def __init__(self) -> None:
-        self.code: Code | None = None
-        self.details = ""
-
-    def set_code(self, code: Code) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-
-def test_set_status_on_a_ray_style_context() -> None:
-    ctx = _Context()
-    status = set_status(ctx, NotFound("sae: unknown SAE 'l9'"))
-    assert (ctx.code, ctx.details) == (Code.NOT_FOUND, "sae: unknown SAE 'l9'") == status
-
-
 # --- real servers ---------------------------------------------------------------------
 ERRORS: dict[str, BaseException] = {
     "invalid": InvalidArgument("decompose.top_k: 900 > limit 256"),
@@ -161,11 +150,12 @@ def _identity(data: bytes) -> bytes:
 
 
 def _sync_handler(request: bytes, context: grpc.ServicerContext) -> bytes:
-    abort(context, ERRORS[request.decode()], rpc="Test")
+    context.abort(*status_for(ERRORS[request.decode()], rpc="Test"))
 
 
 async def _aio_handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    await abort_aio(context, ERRORS[request.decode()], rpc="Test")
+    await context.abort(*status_for(ERRORS[request.decode()], rpc="Test"))
+    raise AssertionError("abort returned")
 
 
 def _generic(handler: object) -> grpc.GenericRpcHandler:

@@ -65,6 +65,7 @@ class _Sequence:
     interventions: list[ResolvedIntervention]
     tracked: list[tuple[HookedSae, int]]
     logprobs: bool
+    top_logprobs: int
     generator: torch.Generator
     stream: TextStream
     generated: list[int] = field(default_factory=list)
@@ -203,6 +204,7 @@ class BatchGenerator:
                     interventions=ivs,
                     tracked=tracked,
                     logprobs=req.logprobs,
+                    top_logprobs=req.top_logprobs,
                     generator=gen,
                     stream=TextStream(lm.tokenizer, req.sampling.stop),
                 )
@@ -336,16 +338,18 @@ class BatchGenerator:
         return out.logits[:, -1]
 
     def _emit(self, seqs: list[_Sequence], logits: Tensor, plan: SteeringPlan) -> list[TokenEvent]:
-        tokens, logprobs = sample_next(
+        sampled = sample_next(
             logits,
             [s.sampling for s in seqs],
             [s.generator for s in seqs],
             with_logprobs=any(s.logprobs for s in seqs),
+            top_n=max(s.top_logprobs for s in seqs),
         )
         tracked = [list(t) for t in plan.tracked]  # the plan's lists are rewritten next step
         stops = set(self.served.lm.stop_token_ids)
         events = []
-        for s, tok, lp, tr in zip(seqs, tokens, logprobs, tracked, strict=True):
+        rows = zip(seqs, sampled.tokens, sampled.logprobs, sampled.top, tracked, strict=True)
+        for s, tok, lp, top, tr in rows:
             s.generated.append(tok)
             if tok in stops and not s.sampling.ignore_eos:
                 s.finished, text = FinishReason.EOS, s.stream.flush()
@@ -356,7 +360,18 @@ class BatchGenerator:
                 elif len(s.generated) >= s.sampling.max_new_tokens:
                     s.finished, text = FinishReason.LENGTH, text + s.stream.flush()
             logprob = lp if s.logprobs else None
-            events.append(TokenEvent(s.request_id, s.variant, tok, text, logprob, tr, s.finished))
+            events.append(
+                TokenEvent(
+                    s.request_id,
+                    s.variant,
+                    tok,
+                    text,
+                    logprob,
+                    tr,
+                    s.finished,
+                    top_logprobs=top[: s.top_logprobs],
+                )
+            )
         return events
 
     def _drop_finished(self) -> None:

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from saeserve.engine.types import SamplingParams
+
+
+class Sampled(NamedTuple):
+    """One decode step's choice for every row."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    """Each chosen token's logprob; nan when logprobs were not asked for."""
+    top: list[list[tuple[int, float]]]
+    """Per row, the ``top_n`` most likely (token id, logprob), most likely first."""
 
 
 def sample_next(
@@ -22,11 +33,12 @@ def sample_next(
     generators: Sequence[torch.Generator],
     *,
     with_logprobs: bool = True,
-) -> tuple[list[int], list[float]]:
-    """logits [B, V] -> (token ids, their logprobs), one per row.
+    top_n: int = 0,
+) -> Sampled:
+    """logits [B, V] -> each row's token, its logprob and the ``top_n`` likeliest tokens.
 
-    Without ``with_logprobs`` the log-softmax over the vocabulary is skipped and every
-    logprob is nan.
+    Without ``with_logprobs`` the log-softmax over the vocabulary is skipped, every
+    logprob is nan and ``top`` is empty.
     """
     logits = logits.float()
     tokens = logits.argmax(dim=-1).tolist()
@@ -34,10 +46,15 @@ def sample_next(
         if p.temperature > 0:
             tokens[row] = _sample_row(logits[row], p, generators[row])
     if not with_logprobs:
-        return tokens, [math.nan] * len(tokens)
-    logprobs = torch.log_softmax(logits, dim=-1)
+        return Sampled(tokens, [math.nan] * len(tokens), [[] for _ in tokens])
+    logprobs = torch.log_softmax(logits, dim=-1)  # [B, V]
     chosen = logprobs.gather(-1, torch.tensor(tokens, device=logits.device).unsqueeze(-1))
-    return tokens, chosen.squeeze(-1).tolist()
+    top: list[list[tuple[int, float]]] = [[] for _ in tokens]
+    if top_n > 0:
+        best = torch.topk(logprobs, min(top_n, logprobs.shape[-1]), dim=-1)  # [B, top_n]
+        ids, values = best.indices.tolist(), best.values.tolist()
+        top = [list(zip(i, v, strict=True)) for i, v in zip(ids, values, strict=True)]
+    return Sampled(tokens, chosen.squeeze(-1).tolist(), top)
 
 
 def _sample_row(logits: Tensor, p: SamplingParams, generator: torch.Generator) -> int:

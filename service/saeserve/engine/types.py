@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -133,6 +134,8 @@ class GenerateRequest:
     track: list[TrackedFeature] = field(default_factory=list)
     """Features whose activation is reported for every generated token."""
     logprobs: bool = False
+    top_logprobs: int = 0
+    """With logprobs: also report this many most likely tokens per step."""
 
 
 class Variant(StrEnum):
@@ -161,6 +164,35 @@ class TokenEvent:
     """Activations of the request's tracked features at this token, in request order."""
     finish_reason: FinishReason | None = None
     """Set on the last event of the variant."""
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+    """The request's top_logprobs most likely (token id, logprob) at this step."""
+
+
+# --- feature math -------------------------------------------------------------------
+class TokenEffect(NamedTuple):
+    """A token and the logit change one unit of a feature's activation causes for it."""
+
+    token: str
+    effect: float
+    token_id: int
+
+
+@dataclass
+class LogitEffects:
+    """The n most promoted and most suppressed tokens of each of F features (host arrays).
+
+    Row i belongs to the i-th feature asked for; n is 0 for an SAE whose width is not the
+    model's (no direct path to the unembedding).
+    """
+
+    promoted_ids: np.ndarray
+    """[F, n] int64 token ids, largest effect first."""
+    promoted: np.ndarray
+    """[F, n] float32 effects of ``promoted_ids``."""
+    suppressed_ids: np.ndarray
+    """[F, n] int64 token ids, most negative effect first."""
+    suppressed: np.ndarray
+    """[F, n] float32 effects of ``suppressed_ids``."""
 
 
 @dataclass

@@ -56,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--logit-lens",
         choices=("final_norm_gain", "plain"),
         default="final_norm_gain",
-        help="apply the final norm's gain to W_dec[f] before the unembedding, or not",
+        help="through the final norm's centring and gain, as GetFeature without an index "
+        "(saeserve.engine.feature_math), or W_U @ W_dec[f] with no norm",
     )
     parser.add_argument(
         "--include-special-tokens", action="store_true", help="count BOS/EOS/pad tokens too"

@@ -18,11 +18,9 @@ Definitions (all over indexed tokens: padding and special tokens such as BOS exc
 - top contexts: the contexts with the highest per-context max activation, kept by a
   running merge (stable sort over the kept N plus this batch's candidates, per touched
   feature), with the feature's value at every token of each kept context;
-- promoted / suppressed tokens: the largest / smallest entries of
-  ``(W_dec[f] * g) @ W_U^T`` where g is the final norm's per-coordinate gain and the
-  direction is first mean-centred when that norm is a LayerNorm (see ``final_norm_lens``;
-  ``logit_lens="plain"`` uses W_dec[f] @ W_U^T), divided by the SAE's input scale for
-  dataset-scaled SAEs so effects are per unit of activation.
+- promoted / suppressed tokens: the largest / smallest direct logit effects of one unit
+  of the feature, from ``saeserve.engine.feature_math`` (the same numbers GetFeature gives
+  for an SAE without an index; ``logit_lens="plain"`` leaves the final norm out).
 """
 
 from __future__ import annotations
@@ -34,12 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from saeserve.engine.feature_math import logit_effects
 from saeserve.errors import require
 from saeserve.insight.explanations import attach_explanations
 from saeserve.insight.store import FeatureIndex, IndexMeta
-from saeserve.sae.base import InputNorm, Sae
+from saeserve.sae.base import Sae
 
 
 @dataclass(frozen=True)
@@ -250,66 +249,6 @@ class FeatureAccumulator:
         return edges, counts, n_bins
 
 
-# --- logit effects ---------------------------------------------------------------------
-def final_norm_lens(norm: nn.Module | None, d_model: int) -> tuple[Tensor | None, bool]:
-    """(per-coordinate gain, centres?) of the final norm, measured by probing it.
-
-    For y = g * normalize(x) + beta with normalize either LayerNorm or RMSNorm, the
-    input u = [1, -1, 1, ...] (mean 0, RMS 1) gives g = (norm(u) - norm(-u)) / (2u) up
-    to the eps factor, whatever the parametrisation (Gemma's 1 + weight included).
-    A LayerNorm ignores a constant shift of its input; that is how it is recognised.
-    Returns (None, False) when there is no norm or it cannot be probed (odd width).
-    """
-    if norm is None or d_model % 2:
-        return None, False
-    param = next(iter(norm.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.float32
-    u = torch.ones(d_model, device=device)
-    u[1::2] = -1
-    with torch.no_grad():
-        probe = torch.stack([u, -u, u + 1]).to(dtype).unsqueeze(0)  # [1, 3, d]
-        out = norm(probe)[0].float()
-    gain = (out[0] - out[1]) / (2 * u)
-    centres = bool(torch.allclose(out[2], out[0], rtol=1e-3, atol=1e-4))
-    return gain, centres
-
-
-def logit_effects(
-    w_dec: Tensor,
-    w_u: Tensor,
-    n: int,
-    *,
-    gain: Tensor | None = None,
-    centre: bool = False,
-    scale: float = 1.0,
-    chunk: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top-n promoted and suppressed tokens of every decoder row.
-
-    w_dec [d_sae, d_in], w_u [vocab, d_in]. The effect matrix is
-    ``scale * (centre(W_dec) * gain) @ W_U^T``, computed ``chunk`` features at a time
-    (default: as many as keep one chunk's effects under 2^26 values).
-    Returns (promoted ids, promoted effects, suppressed ids, suppressed effects), each
-    [d_sae, n]; promoted largest first, suppressed most negative first.
-    """
-    n = min(n, w_u.shape[0])
-    chunk = chunk or max(1, 2**26 // w_u.shape[0])
-    w_u_t = w_u.float().t()  # [d_in, vocab]
-    outs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    for start in range(0, w_dec.shape[0], chunk):
-        rows = w_dec[start : start + chunk].float()  # [c, d_in]
-        if centre:
-            rows = rows - rows.mean(dim=-1, keepdim=True)
-        if gain is not None:
-            rows = rows * gain.to(rows)
-        effects = (rows @ w_u_t) * scale  # [c, vocab]
-        up = torch.topk(effects, n, dim=-1, largest=True, sorted=True)
-        down = torch.topk(effects, n, dim=-1, largest=False, sorted=True)
-        outs.append((up.indices, up.values, down.indices, down.values))
-    return tuple(torch.cat([o[i] for o in outs]) for i in range(4))  # type: ignore[return-value]
-
-
 # --- corpus ----------------------------------------------------------------------------
 def iter_contexts(
     tokenizer: Any, texts: Iterable[str], context_length: int, max_tokens: int | None = None
@@ -442,19 +381,11 @@ def build_index(
 
     require(acc.n_contexts > 0, "corpus: no text to index")
     stats = acc.finish()
-    w_u = lm.layout.unembed_weight(lm.model).detach()  # [vocab, d_model]
-    if sae.d_in == w_u.shape[1]:
-        norm = lm.layout.final_norm(lm.model) if logit_lens == "final_norm_gain" else None
-        gain, centre = final_norm_lens(norm, sae.d_in)
-        scale = 1.0 / sae.cfg.norm_scale if sae.cfg.input_norm is InputNorm.SCALE else 1.0
-        effects = logit_effects(
-            sae.W_dec.detach(), w_u, n_logit_tokens, gain=gain, centre=centre, scale=scale
-        )
-    else:  # not a residual-stream width (e.g. MLP neurons): no path to the unembedding
+    effects = logit_effects(
+        lm, sae, n_logit_tokens, through_final_norm=logit_lens == "final_norm_gain"
+    )
+    if effects.promoted_ids.shape[1] == 0:  # not the residual width (e.g. MLP neurons)
         logit_lens = "none"
-        none = torch.zeros(sae.d_sae, 0)
-        effects = (none.long(), none, none.long(), none)
-    promoted_ids, promoted_eff, suppressed_ids, suppressed_eff = (e.cpu().numpy() for e in effects)
 
     meta = IndexMeta(
         sae_id=sae.cfg.id,
@@ -465,7 +396,7 @@ def build_index(
         n_contexts=stats.n_contexts,
         context_length=context_length,
         n_top_contexts=n_top_contexts,
-        n_logit_tokens=int(promoted_ids.shape[1]),
+        n_logit_tokens=int(effects.promoted_ids.shape[1]),
         histogram_bins=histogram_bins,
         latents_per_token=int(k or 0),
         logit_lens=logit_lens,
@@ -475,10 +406,10 @@ def build_index(
         stats,
         np.concatenate(corpus),
         np.concatenate(lengths),
-        promoted=(promoted_ids, promoted_eff),
-        suppressed=(suppressed_ids, suppressed_eff),
+        promoted=(effects.promoted_ids, effects.promoted),
+        suppressed=(effects.suppressed_ids, effects.suppressed),
         decode=lambda token_ids: [tokenizer.decode([t]) for t in token_ids],
-        vocab_size=int(w_u.shape[0]),
+        vocab_size=lm.vocab_size,
     )
     attach_explanations(index, explanations)
     return index

@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from saeserve.engine.types import TokenEffect
 from saeserve.errors import InvalidArgument, NotFound
 
 FORMAT_VERSION = 1
@@ -64,17 +65,10 @@ class IndexMeta:
     latents_per_token: int
     """Latents read per token: the SAE's k for TopK SAEs, else ``dense_top_k``."""
     logit_lens: str = "final_norm_gain"
-    """How W_dec[f] reaches the unembedding: ``final_norm_gain``, ``plain`` or ``none``
-    (no logit effects: the SAE's width is not the model's)."""
+    """How W_dec[f] reaches the unembedding (``saeserve.engine.feature_math``):
+    ``final_norm_gain`` (through the final norm's centring and gain), ``plain`` (no norm)
+    or ``none`` (no logit effects: the SAE's width is not the model's)."""
     format_version: int = FORMAT_VERSION
-
-
-class TokenEffect(NamedTuple):
-    """A token and the logit change a unit of the feature causes for it."""
-
-    token: str
-    effect: float
-    token_id: int
 
 
 @dataclass

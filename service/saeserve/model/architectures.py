@@ -12,12 +12,18 @@ Hook points (``saeserve.model.hookpoints``) are built on these paths. Families:
   the outputs of ``post_attention_layernorm`` / ``post_feedforward_layernorm``.
 - ``gpt_neox``: ``gpt_neox.layers[L]``, branches ``attention`` / ``mlp``, final norm
   ``gpt_neox.final_layer_norm``; ``parallel_residual`` when both branches read the block input.
+
+The final norm's kind (``FINAL_NORM_OF_MODEL_TYPE``) is per model type, not per family:
+GPT-2 and GPT-NeoX use a LayerNorm, Llama / Mistral / Qwen2 an RMSNorm scaled by its
+weight, Gemma and Gemma-2 an RMSNorm scaled by ``1 + weight``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
+import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
@@ -53,6 +59,47 @@ FAMILY_OF_MODEL_TYPE: dict[str, str] = {
     "gemma2": "gemma2",
     "gpt_neox": "gpt_neox",
 }
+
+
+class NormKind(StrEnum):
+    """How a norm maps x [..., d] (eps inside the square root; b only for LayerNorm)."""
+
+    LAYERNORM = "layernorm"  # weight * (x - mean) / sqrt(var + eps) + bias
+    RMSNORM = "rmsnorm"  # weight * x / sqrt(mean(x^2) + eps)
+    RMSNORM_ONE_PLUS = "rmsnorm_one_plus"  # (1 + weight) * x / sqrt(mean(x^2) + eps): Gemma
+
+
+# HF `config.model_type` -> kind of its final norm (read from the HF modeling code).
+FINAL_NORM_OF_MODEL_TYPE: dict[str, NormKind] = {
+    "gpt2": NormKind.LAYERNORM,
+    "llama": NormKind.RMSNORM,
+    "mistral": NormKind.RMSNORM,
+    "qwen2": NormKind.RMSNORM,
+    "gemma": NormKind.RMSNORM_ONE_PLUS,
+    "gemma2": NormKind.RMSNORM_ONE_PLUS,
+    "gpt_neox": NormKind.LAYERNORM,
+}
+
+
+@dataclass(frozen=True)
+class NormDirectionMap:
+    """What a norm does to a direction added to its input, less the token's 1/scale.
+
+    ``apply(v) = gain * (v - mean(v) if centres else v)``: the norm's Jacobian at a token
+    whose normalising scale is 1 and whose own (centred) vector is orthogonal to v.
+    """
+
+    gain: Tensor
+    """[d] float32, the per-coordinate multiplier after normalising."""
+    centres: bool
+    """True for a LayerNorm: a constant shift of the input does not reach the output."""
+
+    def apply(self, v: Tensor) -> Tensor:
+        """The mapped directions [..., d] (float32) of v [..., d]."""
+        v = v.float()
+        if self.centres:
+            v = v - v.mean(dim=-1, keepdim=True)
+        return v * self.gain.to(v.device)
 
 
 @dataclass(frozen=True)
@@ -115,6 +162,25 @@ class ArchitectureLayout:
     def final_norm(self, model: nn.Module) -> nn.Module:
         """The norm applied to the last block's output before the unembedding."""
         return model.get_submodule(self._paths.final_norm)
+
+    @property
+    def final_norm_kind(self) -> NormKind:
+        """The kind of the final norm (``FINAL_NORM_OF_MODEL_TYPE``)."""
+        return FINAL_NORM_OF_MODEL_TYPE[self.model_type]
+
+    def final_norm_direction_map(self, model: nn.Module) -> NormDirectionMap:
+        """The linear map the final norm applies to a direction (see ``NormDirectionMap``)."""
+        norm = self.final_norm(model)
+        weight = getattr(norm, "weight", None)
+        kind = self.final_norm_kind
+        if weight is None:  # a norm without learned scale (elementwise_affine=False)
+            gain = torch.ones(self.d_model)
+        else:
+            assert isinstance(weight, Tensor)
+            gain = weight.detach().float()
+            if kind is NormKind.RMSNORM_ONE_PLUS:
+                gain = 1.0 + gain
+        return NormDirectionMap(gain=gain, centres=kind is NormKind.LAYERNORM)
 
     def embed(self, model: nn.Module) -> nn.Module:
         """The token embedding (Gemma: includes the sqrt(d_model) scale in its forward)."""

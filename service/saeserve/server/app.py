@@ -3,8 +3,9 @@
 ``build_app(settings)`` binds the graph; ``app_builder(args)`` is the import path a Serve
 config file names (``saeserve.server.app:app_builder``, args ``{config: FILE, set: [...]}``);
 ``start(settings)`` starts Ray and Serve and runs the app, as ``saeserve serve`` does. The
-ingress replicas serve gRPC themselves on ``settings.grpc_port`` (``ingress.py``); Ray
-Serve's own gRPC proxy is not used.
+ingress replicas serve gRPC themselves on ``settings.grpc_port`` (``ingress.py``; Ray
+Serve's own gRPC proxy is not used) and HTTP through Serve's HTTP proxy on
+``settings.http_port``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def build_app(settings: ServerSettings) -> Application:
             max_queued_requests=settings.limits.max_queue_length,
         )
         models[spec.name] = replica.bind(spec.model_dump(mode="json"), limits)
-    ingress = serve.deployment(SaeserveIngress).options(  # type: ignore[attr-defined]
+    ingress = serve.deployment(serve.ingress()(SaeserveIngress)).options(  # type: ignore[attr-defined]
         name="SaeserveIngress",
         num_replicas=settings.ingress_replicas,
         ray_actor_options={"num_cpus": 0, "resources": dict(settings.ingress_resources)},

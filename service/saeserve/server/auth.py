@@ -157,13 +157,15 @@ def bearer_token(metadata: Metadata) -> str:
     """
     values = _values(metadata, AUTHORIZATION)
     if not values:
-        raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'")
+        raise Unauthenticated(
+            "missing API key: send 'authorization: Bearer <key>' (gRPC metadata or HTTP header)"
+        )
     if len(values) > 1:
-        raise Unauthenticated("authorization metadata given more than once")
+        raise Unauthenticated("authorization given more than once")
     scheme, _, token = values[0].strip().partition(" ")
     token = token.strip()
     if scheme.lower() != SCHEME or not token:
-        raise Unauthenticated("authorization metadata must read 'Bearer <key>'")
+        raise Unauthenticated("authorization must read 'Bearer <key>'")
     return token
 
 

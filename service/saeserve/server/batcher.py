@@ -46,14 +46,12 @@ class Batcher(Generic[Req, Res]):
         max_in_flight: int,
         max_queue_length: int,
         wait_s: float = 0.0,
-        on_reject: Callable[[], None] | None = None,
     ) -> None:
         self.send = send
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
         self.max_queue_length = max_queue_length
         self.wait_s = wait_s
-        self.on_reject = on_reject
         self._queue: deque[_Pending[Req, Res]] = deque()
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -66,8 +64,6 @@ class Batcher(Generic[Req, Res]):
     async def submit(self, request: Req) -> Res:
         """The outcome of `request`, sent in some batch; ResourceExhausted if the queue is full."""
         if len(self._queue) >= self.max_queue_length:
-            if self.on_reject:
-                self.on_reject()
             raise ResourceExhausted(
                 f"the request queue is full ({self.max_queue_length} requests waiting)"
             )

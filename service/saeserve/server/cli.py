@@ -38,6 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--name", default="", help="model name for --model (default: the folder name)"
     )
     parser.add_argument("--grpc-port", type=int, help="gRPC port (default 9000)")
+    parser.add_argument(
+        "--http-port", type=int, help="HTTP port: OpenAI API, JSON API, web UI (default 8000)"
+    )
     parser.add_argument("--replicas", type=int, help="model replicas")
     parser.add_argument("--num-gpus", type=float, help="GPUs per replica (fractional allowed)")
     parser.add_argument("--api-keys-file", type=Path, help="file of API keys, one per line")
@@ -62,6 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         ]
     for flag, key in [
         ("grpc_port", "grpc_port"),
+        ("http_port", "http_port"),
         ("replicas", "replicas"),
         ("num_gpus", "num_gpus"),
         ("api_keys_file", "api_keys_file"),
@@ -100,12 +104,17 @@ def run(args: argparse.Namespace) -> int:
         if settings.api_key_values()
         else "open: no API keys configured"
     )
+    http = f"http://localhost:{settings.http_port}"
     print(
         f"saeserve app {APP_NAME!r} is serving {models}\n"
         f"  gRPC      {settings.host}:{settings.grpc_port}  (reflection on: grpcurl -plaintext localhost:{settings.grpc_port} list)\n"
+        f"  HTTP      {settings.host}:{settings.http_port}  OpenAI API: {http}/v1  API docs: {http}/docs\n"
+        f"  web UI    {http}/\n"
         f"  auth      {auth}\n"
         f"  try       saeserve decompose 'The cat sat on the mat' --target localhost:{settings.grpc_port}\n"
         f"            saeserve generate 'Once upon a time' --target localhost:{settings.grpc_port}\n"
+        f"            curl {http}/v1/completions -H 'content-type: application/json' \\\n"
+        f'              -d \'{{"model": "{settings.models[0].name}", "prompt": "Once upon a time", "max_tokens": 16}}\'\n'
         "Ctrl-C stops the server.",
         flush=True,
     )

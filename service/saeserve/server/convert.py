@@ -8,6 +8,7 @@ SAEs run in the engine. Every error names the proto field and the limit.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,6 +125,7 @@ class GenerateSpec:
     include_baseline: bool = False
     track: list[TrackedFeature] = field(default_factory=list)
     logprobs: bool = False
+    top_logprobs: int = 0
 
     def request(self, prompt_ids: list[int]) -> GenerateRequest:
         """The engine's request, with the prompt (or the rendered messages) as ids."""
@@ -134,6 +136,7 @@ class GenerateSpec:
             include_baseline=self.include_baseline,
             track=self.track,
             logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
         )
 
 
@@ -142,6 +145,11 @@ def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec
         raise InvalidArgument("generate: exactly one of prompt and messages must be non-empty")
     _at_most(len(msg.interventions), limits.max_interventions, "generate.interventions (count)")
     _at_most(len(msg.track), limits.max_tracked_features, "generate.track (count)")
+    if msg.top_logprobs < 0:
+        raise InvalidArgument(f"generate.top_logprobs: {msg.top_logprobs} must be >= 0")
+    _at_most(msg.top_logprobs, limits.max_top_logprobs, "generate.top_logprobs")
+    if msg.top_logprobs and not msg.logprobs:
+        raise InvalidArgument("generate.top_logprobs: needs logprobs to be true")
     return GenerateSpec(
         prompt=msg.prompt,
         messages=[(m.role, m.content) for m in msg.messages],
@@ -150,6 +158,7 @@ def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec
         include_baseline=msg.include_baseline,
         track=[TrackedFeature(t.sae, t.feature) for t in msg.track],
         logprobs=msg.logprobs,
+        top_logprobs=msg.top_logprobs,
     )
 
 
@@ -209,7 +218,13 @@ def _intervention(msg: pb.Intervention, i: int, limits: Limits) -> Intervention:
     )
 
 
-def chunk_to_proto(event: TokenEvent, index: int, prompt_tokens: int) -> pb.GenerateChunk:
+TokenStrings = Callable[[Sequence[int]], list[str]]
+"""Each token id decoded on its own (``engine.tokenize.token_strings`` for a tokenizer)."""
+
+
+def chunk_to_proto(
+    event: TokenEvent, index: int, prompt_tokens: int, token_strings: TokenStrings
+) -> pb.GenerateChunk:
     chunk = pb.GenerateChunk(
         variant=_VARIANTS[event.variant],
         index=index,
@@ -217,6 +232,12 @@ def chunk_to_proto(event: TokenEvent, index: int, prompt_tokens: int) -> pb.Gene
         text=event.text,
         tracked=event.tracked,
     )
+    if event.top_logprobs:
+        ids = [i for i, _ in event.top_logprobs]
+        chunk.top_logprobs.extend(
+            pb.TokenLogprob(token_id=i, token=t, logprob=lp)
+            for (i, lp), t in zip(event.top_logprobs, token_strings(ids), strict=True)
+        )
     if event.logprob is not None:
         chunk.logprob = event.logprob
     if event.finish_reason is not None:

@@ -2,19 +2,19 @@
 
 An SAE with an index (``saeserve index``) answers with its statistics, top contexts and
 explanation. One without still answers GetFeature with what the weights alone tell: the
-promoted and suppressed tokens (W_dec[f] through the final norm's gain and the
-unembedding), with ``has_statistics`` false.
+promoted and suppressed tokens (``saeserve.engine.feature_math``, the same numbers the index
+stores), with ``has_statistics`` false.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import torch
-
+from saeserve.engine.feature_math import feature_token_effects
 from saeserve.engine.served_model import ServedModel
+from saeserve.engine.types import TokenEffect
 from saeserve.errors import InvalidArgument, NotFound
 from saeserve.insight.search import search
 from saeserve.insight.store import FeatureIndex, FeatureInfo
@@ -55,9 +55,11 @@ class FeatureView:
         out = pb.GetFeatureResponse(feature=pb.FeatureRef(sae=sae_id, feature=feature))
         index = self.indexes.get(sae_id)
         if index is None:
-            promoted, suppressed = self._logit_effects(sae_id, feature)
-            out.top_promoted.extend(promoted)
-            out.top_suppressed.extend(suppressed)
+            promoted, suppressed = feature_token_effects(
+                self.served.lm, hooked.sae, feature, N_LOGIT_TOKENS
+            )
+            out.top_promoted.extend(_token_effects(promoted))
+            out.top_suppressed.extend(_token_effects(suppressed))
             return out
         _fill(out, index.feature(feature), index.meta.n_tokens)
         return out
@@ -85,31 +87,6 @@ class FeatureView:
             )
         return out
 
-    @torch.inference_mode()
-    def _logit_effects(
-        self, sae_id: str, feature: int
-    ) -> tuple[list[pb.TokenEffect], list[pb.TokenEffect]]:
-        lm = self.served.lm
-        d_f = self.served.saes[sae_id].sae.W_dec[feature].float()  # [d_in]
-        norm = lm.layout.final_norm(lm.model)
-        gain = getattr(norm, "weight", None)
-        if gain is not None:
-            d_f = d_f * gain.float()
-        effects = lm.layout.unembed_weight(lm.model).float() @ d_f  # [vocab]
-        k = min(N_LOGIT_TOKENS, effects.numel())
-        top, bottom = torch.topk(effects, k), torch.topk(-effects, k)
-        tok = lm.tokenizer
-
-        def rows(ids: list[int], values: list[float]) -> list[pb.TokenEffect]:
-            return [
-                pb.TokenEffect(token=str(tok.decode([i])), token_id=i, logit_effect=v)
-                for i, v in zip(ids, values, strict=True)
-            ]
-
-        return rows(top.indices.tolist(), top.values.tolist()), rows(
-            bottom.indices.tolist(), (-bottom.values).tolist()
-        )
-
 
 def _fill(out: pb.GetFeatureResponse, info: FeatureInfo, n_tokens: int) -> None:
     out.has_statistics = True
@@ -123,14 +100,8 @@ def _fill(out: pb.GetFeatureResponse, info: FeatureInfo, n_tokens: int) -> None:
         out.top_contexts.add(
             tokens=c.tokens, values=c.values, max_index=c.max_pos, max_value=c.max_value
         )
-    out.top_promoted.extend(
-        pb.TokenEffect(token=t.token, token_id=t.token_id, logit_effect=t.effect)
-        for t in info.promoted
-    )
-    out.top_suppressed.extend(
-        pb.TokenEffect(token=t.token, token_id=t.token_id, logit_effect=t.effect)
-        for t in info.suppressed
-    )
+    out.top_promoted.extend(_token_effects(info.promoted))
+    out.top_suppressed.extend(_token_effects(info.suppressed))
     if info.explanation:
         out.explanation.CopyFrom(
             pb.Explanation(
@@ -138,3 +109,9 @@ def _fill(out: pb.GetFeatureResponse, info: FeatureInfo, n_tokens: int) -> None:
                 source=_SOURCES.get(info.explanation_source, pb.EXPLANATION_SOURCE_UNSPECIFIED),
             )
         )
+
+
+def _token_effects(effects: Iterable[TokenEffect]) -> list[pb.TokenEffect]:
+    return [
+        pb.TokenEffect(token=t.token, token_id=t.token_id, logit_effect=t.effect) for t in effects
+    ]

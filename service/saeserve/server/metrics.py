@@ -75,8 +75,8 @@ class MetricSpec:
 
 
 SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("saeserve_requests_total", "counter", "RPCs answered, by rpc and status code.", ("rpc", "code")),
-    MetricSpec("saeserve_request_seconds", "histogram", "Wall time of an RPC (a stream: to its end).", ("rpc",), SECONDS_BUCKETS),
+    MetricSpec("saeserve_requests_total", "counter", "Requests answered, by operation, transport (grpc, http) and status code.", ("rpc", "transport", "code")),
+    MetricSpec("saeserve_request_seconds", "histogram", "Wall time of a request (a stream: to its end), by operation and transport.", ("rpc", "transport"), SECONDS_BUCKETS),
     MetricSpec("saeserve_requests_rejected_total", "counter", "Requests refused before any work, by reason.", ("reason",)),
     MetricSpec("saeserve_tokens_decomposed_total", "counter", "Tokens run through the model and SAEs by Decompose."),
     MetricSpec("saeserve_tokens_generated_total", "counter", "Tokens generated, by variant (steered or baseline).", ("variant",)),
@@ -265,7 +265,7 @@ CANCELLED_GENERATIONS = _BY_NAME["saeserve_cancelled_generations_total"]
 ACCELERATOR_MEMORY = _BY_NAME["saeserve_accelerator_memory_bytes"]
 
 
-def observe_request(rpc: str, code: str, seconds: float) -> None:
-    """Count one answered RPC with its status code name and time it."""
-    REQUESTS.labels(rpc=rpc, code=code).inc()
-    REQUEST_SECONDS.labels(rpc=rpc).observe(seconds)
+def observe_request(rpc: str, transport: str, code: str, seconds: float) -> None:
+    """Count one answered request with its gRPC status code name and time it."""
+    REQUESTS.labels(rpc=rpc, transport=transport, code=code).inc()
+    REQUEST_SECONDS.labels(rpc=rpc, transport=transport).observe(seconds)

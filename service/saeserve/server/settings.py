@@ -133,6 +133,8 @@ class Limits(BaseModel):
     """SearchFeatures: UTF-8 bytes of the query."""
     max_search_results: int = Field(default=100, ge=1)
     """SearchFeatures: limit."""
+    max_top_logprobs: int = Field(default=20, ge=0)
+    """Generate: top_logprobs alternatives per token."""
     max_queue_length: int = Field(default=256, ge=1)
     """Requests waiting (per model in each ingress, and per model replica) before new ones
     get RESOURCE_EXHAUSTED."""
@@ -181,7 +183,12 @@ class ServerSettings(BaseSettings):
     grpc_port: int = Field(default=9000, ge=1, le=65535)
     """gRPC port (the API, health and reflection)."""
     http_port: int = Field(default=8000, ge=1, le=65535)
-    """Ray Serve HTTP port (``/-/healthz``, ``/-/routes``)."""
+    """HTTP port (Ray Serve's HTTP proxy): the OpenAI-compatible API, the JSON API, the
+    web UI, ``/openapi.json`` and Serve's ``/-/healthz``."""
+    max_http_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest HTTP request body; larger ones get 413 before they are parsed."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed to call the HTTP API from a browser (CORS); empty = CORS off."""
     metrics_port: int = Field(default=8080, ge=1, le=65535)
     """Port where Ray exports Prometheus metrics (``ray_serve_*`` and ``saeserve_*``)."""
     ingress_replicas: int = Field(default=1, ge=1)

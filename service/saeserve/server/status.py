@@ -1,18 +1,19 @@
-"""The one place that turns an exception into a gRPC status code and message.
+"""The one place that turns an exception into a status code and message, for every transport.
 
-``status_for(exc)`` decides, returning ``(code, details)``; ``set_status`` / ``abort`` / ``abort_aio`` apply it to a
-context (grpc sync, grpc.aio, or Ray Serve's ``RayServegRPCContext``, which all have
-``set_code`` / ``set_details``). The rules:
+``status_for(exc)`` returns ``(code, details)`` as a gRPC status code; the gRPC transport
+sends it as is and the HTTP transport maps the code to an HTTP status
+(``server/http/errors.py``). The rules:
 
 * ``SaeserveError`` subclasses map by their ``.code`` (``InvalidArgument`` ->
   INVALID_ARGUMENT, ``NotFound`` -> NOT_FOUND, ``Unauthenticated`` -> UNAUTHENTICATED,
   ...); their message is returned verbatim, since it names the field and the limit.
 * pydantic ``ValidationError`` -> INVALID_ARGUMENT, naming each failing field path.
-* Ray Serve's own errors, by class name so this module never imports ray:
-  ``BackPressureError`` (replica queue full) -> RESOURCE_EXHAUSTED,
-  ``RequestCancelledError`` / ``TaskCancelledError`` / ``asyncio.CancelledError`` ->
-  CANCELLED, ``TimeoutError`` / ``GetTimeoutError`` -> DEADLINE_EXCEEDED,
-  ``DeploymentUnavailableError`` -> UNAVAILABLE.
+* Ray's own errors, by class name so this module never imports ray, each with a fixed
+  message (theirs name Python classes and paths): ``BackPressureError`` (replica queue
+  full) -> RESOURCE_EXHAUSTED; ``RequestCancelledError`` / ``TaskCancelledError`` /
+  ``asyncio.CancelledError`` -> CANCELLED; ``GetTimeoutError`` / ``TimeoutError`` ->
+  DEADLINE_EXCEEDED; ``DeploymentUnavailableError`` and a dead or unreachable replica
+  (``ActorDiedError``, ``ActorUnavailableError``, ``RayActorError``) -> UNAVAILABLE.
 * Anything else -> INTERNAL: the exception is logged with a request id, and the caller
   gets only a generic message carrying that id, never a traceback.
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import NamedTuple, NoReturn, Protocol
+from typing import NamedTuple
 
 import grpc
 from pydantic import ValidationError
@@ -39,14 +40,18 @@ logger = logging.getLogger(__name__)
 MAX_DETAILS_CHARS = 2000
 """Status details travel in HTTP/2 trailers (8 KiB by default); longer ones are cut."""
 
-_BY_CLASS_NAME: dict[str, grpc.StatusCode] = {
-    "BackPressureError": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "RequestCancelledError": grpc.StatusCode.CANCELLED,
-    "TaskCancelledError": grpc.StatusCode.CANCELLED,
-    "GetTimeoutError": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "DeploymentUnavailableError": grpc.StatusCode.UNAVAILABLE,
+_UNAVAILABLE = "the model replica is unavailable (restarting or overloaded); retry shortly"
+_BY_CLASS_NAME: dict[str, tuple[grpc.StatusCode, str]] = {
+    "BackPressureError": (grpc.StatusCode.RESOURCE_EXHAUSTED, "the request queue is full"),
+    "RequestCancelledError": (grpc.StatusCode.CANCELLED, "the call was cancelled"),
+    "TaskCancelledError": (grpc.StatusCode.CANCELLED, "the call was cancelled"),
+    "GetTimeoutError": (grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed"),
+    "DeploymentUnavailableError": (grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE),
+    "ActorDiedError": (grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE),
+    "ActorUnavailableError": (grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE),
+    "RayActorError": (grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE),
 }
-"""Ray (Serve) exceptions by class name; matched along the MRO."""
+"""Ray (Serve) exceptions by class name, matched along the MRO, with the message to send."""
 
 
 class RpcStatus(NamedTuple):
@@ -56,18 +61,15 @@ class RpcStatus(NamedTuple):
     details: str
 
 
-class StatusContext(Protocol):
-    """What every servicer context (grpc, grpc.aio, Ray Serve's) lets us set."""
-
-    def set_code(self, code: grpc.StatusCode) -> None: ...
-
-    def set_details(self, details: str) -> None: ...
-
-
 def original(exc: BaseException) -> BaseException:
-    """The exception a remote Ray task raised, or ``exc`` itself when not wrapped."""
-    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError.cause
-    return cause if isinstance(cause, BaseException) and cause is not exc else exc
+    """The exception a remote Ray task raised, or ``exc`` itself when not wrapped (Ray may
+    wrap more than once: ``RayTaskError.cause`` is followed a few levels)."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError.cause
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
+    return exc
 
 
 def _code_of(error: SaeserveError) -> grpc.StatusCode | None:
@@ -105,7 +107,7 @@ def status_for(exc: BaseException, *, rpc: str = "", request_id: str = "") -> Rp
         return RpcStatus(grpc.StatusCode.CANCELLED, "the call was cancelled")
     for cls in type(error).__mro__:
         if (mapped := _BY_CLASS_NAME.get(cls.__name__)) is not None:
-            return RpcStatus(mapped, _truncate(str(error) or mapped.name.lower()))
+            return RpcStatus(*mapped)
     if isinstance(error, TimeoutError):
         return RpcStatus(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed")
     request_id = request_id or uuid.uuid4().hex[:16]
@@ -114,31 +116,3 @@ def status_for(exc: BaseException, *, rpc: str = "", request_id: str = "") -> Rp
         grpc.StatusCode.INTERNAL,
         f"internal server error (request id {request_id}); please report it",
     )
-
-
-def set_status(context: StatusContext, exc: BaseException, *, rpc: str = "") -> RpcStatus:
-    """Set ``exc``'s status on ``context`` without raising (Ray Serve deployments).
-
-    A Ray Serve ingress then returns an empty response (or ends its stream); Serve's
-    proxy sends the code and details that were set.
-    """
-    status = status_for(exc, rpc=rpc)
-    context.set_code(status.code)
-    context.set_details(status.details)
-    return status
-
-
-def abort(context: grpc.ServicerContext, exc: BaseException, *, rpc: str = "") -> NoReturn:
-    """End a synchronous grpc call with ``exc``'s status (raises, as grpc requires)."""
-    status = status_for(exc, rpc=rpc)
-    context.abort(status.code, status.details)
-    raise AssertionError("grpc.ServicerContext.abort returned")  # pragma: no cover
-
-
-async def abort_aio(
-    context: grpc.aio.ServicerContext, exc: BaseException, *, rpc: str = ""
-) -> NoReturn:
-    """End a grpc.aio call with ``exc``'s status (raises, as grpc.aio requires)."""
-    status = status_for(exc, rpc=rpc)
-    await context.abort(status.code, status.details)
-    raise AssertionError("grpc.aio.ServicerContext.abort returned")  # pragma: no cover

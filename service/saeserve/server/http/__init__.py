@@ -1,0 +1,1 @@
+"""The HTTP transport: OpenAI-compatible routes, the JSON API, and their shared error map."""

@@ -1,0 +1,152 @@
+"""The JSON API: saeserve.v1's operations over HTTP, in the messages' JSON mapping.
+
+``POST /v1/tokenize``, ``POST /v1/decompose``, ``POST /v1/generate`` (server-sent events,
+one GenerateChunk per event), ``GET /v1/saes/{sae}/features/{feature}`` and
+``GET /v1/features/search``. Bodies and responses are the proto messages
+(``proto_json``); each route is one call to the same ``Operations`` method the gRPC
+servicer calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from google.protobuf.message import Message
+
+from saeserve.server.http.proto_json import from_json, ref, to_json
+from saeserve.server.http.streaming import event_stream
+from saeserve.server.operations import Caller, Operations
+from saeserve.v1 import saeserve_pb2 as pb
+
+M = TypeVar("M", bound=Message)
+
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "Tokenize": {"model": "demo", "text": "The cat sat on the mat."},
+    "Decompose": {"model": "demo", "texts": ["The cat sat on the mat."], "top_k": 5},
+    "Generate": {
+        "model": "demo",
+        "prompt": "Once upon a time",
+        "sampling": {"max_new_tokens": 16, "temperature": 0},
+        "interventions": [
+            {"sae": "resid_post.2", "feature": 1224, "mode": "INTERVENTION_MODE_ADD", "value": 8}
+        ],
+        "include_baseline": True,
+    },
+}
+
+
+RawBody = Annotated[Any, Body(include_in_schema=False)]
+"""A JSON body parsed by ``proto_json`` (its schema comes from the proto: ``_body``)."""
+
+
+def http_caller(request: Request) -> Caller:
+    """The caller of an HTTP request: its ``Authorization`` header, if any."""
+    header = request.headers.get("authorization")
+    return Caller("http", {"authorization": header} if header is not None else None)
+
+
+def _body(message: type[Message]) -> dict[str, Any]:
+    """OpenAPI for a route whose JSON body is ``message``."""
+    name = message.DESCRIPTOR.name.removesuffix("Request")
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": ref(message.DESCRIPTOR),
+                    "example": EXAMPLES.get(name, {}),
+                }
+            },
+        }
+    }
+
+
+def _answers(message: type[Message]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {"application/json": {"schema": ref(message.DESCRIPTOR)}}}}
+
+
+def json_router(ops: Operations) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["saeserve JSON API"])
+
+    @router.post(
+        "/tokenize",
+        name="Tokenize",
+        summary="Tokenize a text: ids, token strings, UTF-8 byte offsets",
+        openapi_extra=_body(pb.TokenizeRequest),
+        responses=_answers(pb.TokenizeResponse),
+    )
+    async def tokenize(request: Request, body: RawBody) -> dict[str, Any]:
+        msg = from_json(body, pb.TokenizeRequest(), "tokenize")
+        return to_json(await ops.tokenize(msg, http_caller(request)))
+
+    @router.post(
+        "/decompose",
+        name="Decompose",
+        summary="Per-token SAE features of one or more texts",
+        openapi_extra=_body(pb.DecomposeRequest),
+        responses=_answers(pb.DecomposeResponse),
+    )
+    async def decompose(request: Request, body: RawBody) -> dict[str, Any]:
+        msg = from_json(body, pb.DecomposeRequest(), "decompose")
+        return to_json(await ops.decompose(msg, http_caller(request)))
+
+    @router.post(
+        "/generate",
+        name="Generate",
+        summary="Stream steered (and baseline) tokens as server-sent events",
+        description="One `data: <GenerateChunk JSON>` event per token, then `data: [DONE]`. "
+        'An error after the first token arrives as one `data: {"error": ...}` event.',
+        openapi_extra=_body(pb.GenerateRequest),
+        responses={
+            200: {"content": {"text/event-stream": {"schema": ref(pb.GenerateChunk.DESCRIPTOR)}}}
+        },
+        response_class=StreamingResponse,
+    )
+    async def generate(request: Request, body: RawBody) -> StreamingResponse:
+        msg = from_json(body, pb.GenerateRequest(), "generate")
+        return await event_stream(_as_json(ops.generate(msg, http_caller(request)), to_json))
+
+    @router.get(
+        "/saes/{sae:path}/features/{feature}",
+        name="GetFeature",
+        summary="What a feature fires on and what it promotes",
+        responses=_answers(pb.GetFeatureResponse),
+    )
+    async def get_feature(
+        request: Request,
+        sae: Annotated[str, Path(description="SAE id (may contain /)", examples=["resid_post.2"])],
+        feature: Annotated[int, Path(description="Feature id", ge=0, le=2**31 - 1)],
+        model: Annotated[str, Query(description="Model name; empty = the default")] = "",
+    ) -> dict[str, Any]:
+        msg = pb.GetFeatureRequest(model=model, sae=sae, feature=feature)
+        return to_json(await ops.get_feature(msg, http_caller(request)))
+
+    @router.get(
+        "/features/search",
+        name="SearchFeatures",
+        summary="Features whose explanations or top tokens match a query",
+        responses=_answers(pb.SearchFeaturesResponse),
+    )
+    async def search_features(
+        request: Request,
+        q: Annotated[str, Query(description="Query text", examples=["said"])],
+        sae: Annotated[str, Query(description="Only this SAE; empty = all")] = "",
+        limit: Annotated[int, Query(description="Results; 0 = 10", ge=0, le=2**31 - 1)] = 0,
+        model: Annotated[str, Query(description="Model name; empty = the default")] = "",
+    ) -> dict[str, Any]:
+        msg = pb.SearchFeaturesRequest(model=model, query=q, sae=sae, limit=limit)
+        return to_json(await ops.search_features(msg, http_caller(request)))
+
+    return router
+
+
+async def _as_json(
+    messages: AsyncGenerator[M, None], render: Callable[[M], dict[str, Any]]
+) -> AsyncGenerator[dict[str, Any], None]:
+    async with contextlib.aclosing(messages):
+        async for m in messages:
+            yield render(m)

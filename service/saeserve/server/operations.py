@@ -1,0 +1,243 @@
+"""The operations every transport exposes, implemented once.
+
+``Operations`` is what an ingress replica serves: list models, tokenize, decompose,
+generate, get a feature, search features. Each operation takes its request as the
+saeserve.v1 protobuf message (the API contract; the HTTP JSON API is that message's JSON
+mapping) and a ``Caller`` (the transport's name and the caller's ``authorization``), and
+does everything but the wire format: the API-key check, request conversion and limits
+(``convert.py``), tokenization (prompts reach the model replica as ids), Decompose
+batching (``Batcher``), the call to the model replica, metrics, and the error model. A
+failure leaves as ``OperationFailed`` carrying its status (``status.py``), counted once;
+the gRPC servicer and the HTTP routes only translate requests, responses and that status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from saeserve.engine.tokenize import chat_token_ids, token_strings, tokenize
+from saeserve.engine.types import DecomposeRequest, DecomposeResult, Tokenization, Variant
+from saeserve.errors import NotFound
+from saeserve.model.loader import LoadedTokenizer, load_tokenizer
+from saeserve.server import metrics
+from saeserve.server.auth import ApiKeys, Metadata
+from saeserve.server.batcher import Batcher
+from saeserve.server.convert import (
+    GenerateSpec,
+    chunk_to_proto,
+    decompose_from_proto,
+    decompose_to_proto,
+    generate_from_proto,
+    search_limit,
+    tokens_to_proto,
+)
+from saeserve.server.settings import ServerSettings
+from saeserve.server.status import RpcStatus, status_for
+from saeserve.v1 import saeserve_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+INLINE_TOKENIZE_CHARS = 20_000
+"""Longer texts are tokenized on a worker thread, off the event loop."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, as far as the operations care: the transport and its auth metadata."""
+
+    transport: str
+    """``grpc`` or ``http`` (a metrics label)."""
+    metadata: Metadata
+    """Carries ``authorization: Bearer <key>`` (gRPC metadata, or the HTTP header)."""
+
+
+class OperationFailed(Exception):
+    """An operation ended with a non-OK status; transports send ``status`` as theirs."""
+
+    def __init__(self, status: RpcStatus) -> None:
+        super().__init__(status.details)
+        self.status = status
+
+
+class Operations:
+    def __init__(self, settings: ServerSettings, models: dict[str, DeploymentHandle]) -> None:
+        self.settings = settings
+        self.limits = settings.limits
+        self.models = models
+        # Generate streams go over Ray Serve's replica-to-replica gRPC transport: a group of
+        # events is then one gRPC message, not an object reported through Ray's core worker
+        # (far less CPU per group in both processes; docs/BENCHMARKS.md). Other calls stay
+        # on Ray's object path: that channel caps a message at 4 MiB, and a Decompose
+        # batch's result can be much larger.
+        self.streams = {
+            name: h.options(stream=True, _by_reference=False) for name, h in models.items()
+        }
+        self.default_model = settings.models[0].name
+        self.keys = ApiKeys.from_settings(settings)
+        self.tokenizers = {m.name: load_tokenizer(m.path) for m in settings.models}
+        self.decompose_batchers = {name: self._batcher(h) for name, h in models.items()}
+        if not self.keys.enabled:
+            log.warning("saeserve: no API keys configured; the server is open to any caller")
+
+    def _batcher(self, handle: DeploymentHandle) -> Batcher[DecomposeRequest, DecomposeResult]:
+        async def send(reqs: list[DecomposeRequest]) -> list[DecomposeResult | BaseException]:
+            outcomes: list[DecomposeResult | BaseException] = await handle.decompose_batch.remote(
+                reqs
+            )
+            return outcomes
+
+        if self.limits.max_batch_size > 1:
+            # one batch per model replica at a time; what arrives meanwhile forms the next
+            in_flight = self.limits.max_decompose_batches_in_flight or self.settings.replicas
+        else:  # batching off: nothing to gather, so every request goes at once
+            in_flight = self.limits.max_queue_length
+        return Batcher(
+            send,
+            max_batch_size=self.limits.max_batch_size,
+            max_in_flight=in_flight,
+            max_queue_length=self.limits.max_queue_length,
+            wait_s=self.limits.batch_wait_timeout_s,
+        )
+
+    # --- plumbing ------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _serving(self, rpc: str, caller: Caller) -> AsyncIterator[None]:
+        """Check the key, then run the body; count and time it; failures leave as
+        ``OperationFailed`` (cancellation stays a cancellation)."""
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            self.keys.check(caller.metadata)
+            yield
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as e:
+            status = status_for(e, rpc=rpc)
+            code = status.code
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                metrics.REJECTED.labels(reason="queue_full").inc()
+            raise OperationFailed(status) from None
+        finally:
+            metrics.observe_request(rpc, caller.transport, code.name, time.perf_counter() - start)
+
+    def model_name(self, name: str, field: str) -> str:
+        """``name``, or the default model for an empty one; NotFound if not served."""
+        name = name or self.default_model
+        if name not in self.models:
+            raise NotFound(f"{field}: unknown model {name!r} (known: {', '.join(self.models)})")
+        return name
+
+    def token_string(self, model: str, token_id: int) -> str:
+        """One token of a served model decoded on its own."""
+        return token_strings(self.tokenizers[model].tokenizer, [token_id])[0]
+
+    async def _tokenize(self, tok: LoadedTokenizer, text: str, field_name: str) -> Tokenization:
+        """``tokenize`` within the limits; long texts on a worker thread, off the loop."""
+        run = functools.partial(
+            tokenize,
+            tok.tokenizer,
+            text,
+            max_tokens=self.limits.tokens_per_text(tok.max_positions),
+            field_name=field_name,
+        )
+        return await asyncio.to_thread(run) if len(text) > INLINE_TOKENIZE_CHARS else run()
+
+    async def _prompt_ids(self, name: str, spec: GenerateSpec) -> list[int]:
+        """A Generate prompt as ids: its text, or its messages through the chat template."""
+        tok = self.tokenizers[name]
+        if not spec.messages:
+            return (await self._tokenize(tok, spec.prompt, "generate.prompt")).token_ids
+        return await asyncio.to_thread(
+            chat_token_ids,
+            tok.tokenizer,
+            spec.messages,
+            max_tokens=self.limits.tokens_per_text(tok.max_positions),
+            field_name="generate.messages",
+            model=name,
+        )
+
+    # --- operations ------------------------------------------------------------------------
+    async def list_models(self, caller: Caller) -> pb.ListModelsResponse:
+        async with self._serving("ListModels", caller):
+            infos = await asyncio.gather(*(h.info.remote() for h in self.models.values()))
+            return pb.ListModelsResponse(models=infos)
+
+    async def tokenize(self, request: pb.TokenizeRequest, caller: Caller) -> pb.TokenizeResponse:
+        async with self._serving("Tokenize", caller):
+            tok = self.tokenizers[self.model_name(request.model, "tokenize.model")]
+            tokens = await self._tokenize(tok, request.text, "tokenize.text")
+            return pb.TokenizeResponse(tokens=tokens_to_proto(tokens))
+
+    async def decompose(self, request: pb.DecomposeRequest, caller: Caller) -> pb.DecomposeResponse:
+        async with self._serving("Decompose", caller):
+            name = self.model_name(request.model, "decompose.model")
+            req = decompose_from_proto(request, self.limits)
+            return decompose_to_proto(await self.decompose_batchers[name].submit(req))
+
+    async def get_feature(
+        self, request: pb.GetFeatureRequest, caller: Caller
+    ) -> pb.GetFeatureResponse:
+        async with self._serving("GetFeature", caller):
+            handle = self.models[self.model_name(request.model, "get_feature.model")]
+            response: pb.GetFeatureResponse = await handle.get_feature.remote(
+                request.sae, request.feature
+            )
+            return response
+
+    async def search_features(
+        self, request: pb.SearchFeaturesRequest, caller: Caller
+    ) -> pb.SearchFeaturesResponse:
+        async with self._serving("SearchFeatures", caller):
+            limit = search_limit(request, self.limits)
+            handle = self.models[self.model_name(request.model, "search_features.model")]
+            response: pb.SearchFeaturesResponse = await handle.search_features.remote(
+                request.query, request.sae, limit
+            )
+            return response
+
+    async def generate(
+        self, request: pb.GenerateRequest, caller: Caller
+    ) -> AsyncGenerator[pb.GenerateChunk, None]:
+        """The chunks as the model replica makes them (it sends its events in groups,
+        limits.stream_interval_s; each event is one chunk).
+
+        Closing the iterator (``aclose``, as ``contextlib.aclosing`` does when the consumer
+        is cancelled) or cancelling a task that awaits it stops the replica's generation:
+        no tokens are generated for nobody."""
+        async with self._serving("Generate", caller):
+            spec = generate_from_proto(request, self.limits)
+            name = self.model_name(request.model, "generate.model")
+            req = spec.request(await self._prompt_ids(name, spec))
+            prompt_tokens = len(req.prompt_ids)
+            strings = functools.partial(token_strings, self.tokenizers[name].tokenizer)
+            stream = cast(DeploymentResponseGenerator, self.streams[name].generate.remote(req))
+            try:
+                index = dict.fromkeys(Variant, 0)
+                async for events in stream:
+                    for ev in events:
+                        yield chunk_to_proto(ev, index[ev.variant], prompt_tokens, strings)
+                        index[ev.variant] += 1
+            finally:
+                stream.cancel()
+
+    # --- health ---------------------------------------------------------------------------
+    async def serving(self) -> bool:
+        """Whether every model has a replica that answers."""
+        try:
+            ready: list[Any] = await asyncio.gather(
+                *(h.ready.remote() for h in self.models.values())
+            )
+        except Exception:
+            return False
+        return all(ready)
