@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 UI_DIR = Path(__file__).resolve().parent
@@ -27,7 +27,7 @@ def render_page(page: str, title: str) -> HTMLResponse:
 
 def mount_ui(app: FastAPI) -> None:
     """Add ``/``, ``/saes/{sae}/features/{feature}``, ``/inspect``, ``/search``,
-    ``/steer`` and the static files under ``/ui`` to ``app``."""
+    ``/steer``, ``/favicon.ico`` and the static files under ``/ui`` to ``app``."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> HTMLResponse:
@@ -48,5 +48,10 @@ def mount_ui(app: FastAPI) -> None:
     @app.get("/steer", response_class=HTMLResponse, include_in_schema=False)
     def steer() -> HTMLResponse:
         return render_page("steer", "Steering playground · saeserve")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """Browsers ask for /favicon.ico on any document, images included."""
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
