@@ -9,6 +9,7 @@ screenshots in docs/ui/.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -45,11 +46,18 @@ class Browser:
     origin: str
 
     def open(self, path: str, width: int = WIDTHS["wide"]) -> None:
-        """Load ``path`` at ``width`` px and wait until the page marks itself rendered."""
-        self.driver.set_window_size(width, 900)
+        """Load ``path`` in a viewport ``width`` px wide and wait until the page marks
+        itself rendered."""
+        self.set_width(width)
         self.flush_logs()
         self.driver.get(self.origin + path)
         self.wait_for("performance.getEntriesByName('saeserve:rendered').length > 0")
+
+    def set_width(self, width: int) -> None:
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def wait_for(self, js_condition: str, timeout: float = WAIT_S) -> None:
         from selenium.webdriver.support.ui import WebDriverWait
@@ -95,12 +103,16 @@ class Browser:
         """Full-page PNG at ``width`` px into docs/ui/ (only with SAESERVE_UI_SCREENSHOTS)."""
         if not take_screenshots():
             return
-        height = int(self.js("return document.documentElement.scrollHeight"))
-        self.driver.set_window_size(width, min(max(height, 600), 6000))
-        self.js("window.scrollTo(0, 0)")
-        time.sleep(0.3)  # let the resize reflow before the capture
+        self.set_width(width)
+        time.sleep(0.3)  # let the new width reflow before measuring
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1}
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True, "clip": clip},
+        )
         SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-        self.driver.save_screenshot(str(SCREENSHOT_DIR / f"{name}-{width}.png"))
+        (SCREENSHOT_DIR / f"{name}-{width}.png").write_bytes(base64.b64decode(shot["data"]))
 
 
 @pytest.fixture(scope="session")

@@ -14,15 +14,21 @@ import pytest
 from tests.conftest import KEY, Server
 from tests.ui.conftest import WIDTHS, Browser, call_api
 
-INSPECT_TEXT = "She said that Elizabeth would come to the ball, and Mr Darcy laughed."
+INSPECT_TEXT = (
+    "She said that Elizabeth would come to the ball, and Mr Darcy laughed. Miss Bennet smiled at"
+    " her aunt."
+)
 PAGES = {
     "home": "/",
     "feature": "/saes/resid_post.2/features/1224?model=demo",
-    "inspect": f"/inspect?model=demo&sae=resid_post.1&text={quote(INSPECT_TEXT)}",
+    # demo feature 1368 fires on names and titles ("Miss", "Colonel")
+    "inspect": f"/inspect?model=demo&sae=resid_post.1&feature=1368&text={quote(INSPECT_TEXT)}",
     "search": "/search?model=demo&q=said",
     # the playground's screenshots are taken after a run, by test_playground
     "steer": "/steer?model=demo&prompt=The%20function%20returns&iv=resid_post.2:1224:add:16:all",
 }
+# Run before a screenshot, to show what a hover or a click shows.
+BEFORE_SCREENSHOT = {"inspect": "document.querySelectorAll('#tokens .tok')[4].click()"}
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +48,8 @@ def test_page_loads_clean(browser: Browser, page: str, width: int) -> None:
         f"\n[ui bench] {page} at {width}px: rendered {browser.rendered_ms():.0f} ms after navigation"
     )
     if page != "steer":
+        if page in BEFORE_SCREENSHOT:
+            browser.js(BEFORE_SCREENSHOT[page])
         browser.screenshot(page, width)
 
 

@@ -44,6 +44,7 @@ def test_playground_streams_both_columns_and_steering_changes_the_text(browser: 
         assert finish.startswith("finished: length · 16 tokens")
     assert browser.console_errors() == []
     assert browser.foreign_requests() == []
+    browser.js("document.querySelector('#steered-text .tok:nth-of-type(3)').focus()")
     for width in WIDTHS.values():
         browser.screenshot("steer", width)
 

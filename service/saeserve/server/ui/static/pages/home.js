@@ -38,17 +38,17 @@ function modelCard(model, isDefault) {
     model.has_chat_template ? "chat template" : "no chat template",
   ];
   const rows = model.saes.map((sae) => {
-    const cell = h("td", {}, sae.has_feature_index ? "indexed" : "no index");
+    const cell = h("td", { "data-label": "feature index" }, sae.has_feature_index ? "indexed" : "no index");
     if (sae.has_feature_index) coverage.push(fillCoverage(cell, model.name, sae.id));
     const sq = `${q}&sae=${encodeURIComponent(sae.id)}`;
     return h(
       "tr",
       {},
       h("th", { scope: "row" }, sae.id),
-      h("td", {}, sae.hook_point),
-      h("td", { class: "num" }, sae.d_sae.toLocaleString()),
-      h("td", { class: "num" }, sae.k || "–"),
-      h("td", {}, ARCH[sae.architecture] || sae.architecture),
+      h("td", { "data-label": "hook point" }, sae.hook_point),
+      h("td", { class: "num", "data-label": "width" }, sae.d_sae.toLocaleString()),
+      h("td", { class: "num", "data-label": "k" }, sae.k || "–"),
+      h("td", { "data-label": "type" }, ARCH[sae.architecture] || sae.architecture),
       cell,
       h(
         "td",
@@ -74,7 +74,7 @@ function modelCard(model, isDefault) {
       { class: "scroll" },
       h(
         "table",
-        {},
+        { class: "sae-table" },
         h(
           "thead",
           {},

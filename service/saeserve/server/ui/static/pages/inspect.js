@@ -138,7 +138,7 @@ async function render(text, state) {
     h("div", { class: "inspect-layout" }, h("section", { class: "card", "aria-label": "Tokens" }, row), panel),
     topFeatures(sae, n, state),
   );
-  await Promise.all(Array.from(results.querySelectorAll("#top-features .explanation"), (cell) => explain(cell, state.model, sae.sae, Number(cell.dataset.feature))));
+  await Promise.all(Array.from(results.querySelectorAll("#top-features .feature-label"), (cell) => explain(cell, state.model, sae.sae, Number(cell.dataset.feature))));
 }
 
 async function explain(cell, model, sae, id) {
@@ -218,7 +218,7 @@ function topFeatures(sae, n, state) {
             h(
               "tr",
               {},
-              h("td", { class: "feature-cell" }, h("a", { href: featureUrl(sae.sae, id, state.model) }, `#${id}`), h("div", { class: "note explanation", dataset: { feature: id } })),
+              h("td", { class: "feature-cell" }, h("a", { href: featureUrl(sae.sae, id, state.model) }, `#${id}`), h("div", { class: "note feature-label", dataset: { feature: id } })),
               h("td", { class: "num" }, s.count),
               h("td", { class: "num" }, fmt(s.max)),
               h("td", {}, colourButton(id)),
