@@ -74,3 +74,55 @@ def test_bad_intervention_shows_the_api_message(browser: Browser, server: Server
     assert status == 400, body
     assert shown == body["error"]["message"]
     assert str(too_strong) in shown
+
+
+def test_the_form_round_trips_through_the_url(browser: Browser, server: Server) -> None:
+    browser.open(RUN.format(value=16))
+    browser.driver.find_element("id", "add-iv").click()
+    feature_box = browser.driver.find_elements("css selector", ".intervention .feature")[1]
+    feature_box.send_keys("said")  # not an id: the box searches the row's SAE
+    browser.wait_for("document.querySelectorAll('.intervention datalist')[1].options.length > 0")
+    suggested = browser.js(
+        "return Array.from(document.querySelectorAll('.intervention datalist')[1].options,"
+        " o => Number(o.value))"
+    )
+    status, body = call_api(
+        server, "/v1/features/search?q=said&sae=resid_post.1&model=demo&limit=10"
+    )
+    assert status == 200
+    assert suggested == [m["feature"]["feature"] for m in body["matches"]]
+    feature_box.clear()
+    feature_box.send_keys(str(suggested[0]))
+    browser.js(
+        """const row = document.querySelectorAll('.intervention')[1];
+           const set = (cls, value, event) => {
+             const el = row.querySelector(cls);
+             el.value = value;
+             el.dispatchEvent(new Event(event));
+           };
+           set('.mode', 'clamp', 'change');
+           set('.strength', '3.5', 'input');
+           set('.positions', 'indices', 'change');
+           set('.indices', '0,2', 'input');
+           document.getElementById('n').value = '7';"""
+    )
+    browser.driver.find_element("id", "copy-link").click()
+    read_form = (
+        "return Array.from(document.querySelectorAll('#steer-form input, #steer-form select,"
+        " #steer-form textarea'), e => ['checkbox', 'radio'].includes(e.type) ? e.checked : e.value)"
+    )
+    before = browser.js(read_form)
+    link = browser.js("return location.pathname + location.search")
+    assert "iv=resid_post.1%3A" in link and "%3Aclamp%3A3.5%3Aindices%3A0%2C2" in link
+    browser.open(link)
+    assert browser.js(read_form) == before
+
+
+def test_chat_messages_on_a_model_with_a_chat_template(browser: Browser) -> None:
+    browser.open("/steer?model=tiny&msg=system:Be%20brief.&msg=user:Hello&n=4&temp=0&baseline=0")
+    assert browser.js("return document.querySelectorAll('#messages .message').length") == 2
+    browser.driver.find_element("id", "generate").click()
+    browser.wait_for("['done', 'error'].includes(document.getElementById('output').dataset.state)")
+    assert browser.js("return document.getElementById('output').dataset.state") == "done"
+    assert browser.js("return document.querySelectorAll('#steered-text .tok').length") == 4
+    assert browser.js("return document.getElementById('baseline')") is None

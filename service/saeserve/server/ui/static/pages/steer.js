@@ -79,7 +79,7 @@ function buildForm() {
       number("top_k", "Top k", params.get("top_k") || DEFAULTS.top_k, { min: 0 }),
       number("seed", "Seed (empty: random)", params.has("seed") ? params.get("seed") : DEFAULTS.seed, { min: 0 }),
       h("label", {}, "Stop strings (separate with |)", h("input", { id: "stop", name: "stop", value: params.getAll("stop").join("|") })),
-      h("label", { class: "check" }, h("input", { type: "checkbox", id: "baseline", name: "baseline", checked: params.get("baseline") !== "0" }), "Baseline beside it"),
+      h("label", { class: "check" }, h("input", { type: "checkbox", id: "include-baseline", name: "include_baseline", checked: params.get("baseline") !== "0" }), "Baseline beside it"),
     ),
     h(
       "div",
@@ -222,7 +222,7 @@ function readState() {
     top_k: el.top_k.value,
     seed: el.seed.value.trim(),
     stop: el.stop.value.split("|").filter((s) => s !== ""),
-    baseline: el.baseline.checked,
+    baseline: el.include_baseline.checked,
   };
 }
 
