@@ -4,14 +4,12 @@
 
 const KEY_STORAGE = "saeserve.apiKey";
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, error) {
     let message = error.message || `HTTP ${status}`;
     if (status === 401) message += " (type an API key into the box at the top right)";
     super(message);
     this.status = status;
-    this.type = error.type || "";
-    this.param = error.param ?? null;
   }
 }
 

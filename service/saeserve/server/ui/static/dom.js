@@ -82,16 +82,12 @@ export function initPage() {
   return document.getElementById("main");
 }
 
-// A <select> of the server's models; `chosen` (from ?model=) or the first (default) one.
-export function modelSelect(models, chosen, onchange) {
-  const select = h(
-    "select",
-    { id: "model", name: "model", onchange },
-    models.map((m) => h("option", { value: m.name, selected: m.name === chosen }, m.name)),
-  );
-  return select;
+// A <select id="model"> of the server's models with `chosen` selected.
+export function modelSelect(models, chosen) {
+  return h("select", { id: "model", name: "model" }, models.map((m) => h("option", { value: m.name, selected: m === chosen }, m.name)));
 }
 
+// The model named `name` (from ?model=), or the server's first, its default.
 export function pickModel(models, name) {
   return models.find((m) => m.name === name) || models[0];
 }

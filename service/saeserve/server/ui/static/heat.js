@@ -11,7 +11,7 @@ const BLUES = [
 ];
 
 // Colour for a fraction t in [0, 1] of the scale, interpolated between the classes.
-export function scaleColour(t) {
+function scaleColour(t) {
   const x = Math.min(1, Math.max(0, t)) * (BLUES.length - 1);
   const i = Math.min(BLUES.length - 2, Math.floor(x));
   const f = x - i;
@@ -22,7 +22,7 @@ export function scaleColour(t) {
 
 // Inline style for a token with `value` on a scale up to `max`: no background at 0
 // (or below), white text on the dark half.
-export function heatStyle(value, max) {
+function heatStyle(value, max) {
   if (!(value > 0) || !(max > 0)) return "";
   const t = 0.08 + 0.92 * Math.min(1, value / max);
   return `background:${scaleColour(t)};${t > 0.55 ? "color:#fff;" : ""}`;

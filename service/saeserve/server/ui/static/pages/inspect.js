@@ -4,7 +4,7 @@
 // the whole text. One Decompose call per run; the token row is built once.
 
 import { getJson, listModels, postJson } from "../api.js";
-import { clearError, featureUrl, fmt, h, initPage, markRendered, pickModel, showError, tokenLabel } from "../dom.js";
+import { clearError, featureUrl, fmt, h, initPage, markRendered, modelSelect, pickModel, showError, tokenLabel } from "../dom.js";
 import { legend, tokenNavigation, tokenRow } from "../heat.js";
 
 const TOP_K = 8;
@@ -35,7 +35,7 @@ markRendered();
 
 function buildForm() {
   const model = pickModel(models, params.get("model"));
-  const modelBox = h("select", { id: "model", name: "model" }, models.map((m) => h("option", { value: m.name, selected: m === model }, m.name)));
+  const modelBox = modelSelect(models, model);
   const saeBox = h("select", { id: "sae", name: "sae" });
   const fillSaes = () => {
     const chosen = pickModel(models, modelBox.value);

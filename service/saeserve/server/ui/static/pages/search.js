@@ -3,7 +3,7 @@
 // (fetched per match, after the list is shown).
 
 import { getJson, listModels } from "../api.js";
-import { clearError, featureUrl, fmt, h, initPage, markRendered, pickModel, showError } from "../dom.js";
+import { clearError, featureUrl, fmt, h, initPage, markRendered, modelSelect, pickModel, showError } from "../dom.js";
 import { histogram } from "../histogram.js";
 
 const main = initPage();
@@ -25,7 +25,7 @@ markRendered();
 
 function buildForm() {
   const model = pickModel(models, params.get("model"));
-  const modelBox = h("select", { id: "model", name: "model" }, models.map((m) => h("option", { value: m.name, selected: m === model }, m.name)));
+  const modelBox = modelSelect(models, model);
   const saeBox = h("select", { id: "sae", name: "sae" });
   const fillSaes = () => {
     const indexed = pickModel(models, modelBox.value).saes.filter((s) => s.has_feature_index);

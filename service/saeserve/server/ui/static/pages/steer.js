@@ -5,7 +5,7 @@
 // whole form lives in the URL (see stateToUrl), so a link reproduces a result.
 
 import { generateStream, getJson, listModels } from "../api.js";
-import { clearError, featureUrl, fmt, h, initPage, markRendered, pickModel, showError } from "../dom.js";
+import { clearError, featureUrl, fmt, h, initPage, markRendered, modelSelect, pickModel, showError } from "../dom.js";
 import { tokenNavigation } from "../heat.js";
 
 const MODES = ["add", "clamp", "scale", "ablate"];
@@ -41,7 +41,7 @@ function buildForm() {
   const model = pickModel(models, params.get("model"));
   const messages = params.getAll("msg").map(parseMessage);
   const useChat = messages.length > 0;
-  const modelBox = h("select", { id: "model", name: "model" }, models.map((m) => h("option", { value: m.name, selected: m === model }, m.name)));
+  const modelBox = modelSelect(models, model);
   const promptBox = h("textarea", { id: "prompt", name: "prompt", rows: 3, placeholder: "Once upon a time" }, params.get("prompt") || "");
   const chatBox = h("div", { id: "messages", class: "interventions" });
   const kind = (value, label) => h("label", { class: "check" }, h("input", { type: "radio", name: "kind", value, checked: (value === "chat") === useChat }), label);
@@ -291,8 +291,7 @@ function tokenSpan(chunk) {
   if (chunk.top_logprobs && chunk.top_logprobs.length) {
     lines.push(`alternatives: ${chunk.top_logprobs.map((t) => `${JSON.stringify(t.token)} ${fmt(t.logprob)}`).join(", ")}`);
   }
-  const span = h("span", { class: "tok", tabindex: -1, title: lines.join("\n"), dataset: { logprob: p ?? "" } }, chunk.text);
-  return span;
+  return h("span", { class: "tok", tabindex: -1, title: lines.join("\n") }, chunk.text);
 }
 
 async function generate() {
