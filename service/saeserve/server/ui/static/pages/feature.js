@@ -1,7 +1,8 @@
 // Feature page (/saes/{sae}/features/{id}?model=): explanation, density, histogram, top
 // activating contexts as heat maps (the max token outlined, values on hover and focus),
-// promoted and suppressed tokens, previous/next and jump-to-id, and a link that opens the
-// playground with this feature filled in.
+// promoted and suppressed tokens, previous/next and jump-to-id, and links that open the
+// playground and the inspector with this feature filled in. Without ?model= the page
+// uses the first model that has an SAE of this id.
 
 import { getJson, listModels } from "../api.js";
 import { featureUrl, fmt, h, initPage, markRendered, percent, pickModel, showError, tokenLabel } from "../dom.js";
@@ -11,7 +12,7 @@ import { histogram } from "../histogram.js";
 const main = initPage();
 const [, , saeId, , featureText] = location.pathname.split("/").map(decodeURIComponent);
 const feature = Number(featureText);
-const modelName = new URLSearchParams(location.search).get("model") || "";
+const modelParam = new URLSearchParams(location.search).get("model") || "";
 
 main.append(h("p", { class: "crumbs" }, h("a", { href: "/" }, "models"), " / ", saeId));
 const heading = h("h1", {}, `Feature ${featureText}`);
@@ -19,16 +20,14 @@ main.append(heading);
 
 try {
   if (!Number.isInteger(feature) || feature < 0) throw new Error(`Feature id must be a whole number ≥ 0, not "${featureText}"`);
-  const [models, info] = await Promise.all([
-    listModels(),
-    getJson(`/v1/saes/${encodeURIComponent(saeId)}/features/${feature}`, { model: modelName }),
-  ]);
-  const model = pickModel(models, modelName);
+  const models = await listModels();
+  const model = modelParam ? pickModel(models, modelParam) : models.find((m) => m.saes.some((s) => s.id === saeId)) || models[0];
+  const info = await getJson(`/v1/saes/${encodeURIComponent(saeId)}/features/${feature}`, { model: modelParam || model.name });
   const sae = model.saes.find((s) => s.id === saeId);
   main.append(navigation(sae ? sae.d_sae : feature + 1, model.name));
   render(info, model.name);
 } catch (err) {
-  main.append(navigation(Infinity, modelName));
+  main.append(navigation(Infinity, modelParam));
   showError(main, err);
 }
 markRendered();
@@ -59,7 +58,15 @@ function render(info, model) {
   );
   const steerValue = info.has_statistics && info.max_activation > 0 ? fmt(info.max_activation) : "8";
   const steer = new URLSearchParams({ model, iv: `${saeId}:${feature}:add:${steerValue}:all` });
-  main.append(h("p", {}, h("a", { class: "button", href: `/steer?${steer}` }, "Steer with this feature")));
+  const inspect = new URLSearchParams({ model, sae: saeId, feature });
+  main.append(
+    h(
+      "p",
+      { class: "links" },
+      h("a", { class: "button", href: `/steer?${steer}` }, "Steer with this feature"),
+      h("a", { class: "button secondary", href: `/inspect?${inspect}` }, "Colour a text by it"),
+    ),
+  );
 
   if (!info.has_statistics) {
     main.append(h("p", { class: "note" }, "This SAE has no feature index: statistics and contexts are unavailable; the logit effects below come from the weights."));
