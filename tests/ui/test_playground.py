@@ -39,6 +39,15 @@ def test_playground_streams_both_columns_and_steering_changes_the_text(browser: 
     assert len(steered) == 16 and len(baseline) == 16
     assert "".join(t["text"] for t in steered) != "".join(t["text"] for t in baseline)
     assert all("logprob" in t["title"] and "alternatives" in t["title"] for t in steered)
+    # the steered feature is tracked: in each tooltip, and colouring the tokens by default
+    assert all("resid_post.2/1224 " in t["title"] for t in steered + baseline)
+    assert browser.js("return document.getElementById('colour-by').value") == "0"
+    coloured = browser.js(
+        "return Array.from(document.querySelectorAll('.stream .tok'), t => ["
+        " Number(t.dataset.tracked), t.style.backgroundColor !== ''])"
+    )
+    assert len(coloured) == 32 and any(value > 0 for value, _ in coloured)
+    assert all((value > 0) == has_colour for value, has_colour in coloured)
     for column in ("steered", "baseline"):
         finish = browser.js(f"return document.getElementById('{column}-finish').textContent")
         assert finish.startswith("finished: length · 16 tokens")

@@ -22,7 +22,7 @@ function scaleColour(t) {
 
 // Inline style for a token with `value` on a scale up to `max`: no background at 0
 // (or below), white text on the dark half.
-function heatStyle(value, max) {
+export function heatStyle(value, max) {
   if (!(value > 0) || !(max > 0)) return "";
   const t = 0.08 + 0.92 * Math.min(1, value / max);
   return `background:${scaleColour(t)};${t > 0.55 ? "color:#fff;" : ""}`;

@@ -1,12 +1,13 @@
 // Steering playground (/steer): a prompt or chat messages, any number of interventions
 // (feature by id or by search, mode, strength, positions), sampling settings and seed.
 // One /v1/generate call streams the steered and baseline continuations side by side;
-// each token shows its logprob and the likeliest alternatives on hover or focus. The
-// whole form lives in the URL (see stateToUrl), so a link reproduces a result.
+// each token shows its logprob, the likeliest alternatives and the steered features'
+// activations (tracked) on hover or focus, and the columns can be coloured by one of those
+// features. The whole form lives in the URL (see stateToUrl), so a link reproduces a result.
 
 import { generateStream, getJson, listModels } from "../api.js";
 import { clearError, featureUrl, fmt, h, initPage, markRendered, modelSelect, pickModel, showError } from "../dom.js";
-import { tokenNavigation } from "../heat.js";
+import { heatStyle, legend, tokenNavigation } from "../heat.js";
 
 const MODES = ["add", "clamp", "scale", "ablate"];
 const POSITIONS = ["all", "prompt", "generated", "indices"];
@@ -241,6 +242,15 @@ function stateToUrl(state) {
   return `${location.pathname}?${url}`;
 }
 
+// The steered features, each once: tracked, so every token reports their activations.
+function trackedFeatures(interventions) {
+  const unique = new Map();
+  for (const iv of interventions) {
+    if (/^\d+$/.test(iv.feature)) unique.set(`${iv.sae}/${iv.feature}`, { sae: iv.sae, feature: Number(iv.feature) });
+  }
+  return [...unique.values()];
+}
+
 // The GenerateRequest JSON; the server validates every field and names any it rejects.
 function requestBody(state) {
   const sampling = { max_new_tokens: Number(state.n), temperature: Number(state.temp), top_p: Number(state.top_p), top_k: Number(state.top_k), stop: state.stop };
@@ -257,6 +267,7 @@ function requestBody(state) {
       indices: iv.positions === "indices" ? iv.indices.split(",").filter((s) => s.trim()).map(Number) : [],
     })),
     include_baseline: state.baseline,
+    track: trackedFeatures(state.interventions),
     logprobs: true,
     top_logprobs: TOP_LOGPROBS,
   };
@@ -284,14 +295,38 @@ function column(id, title, prompt) {
   return { el: h("section", { class: "card", id, "aria-label": title }, h("h2", {}, title), stream, finish, readout), stream, finish };
 }
 
-function tokenSpan(chunk) {
+function tokenSpan(chunk, track) {
   const p = chunk.logprob;
   const lines = [`${JSON.stringify(chunk.text)} (token ${chunk.token_id})`];
   if (p !== undefined && p !== null) lines.push(`logprob ${fmt(p)} (p ${fmt(Math.exp(p))})`);
   if (chunk.top_logprobs && chunk.top_logprobs.length) {
     lines.push(`alternatives: ${chunk.top_logprobs.map((t) => `${JSON.stringify(t.token)} ${fmt(t.logprob)}`).join(", ")}`);
   }
-  return h("span", { class: "tok", tabindex: -1, title: lines.join("\n") }, chunk.text);
+  track.forEach((t, j) => lines.push(`${t.sae}/${t.feature} ${fmt(chunk.tracked[j] ?? 0)}`));
+  return h("span", { class: "tok", tabindex: -1, title: lines.join("\n"), dataset: { tracked: chunk.tracked.join(",") } }, chunk.text);
+}
+
+// "Colour by": none, or one tracked feature (its index in chunk.tracked).
+function colourControl(track) {
+  if (!track.length) return null;
+  const select = h(
+    "select",
+    { id: "colour-by", onchange: colourTokens },
+    h("option", { value: "-1" }, "nothing"),
+    track.map((t, j) => h("option", { value: j, selected: j === 0 }, `${t.sae}/${t.feature}`)),
+  );
+  return h("div", { class: "row colour-by" }, h("label", {}, "Colour tokens by feature", select), h("div", { id: "colour-legend" }));
+}
+
+function colourTokens() {
+  const select = document.getElementById("colour-by");
+  if (!select) return;
+  const j = Number(select.value);
+  const tokens = output.querySelectorAll(".stream .tok");
+  const values = Array.from(tokens, (t) => (j < 0 ? 0 : Number(t.dataset.tracked.split(",")[j]) || 0));
+  const max = Math.max(0, ...values);
+  tokens.forEach((t, i) => t.setAttribute("style", heatStyle(values[i], max)));
+  document.getElementById("colour-legend").replaceChildren(j < 0 ? "" : legend(max, select.selectedOptions[0].textContent));
 }
 
 async function generate() {
@@ -302,7 +337,8 @@ async function generate() {
   const steered = column("steered", state.interventions.length ? "Steered" : "No interventions", shownPrompt);
   const baseline = column("baseline", "Baseline", shownPrompt);
   const columns = { VARIANT_STEERED: steered, VARIANT_BASELINE: baseline };
-  output.replaceChildren(h("div", { class: state.baseline ? "columns" : "" }, steered.el, state.baseline ? baseline.el : null));
+  const track = trackedFeatures(state.interventions);
+  output.replaceChildren(colourControl(track), h("div", { class: state.baseline ? "columns" : "" }, steered.el, state.baseline ? baseline.el : null));
   output.dataset.state = "streaming";
   const button = document.getElementById("generate");
   const stopButton = document.getElementById("stop-button");
@@ -314,7 +350,7 @@ async function generate() {
       const col = columns[chunk.variant];
       if (!col) continue;
       if (chunk.token_id >= 0) {
-        const span = tokenSpan(chunk);
+        const span = tokenSpan(chunk, track);
         if (!col.stream.querySelector(".tok")) span.tabIndex = 0;
         col.stream.append(span);
       }
@@ -329,6 +365,7 @@ async function generate() {
     output.dataset.state = err.name === "AbortError" ? "stopped" : "error";
     if (err.name !== "AbortError") showError(main, err);
   } finally {
+    colourTokens();
     running = null;
     button.disabled = false;
     stopButton.disabled = true;
