@@ -51,6 +51,8 @@ TARGETS = {
     "memory_engine": "growth <= 5% after warm-up",
     "memory_replica": "growth <= 5% after warm-up",
     "gpu": "-",
+    "http_latency": "added p50 <= 5 ms",
+    "http_streams": ">= 0.9x",
 }
 GROUPS: dict[str, list[str]] = {
     "decompose": ["decompose"],
@@ -107,6 +109,8 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
             "overhead_decompose",
             "streams_4",
             "streams_8",
+            "http_latency",
+            "http_streams",
             "memory_replica",
         ],
     ),

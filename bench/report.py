@@ -49,6 +49,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "memory_engine": "7. Memory: engine process under mixed load",
     "memory_replica": "7. Memory: service replica under mixed load",
     "gpu": "8. GPU: 1B Llama bf16 decode and Decompose",
+    "http_latency": "9. HTTP /v1/completions vs gRPC Generate: added p50",
+    "http_streams": "9. HTTP vs gRPC: 8 concurrent streams, tokens/s",
 }
 
 

@@ -2,7 +2,8 @@
 
 Starts one local Ray Serve instance with the app ``saeserve`` (``bench.server``), then
 runs, in this order: the service overhead (4), Decompose load with batching (3), the
-concurrent Generate streams (6) and the replica's memory under mixed load (7); last it
+concurrent Generate streams (6), HTTP against gRPC (9) and the replica's memory under
+mixed load (7); last it
 redeploys the app with ``limits.max_batch_size=1`` and runs the Decompose load again
 without batching (3). A measurement that fails gets "not run" rows with its error, and
 the others still run.
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench import batching, overhead, replica_memory, streams
+from bench import batching, http_api, overhead, replica_memory, streams
 from bench.assets import bench_texts
 from bench.context import Context, Mode
 from bench.load import LoadResult
@@ -30,6 +31,8 @@ TARGETS = {
     "streams_4": "(no target)",
     "streams_8": f">= {streams.TARGET_8:.1f}x",
     "memory_replica": "growth <= 5% after warm-up",
+    "http_latency": f"added p50 <= {http_api.TARGET_ADDED_MS:.0f} ms",
+    "http_streams": f">= {http_api.TARGET_STREAMS:.1f}x",
 }
 
 
@@ -76,6 +79,19 @@ def measure(ctx: Context) -> list[Row]:
             lambda: streams.measure(
                 server.target, sae_id, ctx.count(64, 32, 8), ctx.count(3, 1, 1)
             ),
+        )
+        http_url = f"http://127.0.0.1:{server.settings.http_port}"
+        rows += _guarded(
+            ["http_latency"],
+            lambda: [http_api.measure_latency(server.target, http_url, ctx.count(100, 30, 5))],
+        )
+        rows += _guarded(
+            ["http_streams"],
+            lambda: [
+                http_api.measure_streams(
+                    server.target, http_url, sae_id, ctx.count(64, 32, 8), ctx.count(3, 1, 1)
+                )
+            ],
         )
         rows += _guarded(
             ["memory_replica"],

@@ -23,9 +23,14 @@ LEVELS = (1, 4, 8)
 TARGET_8 = 4.0
 
 
-async def _streams(target: str, sae_id: str, n: int, new_tokens: int) -> tuple[int, float]:
+async def run_streams(
+    target: str, sae_id: str, n: int, new_tokens: int, *, steer: bool = True
+) -> tuple[int, float]:
+    """``n`` concurrent greedy streams (each its own ADD + SCALE, unless not ``steer``):
+    (tokens, seconds until the last one ends)."""
+
     async def one(i: int) -> int:
-        steer = [Steer.add(sae_id, 10 + 2 * i, 4.0), Steer.scale(sae_id, 11 + 2 * i, 2.0)]
+        ivs = [Steer.add(sae_id, 10 + 2 * i, 4.0), Steer.scale(sae_id, 11 + 2 * i, 2.0)]
         count = 0
         async with (
             AsyncSaeserveClient(target, retry=NO_RETRY, timeout=300.0) as client,
@@ -34,7 +39,7 @@ async def _streams(target: str, sae_id: str, n: int, new_tokens: int) -> tuple[i
                 max_new_tokens=new_tokens,
                 temperature=0.0,
                 ignore_eos=True,  # every stream writes new_tokens tokens
-                interventions=steer,
+                interventions=ivs if steer else [],
             ) as stream,
         ):
             async for chunk in stream:
@@ -47,7 +52,7 @@ async def _streams(target: str, sae_id: str, n: int, new_tokens: int) -> tuple[i
 
 
 def aggregate_rate(target: str, sae_id: str, n: int, new_tokens: int) -> float:
-    tokens, seconds = asyncio.run(_streams(target, sae_id, n, new_tokens))
+    tokens, seconds = asyncio.run(run_streams(target, sae_id, n, new_tokens))
     return tokens / seconds
 
 

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from saeserve_client import Steer
+from saeserve_client.cli import parse_feature_ref, parse_steer
 from tests.client.fake_server import FakeSaeserve, FakeServer
 
 ANSI = "\x1b["
@@ -199,6 +201,14 @@ def test_errors_and_usage(server: FakeServer) -> None:
     )
     usage = saeserve(server, "generate", "x", "--steer", "resid_post.0:5:boost:1")
     assert usage.returncode == 2 and "SAE:FEATURE:MODE:VALUE" in usage.stderr
+
+
+def test_sae_ids_may_contain_slashes() -> None:
+    """Default ids of Gemma Scope and OpenAI SAEs do (saeserve.sae.ids)."""
+    sae = "layer_12/width_16k/average_l0_82"
+    assert parse_steer(f"{sae}:5:add:3") == Steer("add", sae, 5, 3.0)
+    assert parse_steer(f"{sae}:5:ablate") == Steer("ablate", sae, 5, 0.0)
+    assert parse_feature_ref(f"{sae}:5") == (sae, 5)
 
 
 def test_target_and_api_key_from_environment(server: FakeServer, fake: FakeSaeserve) -> None:

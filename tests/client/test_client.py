@@ -105,12 +105,15 @@ def test_generate_streams_typed_chunks(client: SaeserveClient, fake: FakeSaeserv
             include_baseline=True,
             track=[("resid_post.0", 5), ("mlp_out.1", 1)],
             logprobs=True,
+            top_logprobs=2,
         )
     )
     assert [c.variant for c in chunks] == ["steered", "baseline"] * 3
     first = chunks[0]
     assert (first.index, first.token_id, first.text) == (0, 10, " s0")
     assert first.logprob == pytest.approx(-0.1)
+    assert [(t.token_id, t.token) for t in first.top_logprobs] == [(0, "t0"), (1, "t1")]
+    assert [t.logprob for t in first.top_logprobs] == pytest.approx([-0.5, -1.0])
     assert first.tracked.tolist() == [0.0, 1.0] and first.tracked.dtype == np.float32
     assert first.finish_reason is None and first.usage is None and not first.is_final
     last = chunks[-1]
@@ -126,6 +129,7 @@ def test_generate_streams_typed_chunks(client: SaeserveClient, fake: FakeSaeserv
 
     sent = fake.requests["Generate"]
     assert sent.prompt == "a b" and sent.include_baseline and sent.logprobs
+    assert sent.top_logprobs == 2
     assert sent.sampling.HasField("temperature") and sent.sampling.temperature == 0.0
     assert not sent.sampling.HasField("top_p")
     assert sent.sampling.seed == 7 and list(sent.sampling.stop) == ["\n"]

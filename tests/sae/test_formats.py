@@ -6,6 +6,7 @@ point handling, and the errors. Run: ``pytest tests/sae/test_formats.py -q``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -161,6 +162,43 @@ def test_saelens_jumprelu_log_threshold(tmp_path: Path) -> None:
     check(sae, x, a, a @ w["W_dec"] + w["b_dec"])
 
 
+def test_saelens_topk_rescale_acts_by_decoder_norm(tmp_path: Path) -> None:
+    """SAELens 6's TopK training default: encode ranks and returns pre * |W_dec[i]|, decode
+    divides the latents by |W_dec[i]| again (sae_lens 6.54.12 saes/topk_sae.py, TopKSAE
+    encode/decode and act_times_W_dec)."""
+    rng = np.random.default_rng(18)
+    w = saelens_weights(rng)
+    w["W_dec"] *= np.exp(rng.uniform(-1.5, 1.5, (D_SAE, 1))).astype(np.float32)
+    w["W_dec"][5] = 0  # a dead row: SAELens encodes its latent as 0 (its decode divides by 0)
+    cfg = saelens_v6_cfg("topk", k=K, rescale_acts_by_decoder_norm=True)
+    sae = load_sae(write_saelens_folder(tmp_path / "rescaled", cfg, w))
+
+    xn, x = inputs(9)
+    pre = (xn - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    norms = np.linalg.norm(w["W_dec"].astype(np.float64), axis=-1)
+    a = np_topk_relu(pre * norms, K)
+    recon = (a / np.where(norms > 0, norms, 1)) @ w["W_dec"] + w["b_dec"]
+    check(sae, x, a, recon)
+    assert not np.array_equal(a != 0, np_topk_relu(pre, K) != 0)  # the rescale matters here
+    row_norms = sae.W_dec.detach().norm(dim=-1).numpy()
+    np.testing.assert_allclose(row_norms[norms > 0], 1, rtol=1e-6)
+    assert row_norms[5] == 0
+
+
+def test_saelens_rescale_in_metadata_of_jumprelu_is_ignored(tmp_path: Path) -> None:
+    """A BatchTopK SAE is saved as JumpReLU with its training details in metadata; SAELens
+    folds the decoder norms before saving it and its JumpReLU config has no such field."""
+    w = saelens_weights(np.random.default_rng(19), threshold=True)
+    cfg = saelens_v6_cfg("jumprelu")
+    cfg["metadata"]["training_architecture_details"] = {"rescale_acts_by_decoder_norm": True}
+    cfg["metadata"]["rescale_acts_by_decoder_norm"] = True
+    sae = load_sae(write_saelens_folder(tmp_path / "batchtopk", cfg, w))
+    xn, x = inputs(10)
+    pre = (xn - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    a = np.maximum(pre, 0) * (pre > w["threshold"])
+    check(sae, x, a, a @ w["W_dec"] + w["b_dec"])
+
+
 def test_saelens_relu_layer_norm(tmp_path: Path) -> None:
     w = saelens_weights(np.random.default_rng(4))
     cfg = saelens_v6_cfg("standard", normalize_activations="layer_norm")
@@ -275,7 +313,11 @@ def test_openai_topk_layernorm(tmp_path: Path) -> None:
     x_ln, mu, std = np_layernorm(xn)
     a = np_topk_relu((x_ln - pre_bias) @ enc.T + latent_bias, K)
     check(sae, x, a, (a @ dec.T + pre_bias) * std + mu)
-    assert (sae.cfg.id, sae.cfg.hook_point, sae.cfg.k) == ("6", "resid_post.6", K)
+    assert (sae.cfg.id, sae.cfg.hook_point, sae.cfg.k) == (
+        "resid_post_mlp_v5_32k/6",
+        "resid_post.6",
+        K,
+    )
 
 
 def test_openai_relu_no_layernorm(tmp_path: Path) -> None:
@@ -342,10 +384,10 @@ def test_gemmascope_jumprelu(tmp_path: Path) -> None:
     pre = xn @ p["W_enc"] + p["b_enc"]  # no b_dec subtraction
     a = (pre > p["threshold"]) * np.maximum(pre, 0)
     check(sae, x, a, a @ p["W_dec"] + p["b_dec"])
-    assert (sae.cfg.id, sae.cfg.hook_point) == ("average_l0_82", "resid_post.12")
-    assert load_sae(
-        folder / "params.npz", hook_point="blocks.12.hook_resid_post"
-    ).cfg.hook_point == ("blocks.12.hook_resid_post")
+    assert (sae.cfg.id, sae.cfg.hook_point) == ("layer_12/width_16k/average_l0_82", "resid_post.12")
+    from_file = load_sae(folder / "params.npz", hook_point="blocks.12.hook_resid_post")
+    assert from_file.cfg.hook_point == "blocks.12.hook_resid_post"
+    assert from_file.cfg.id == sae.cfg.id
 
 
 # --- native write -> read --------------------------------------------------------------------
@@ -375,16 +417,26 @@ def test_native_round_trip(tmp_path: Path, activation: Activation, input_norm: I
 
     folder = write_sae(sae, tmp_path / "rt-sae")
     back = load_sae(folder)
-    assert back.cfg == sae.cfg
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
-        assert torch.equal(getattr(back, name), getattr(sae, name)), name
-
     written = json.loads((folder / "cfg.json").read_text())
+    if input_norm is InputNorm.SCALE:  # folded into the weights: the same SAE on unscaled input
+        assert back.cfg == dataclasses.replace(cfg, input_norm=InputNorm.NONE, norm_scale=1.0)
+        assert written["saeserve"]["folded_norm_scale"] == cfg.norm_scale
+        _, x = inputs(11)
+        with torch.no_grad():
+            # float32 rounding of the folded weights, on latents and outputs of size ~10
+            torch.testing.assert_close(back.encode(x), sae.encode(x), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(back(x), sae(x), rtol=1e-4, atol=1e-4)
+    else:
+        assert back.cfg == sae.cfg
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            assert torch.equal(getattr(back, name), getattr(sae, name)), name
+
     architecture = {"topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}[activation]
-    normalize = {"none": "none", "layernorm": "layer_norm", "scale": "expected_average_only_in"}
+    normalize = {"none": "none", "layernorm": "layer_norm", "scale": "none"}
     assert written["architecture"] == architecture
     assert written["hook_name"] == "blocks.3.hook_resid_post"
     assert written["normalize_activations"] == normalize[input_norm]
+    assert "norm_scaling_factor" not in written
     assert written.get("k") == cfg.k
     assert written["d_in"] == D_IN and written["d_sae"] == D_SAE
 

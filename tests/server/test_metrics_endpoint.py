@@ -30,7 +30,7 @@ def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
                 sorted(
                     (k, v)
                     for k, v in s.labels.items()
-                    if k in {"rpc", "code", "variant", "mode", "reason", "le"}
+                    if k in {"rpc", "code", "transport", "variant", "mode", "reason", "le"}
                 )
             )
             out[(s.name, labels)] = out.get((s.name, labels), 0.0) + s.value

@@ -91,6 +91,19 @@ limits: {max_top_k: 32, max_batch_size: 4}
     assert model.saes[1].hook_point == "resid_pre.8"
 
 
+def test_default_sae_ids_of_published_layouts_do_not_collide() -> None:
+    """Gemma Scope folders all end in average_l0_N; OpenAI files are all <layer>.pt."""
+    gemma = "/saes/gemma-scope-2b-pt-res/layer_{}/width_16k/average_l0_82"
+    openai = "/saes/gpt2-small/resid_post_mlp_v5_{}/autoencoders/8.pt"
+    paths = [gemma.format(12), gemma.format(20) + "/params.npz", openai.format("32k")]
+    model = ModelSpec(name="m", path=Path("/m"), saes=[SaeSpec(path=Path(p)) for p in paths])
+    assert [s.effective_id for s in model.saes] == [
+        "layer_12/width_16k/average_l0_82",
+        "layer_20/width_16k/average_l0_82",
+        "resid_post_mlp_v5_32k/8",
+    ]
+
+
 def test_config_file_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _write(tmp_path / "c.yaml", "replicas: 3\n")
     monkeypatch.setenv("SAESERVE_CONFIG", str(config))

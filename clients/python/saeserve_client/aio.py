@@ -120,6 +120,7 @@ class AsyncSaeserveClient:
         include_baseline: bool = False,
         track: Sequence[tuple[str, int]] = (),
         logprobs: bool = False,
+        top_logprobs: int = 0,
         timeout: float | None = None,
     ) -> AsyncGenerateStream:
         request = convert.generate_request(
@@ -136,6 +137,7 @@ class AsyncSaeserveClient:
             include_baseline=include_baseline,
             track=track,
             logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
         budget = self.options.generate_timeout if timeout is None else timeout
         attempts = Attempts(self.options.retry, budget)

@@ -168,6 +168,13 @@ def _generate(parser: argparse.ArgumentParser) -> None:
         help="report this feature's activation with each token (--json; repeatable)",
     )
     parser.add_argument("--logprobs", action="store_true", help="report token logprobs (--json)")
+    parser.add_argument(
+        "--top-logprobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --logprobs: also the N most likely tokens per step (--json)",
+    )
 
 
 def _feature(parser: argparse.ArgumentParser) -> None:
@@ -284,6 +291,7 @@ def _run_generate(
         include_baseline=args.baseline,
         track=args.track,
         logprobs=args.logprobs,
+        top_logprobs=args.top_logprobs,
         timeout=args.timeout,
     )
     with stream:

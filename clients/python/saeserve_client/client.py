@@ -146,6 +146,7 @@ class SaeserveClient:
         include_baseline: bool = False,
         track: Sequence[tuple[str, int]] = (),
         logprobs: bool = False,
+        top_logprobs: int = 0,
         timeout: float | None = None,
     ) -> GenerateStream:
         """Stream a continuation of ``prompt`` (a string, or chat messages as
@@ -167,6 +168,7 @@ class SaeserveClient:
             include_baseline=include_baseline,
             track=track,
             logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
         budget = self.options.generate_timeout if timeout is None else timeout
         return GenerateStream(

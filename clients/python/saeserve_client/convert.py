@@ -29,6 +29,7 @@ from saeserve_client.results import (
     Steer,
     TextDecomposition,
     TokenEffect,
+    TokenLogprob,
     Tokens,
     Usage,
 )
@@ -163,6 +164,7 @@ def generate_chunk(msg: pb.GenerateChunk) -> GenerateChunk:
         usage=Usage(msg.usage.prompt_tokens, msg.usage.generated_tokens)
         if msg.HasField("usage")
         else None,
+        top_logprobs=[TokenLogprob(t.token_id, t.token, f32(t.logprob)) for t in msg.top_logprobs],
     )
 
 
@@ -301,6 +303,7 @@ def generate_request(
     include_baseline: bool,
     track: Sequence[tuple[str, int]],
     logprobs: bool,
+    top_logprobs: int,
 ) -> pb.GenerateRequest:
     sampling = pb.SamplingParams(
         max_new_tokens=max_new_tokens, top_k=top_k, stop=list(stop), ignore_eos=ignore_eos
@@ -321,6 +324,7 @@ def generate_request(
         include_baseline=include_baseline,
         track=[pb.FeatureRef(sae=s, feature=int(f)) for s, f in track],
         logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
 
 

@@ -11,7 +11,7 @@ float32. Nothing here knows about gRPC; ``convert`` builds these from protobuf.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -132,13 +132,23 @@ class Usage:
     generated_tokens: int
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A candidate token at one step with its natural-log probability."""
+
+    token_id: int
+    token: str
+    logprob: float
+
+
 @dataclass(frozen=True, eq=False)
 class GenerateChunk:
     """One streamed token of one variant ("steered" or "baseline").
 
     ``finish_reason`` ("length", "stop", "eos", "cancelled") and ``usage`` are set on a
     variant's last chunk only; a "cancelled" final chunk carries no token (id -1).
-    ``tracked`` holds the tracked features' activations in request order.
+    ``tracked`` holds the tracked features' activations in request order;
+    ``top_logprobs`` the step's most likely tokens when the request asked for them.
     """
 
     variant: str
@@ -149,6 +159,7 @@ class GenerateChunk:
     tracked: npt.NDArray[np.float32]
     finish_reason: str | None
     usage: Usage | None
+    top_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:

@@ -85,10 +85,11 @@ class SaeserveServicer(saeserve_pb2_grpc.SaeserveServicer):
         cancels (or its deadline passes), grpc cancels this coroutine wherever it waits,
         and ``aclosing`` then closes the operation's stream, which stops the generation."""
         try:
-            chunks = self.ops.generate(request, _caller(context))
-            async with contextlib.aclosing(chunks):
-                async for chunk in chunks:
-                    await context.write(chunk)
+            groups = self.ops.generate(request, _caller(context))
+            async with contextlib.aclosing(groups):
+                async for group in groups:
+                    for chunk in group:
+                        await context.write(chunk)
         except OperationFailed as failed:
             await _abort(context, failed)
 

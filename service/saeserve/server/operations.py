@@ -208,9 +208,9 @@ class Operations:
 
     async def generate(
         self, request: pb.GenerateRequest, caller: Caller
-    ) -> AsyncGenerator[pb.GenerateChunk, None]:
-        """The chunks as the model replica makes them (it sends its events in groups,
-        limits.stream_interval_s; each event is one chunk).
+    ) -> AsyncGenerator[list[pb.GenerateChunk], None]:
+        """The chunks in the groups the model replica sends them in (limits.stream_interval_s;
+        each engine event is one chunk); a transport may write a group as one message.
 
         Closing the iterator (``aclose``, as ``contextlib.aclosing`` does when the consumer
         is cancelled) or cancelling a task that awaits it stops the replica's generation:
@@ -225,9 +225,11 @@ class Operations:
             try:
                 index = dict.fromkeys(Variant, 0)
                 async for events in stream:
+                    group = []
                     for ev in events:
-                        yield chunk_to_proto(ev, index[ev.variant], prompt_tokens, strings)
+                        group.append(chunk_to_proto(ev, index[ev.variant], prompt_tokens, strings))
                         index[ev.variant] += 1
+                    yield group
             finally:
                 stream.cancel()
 

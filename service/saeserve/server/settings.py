@@ -30,14 +30,13 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from saeserve.sae.ids import default_sae_id
+
 DEMO_DATA = Path(__file__).resolve().parent.parent / "demo" / "data"
 """Folder of the built-in demo: ``model/`` (a causal LM folder) and ``saes/<id>/``."""
 
 CONFIG_FILE_ENV = "SAESERVE_CONFIG"
 """Environment variable naming a YAML settings file when ``load`` is given none."""
-
-SAE_FILE_SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
-"""Suffixes of single-file SAEs, dropped when an SAE's id comes from its file name."""
 
 _config_file: ContextVar[Path | None] = ContextVar("saeserve_config_file", default=None)
 
@@ -50,7 +49,7 @@ class SaeSpec(BaseModel):
     path: Path
     """Folder (SAELens, sparsify hook point, Gemma Scope) or file (OpenAI ``.pt``) to load."""
     id: str = ""
-    """Identifier in the API; empty = the folder name, or the file name without suffix."""
+    """Identifier in the API; empty = from the path (``saeserve.sae.ids``), may contain "/"."""
     hook_point: str = ""
     """Hook point override (any alias); empty = the one recorded with the SAE."""
     index: Path | None = None
@@ -64,10 +63,7 @@ class SaeSpec(BaseModel):
     @property
     def effective_id(self) -> str:
         """The id the API uses for this SAE."""
-        if self.id:
-            return self.id
-        name = self.path.name  # folders may contain dots: blocks.8.hook_resid_pre
-        return self.path.stem if self.path.suffix in SAE_FILE_SUFFIXES else name
+        return self.id or default_sae_id(self.path)
 
 
 class ModelSpec(BaseModel):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from saeserve.errors import InvalidArgument, NotFound
 from saeserve.sae.base import Sae, SaeConfig
 from saeserve.sae.formats import gemmascope, openai, saelens, sparsify
+from saeserve.sae.ids import default_sae_id
 
 __all__ = ["SaeFormat", "detect_format", "load_sae", "write_sae"]
 
@@ -62,9 +63,10 @@ def load_sae(
 ) -> Sae:
     """Read the SAE at ``path`` in whichever supported layout it is.
 
-    ``dtype`` defaults to the file's own; ``sae_id`` to the folder/file name (the folder's
-    for params.npz). ``hook_point`` replaces whatever the files say (OpenAI and Gemma
-    Scope files record none; it is then inferred from the published folder names, or is
+    ``dtype`` defaults to the file's own; ``sae_id`` to ``default_sae_id`` of the SAE's file
+    or folder (its name, or more of its path where names repeat, as Gemma Scope's and
+    OpenAI's do). ``hook_point`` replaces whatever the files say (OpenAI and Gemma Scope
+    files record none; it is then inferred from the published folder names, or is
     ``resid_post.<layer>`` when ``layer`` is given, or left empty). ``layer`` also picks
     the hookpoint folder of a sparsify run, or ``<layer>.pt`` in an OpenAI folder.
     """
@@ -83,7 +85,7 @@ def load_sae(
         cfg, tensors = gemmascope.read_gemmascope(found.path, layer=layer)
     if hook_point:
         cfg.hook_point = hook_point
-    cfg.id = sae_id or default_id(found)
+    cfg.id = sae_id or default_sae_id(found.path)
     return build_sae(cfg, tensors, device=device, dtype=dtype)
 
 
@@ -134,13 +136,6 @@ def detect_format(path: Path, *, layer: int | None = None) -> Detected:
     raise InvalidArgument(
         f"SAE path {str(path)!r}: no known SAE layout; expected {EXPECTED}; found {shown}"
     )
-
-
-def default_id(found: Detected) -> str:
-    """The folder name, the .pt file's stem, or params.npz's folder name."""
-    if found.format is SaeFormat.GEMMASCOPE and found.path.stem == "params":
-        return found.path.parent.name
-    return found.path.stem if found.path.is_file() else found.path.name
 
 
 _SHAPES = {

@@ -2,14 +2,21 @@
 
 SAELens is also the native write format: ``write_saelens`` saves ``W_enc [d_in, d_sae]``,
 ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec`` (and ``threshold`` for JumpReLU) with a
-``cfg.json`` that SAELens itself can load (pre-6.0 flat keys: ``architecture``, ``k``,
-``hook_name``, ``normalize_activations``, ...). Fields SAELens has no key for (the exact
-portable hook point, ``input_norm``, ``norm_scale``, ``metadata``) go in a ``"saeserve"``
-object inside the same ``cfg.json``, so that write -> read gives back an equal config
-and bit-identical tensors. Reading accepts SAELens 3.x-6.x configs: ``k`` at the top
-level or under ``activation_fn_kwargs``, ``hook_name`` at the top level, under
-``metadata``/``meta``, or as the old ``hook_point`` key; ``log_threshold`` (exp'd) for
-``threshold``; a non-trivial ``scaling_factor`` tensor is folded into ``W_dec``.
+``cfg.json`` (pre-6.0 flat keys: ``architecture``, ``k``, ``hook_name``,
+``normalize_activations``, ...) that SAELens itself loads and encodes as saeserve does.
+Fields SAELens has no key for (the exact portable hook point, ``input_norm``,
+``metadata``) go in a ``"saeserve"`` object inside the same ``cfg.json``, so that
+write -> read gives back an equal config and bit-identical tensors; except that a
+dataset input scale (``input_norm=scale``), which SAELens ignores when it loads a
+folder, is folded into ``W_enc``, ``W_dec`` and ``b_dec``: read back, that SAE takes
+unscaled input and gives the same latents up to float rounding.
+
+Reading accepts SAELens 3.x-6.x configs: ``k`` at the top level or under
+``activation_fn_kwargs``, ``hook_name`` at the top level, under ``metadata``/``meta``, or
+as the old ``hook_point`` key; ``log_threshold`` (exp'd) for ``threshold``; a non-trivial
+``scaling_factor`` tensor is folded into ``W_dec``; a TopK SAE's
+``rescale_acts_by_decoder_norm`` (SAELens 6's training default) is folded into ``W_enc``
+and ``b_enc``, leaving unit-norm decoder rows.
 """
 
 from __future__ import annotations
@@ -40,11 +47,7 @@ _ARCHITECTURE = {
     Activation.JUMPRELU: "jumprelu",
     Activation.RELU: "standard",
 }
-_NORMALIZE = {
-    InputNorm.NONE: "none",
-    InputNorm.LAYERNORM: "layer_norm",
-    InputNorm.SCALE: "expected_average_only_in",
-}
+_NORMALIZE = {InputNorm.NONE: "none", InputNorm.LAYERNORM: "layer_norm"}  # a scale is folded
 _PORTABLE = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out)\.(\d+)$")
 
 
@@ -66,11 +69,11 @@ def read_saelens(
     activation = _activation(raw, cfg_path)
     k = _k(raw, cfg_path) if activation is Activation.TOPK else None
     input_norm, norm_scale = _input_norm(raw, own, cfg_path)
-    for key in ("hook_head_index", "rescale_acts_by_decoder_norm"):
-        if raw.get(key) or meta.get(key):
-            raise InvalidArgument(
-                f"{cfg_path}: {key}={raw.get(key) or meta.get(key)!r} is not supported"
-            )
+    if head := raw.get("hook_head_index") or meta.get("hook_head_index"):
+        raise InvalidArgument(f"{cfg_path}: hook_head_index={head!r} is not supported")
+    # A field of SAELens's TopK config only; in other configs' metadata it records how a
+    # BatchTopK SAE was trained, and SAELens folds the norms before saving those.
+    rescale = activation is Activation.TOPK and bool(raw.get("rescale_acts_by_decoder_norm"))
 
     hook_name = raw.get("hook_name") or meta.get("hook_name") or raw.get("hook_point") or ""
     if not hook_name and layer is not None:
@@ -131,6 +134,8 @@ def read_saelens(
                 f"{weights_path}: scaling_factor has shape {list(scaling.shape)}; expected [{w_dec.shape[0]}] (W_dec rows)"
             )
         tensors["W_dec"] = (f"{origin} * scaling_factor", w_dec * scaling[:, None])
+    if rescale:
+        _fold_decoder_norms(tensors, cfg)
     return cfg, tensors
 
 
@@ -148,6 +153,11 @@ def write_saelens(sae: Sae, folder: Path) -> Path:
         names.append("threshold")
     tensors = {n: getattr(sae, n).detach().to("cpu").contiguous() for n in names}
     dtype = str(sae.W_enc.dtype).removeprefix("torch.")
+    input_norm = cfg.input_norm
+    if input_norm is InputNorm.SCALE:
+        # SAELens loads a folder without its norm_scaling_factor: the scale goes into the weights
+        tensors.update(_fold_input_scale(tensors, cfg.norm_scale))
+        input_norm = InputNorm.NONE
 
     out: dict[str, Any] = {
         "architecture": _ARCHITECTURE[cfg.activation],
@@ -156,7 +166,7 @@ def write_saelens(sae: Sae, folder: Path) -> Path:
         "dtype": dtype,
         "device": "cpu",
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
-        "normalize_activations": _NORMALIZE[cfg.input_norm],
+        "normalize_activations": _NORMALIZE[input_norm],
         "reshape_activations": "none",
         "hook_name": saelens_hook_name(cfg.hook_point),
         "hook_head_index": None,
@@ -167,14 +177,10 @@ def write_saelens(sae: Sae, folder: Path) -> Path:
     if cfg.activation is Activation.TOPK:
         out["k"] = cfg.k
         out["activation_fn_kwargs"] = {"k": cfg.k}
-    if cfg.input_norm is InputNorm.SCALE:
-        out["norm_scaling_factor"] = cfg.norm_scale
-    out[OWN_KEY] = {
-        "hook_point": cfg.hook_point,
-        "input_norm": str(cfg.input_norm),
-        "norm_scale": cfg.norm_scale,
-        "metadata": cfg.metadata,
-    }
+    own: dict[str, Any] = {"hook_point": cfg.hook_point, "input_norm": str(input_norm)}
+    if input_norm is not cfg.input_norm:
+        own["folded_norm_scale"] = cfg.norm_scale  # for people reading the file; never read
+    out[OWN_KEY] = own | {"metadata": cfg.metadata}
 
     # write beside, then rename, so a reader never sees half a file
     weights_tmp = folder / f".{WEIGHTS_FILE}.tmp"
@@ -184,6 +190,45 @@ def write_saelens(sae: Sae, folder: Path) -> Path:
     os.replace(weights_tmp, folder / WEIGHTS_FILE)
     os.replace(cfg_tmp, folder / CFG_FILE)
     return folder
+
+
+def _fold_decoder_norms(tensors: dict[str, tuple[str, Tensor]], cfg: SaeConfig) -> None:
+    """Plain TopK weights for SAELens's ``rescale_acts_by_decoder_norm`` (in place).
+
+    With that option SAELens 6 (saes/topk_sae.py) ranks and returns ``pre * |W_dec[i]|``
+    and decodes ``(a / |W_dec[i]|) @ W_dec``: the same as ``W_enc`` and ``b_enc`` times
+    the row norms with unit-norm decoder rows (its own ``fold_W_dec_norm``). Done in float64; a zero row
+    stays zero and its latent's pre-activation is 0, as in SAELens.
+    """
+    (enc_origin, w_enc), (bias_origin, b_enc), (dec_origin, w_dec) = (
+        tensors[n] for n in ("W_enc", "b_enc", "W_dec")
+    )
+    if (w_enc.shape, b_enc.shape, w_dec.shape) != (
+        (cfg.d_in, cfg.d_sae),
+        (cfg.d_sae,),
+        (cfg.d_sae, cfg.d_in),
+    ):
+        return  # build_sae names the tensor whose shape is wrong
+    norms = w_dec.double().norm(dim=-1)  # [d_sae]
+    tensors["W_enc"] = (f"{enc_origin} * |W_dec|", (w_enc.double() * norms).to(w_enc.dtype))
+    tensors["b_enc"] = (f"{bias_origin} * |W_dec|", (b_enc.double() * norms).to(b_enc.dtype))
+    unit = w_dec.double() / norms.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    tensors["W_dec"] = (f"{dec_origin} / |W_dec|", unit.to(w_dec.dtype))
+
+
+def _fold_input_scale(tensors: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+    """``W_enc``, ``W_dec`` and ``b_dec`` of the same SAE taking unscaled input.
+
+    ``((x * s) - b_dec) @ W_enc = (x - b_dec / s) @ (s * W_enc)``, and decoding divides by
+    s, so ``b_enc`` (and a JumpReLU threshold) stay; SAELens's
+    ``fold_activation_norm_scaling_factor`` does the same. Done in float64.
+    """
+    w_enc, w_dec, b_dec = tensors["W_enc"], tensors["W_dec"], tensors["b_dec"]
+    return {
+        "W_enc": (w_enc.double() * scale).to(w_enc.dtype),
+        "W_dec": (w_dec.double() / scale).to(w_dec.dtype),
+        "b_dec": (b_dec.double() / scale).to(b_dec.dtype),
+    }
 
 
 def saelens_hook_name(hook_point: str) -> str:

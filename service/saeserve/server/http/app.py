@@ -37,13 +37,10 @@ _PARAMS_BY_PATH = {"/v1/chat/completions": CHAT_PARAMS, "/v1/completions": COMPL
 """Routes whose errors name OpenAI parameters rather than proto field paths."""
 
 
-class BodyTooLarge(Exception):
-    """The request body passed ``max_http_body_bytes`` while it was being read."""
-
-
 class BodyLimit:
     """ASGI middleware: 413 for a body over ``max_bytes``, by its Content-Length before
-    anything is read, or while reading one sent without a length."""
+    anything is read; a body sent without a length is read here up to the limit (the app
+    would read all of it anyway) and handed on whole."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -54,21 +51,33 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await _too_large(self.max_bytes)(scope, receive, send)
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
-            return message
+            if message["type"] != "http.request":  # the client left
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        whole: Message | None = {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()  # after the body: wait for a disconnect
+
+        await self.app(scope, replay, send)
 
 
 def _too_large(max_bytes: int) -> JSONResponse:
@@ -92,7 +101,7 @@ def build_http_app(ops: Operations, settings: ServerSettings) -> FastAPI:
     app.include_router(openai_router(ops))
     app.include_router(json_router(ops))
     mount_ui(app)
-    _add_error_handlers(app, settings.max_http_body_bytes)
+    _add_error_handlers(app)
     _add_proto_schemas(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -110,7 +119,7 @@ def _route_name(request: Request) -> str:
     return getattr(route, "name", "") or "http"
 
 
-def _add_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationFailed)
     async def failed(request: Request, exc: OperationFailed) -> JSONResponse:
         return error_response(exc.status, _PARAMS_BY_PATH.get(request.url.path))
@@ -130,18 +139,13 @@ def _add_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
                 reason = error.get("ctx", {}).get("error", "")
                 parts.append(f"request body: not valid JSON ({reason})")
                 continue
-            loc = [str(p) for p in error.get("loc", ()) if p not in ("query", "path")]
-            loc = loc[1:] if loc[:1] == ["body"] and len(loc) > 1 else loc
+            loc = [str(p) for p in error.get("loc", ())[1:]]  # after "body", "query", "path"
             message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-            where = ".".join(loc) or field_of(message)
+            where = ".".join(loc) or field_of(message) or str(error.get("loc", ("body",))[0])
             param = param or where
             parts.append(message if not loc else f"{where}: {message}")
         metrics.observe_request(_route_name(request), "http", "INVALID_ARGUMENT", 0.0)
         return invalid("; ".join(parts) or "invalid request", param)
-
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return _too_large(max_body_bytes)
 
 
 def _add_proto_schemas(app: FastAPI) -> None:

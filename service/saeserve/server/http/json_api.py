@@ -10,7 +10,7 @@ servicer calls.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Path, Query, Request
@@ -108,7 +108,7 @@ def json_router(ops: Operations) -> APIRouter:
     )
     async def generate(request: Request, body: RawBody) -> StreamingResponse:
         msg = from_json(body, pb.GenerateRequest(), "generate")
-        return await event_stream(_as_json(ops.generate(msg, http_caller(request)), to_json))
+        return await event_stream(_as_json(ops.generate(msg, http_caller(request))))
 
     @router.get(
         "/saes/{sae:path}/features/{feature}",
@@ -145,8 +145,8 @@ def json_router(ops: Operations) -> APIRouter:
 
 
 async def _as_json(
-    messages: AsyncGenerator[M, None], render: Callable[[M], dict[str, Any]]
-) -> AsyncGenerator[dict[str, Any], None]:
-    async with contextlib.aclosing(messages):
-        async for m in messages:
-            yield render(m)
+    groups: AsyncGenerator[list[pb.GenerateChunk], None],
+) -> AsyncGenerator[list[dict[str, Any]], None]:
+    async with contextlib.aclosing(groups):
+        async for group in groups:
+            yield [to_json(chunk) for chunk in group]

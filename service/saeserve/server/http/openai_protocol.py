@@ -65,10 +65,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+_REFUSES_OTHERS: dict[str, Any] = {"additionalProperties": False}
+"""Unknown fields are refused (``NEUTRAL`` aside), so the published schema says so."""
+
+
 class _OpenAIRequest(BaseModel):
     """Fields both endpoints share."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_REFUSES_OTHERS)
 
     model: str = Field(description="A served model's name (GET /v1/models).")
     max_tokens: int | None = Field(default=None, ge=1, description="Tokens to generate.")
@@ -134,6 +138,7 @@ class ChatCompletionRequest(_OpenAIRequest):
     model_config = ConfigDict(
         extra="allow",
         json_schema_extra={
+            **_REFUSES_OTHERS,
             "examples": [
                 {
                     "model": "demo",
@@ -145,7 +150,7 @@ class ChatCompletionRequest(_OpenAIRequest):
                         ]
                     },
                 }
-            ]
+            ],
         },
     )
 
@@ -172,6 +177,7 @@ class CompletionRequest(_OpenAIRequest):
     model_config = ConfigDict(
         extra="allow",
         json_schema_extra={
+            **_REFUSES_OTHERS,
             "examples": [
                 {
                     "model": "demo",
@@ -185,7 +191,7 @@ class CompletionRequest(_OpenAIRequest):
                         "include_baseline": True,
                     },
                 }
-            ]
+            ],
         },
     )
 

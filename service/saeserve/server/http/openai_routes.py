@@ -315,12 +315,13 @@ def openai_router(ops: Operations) -> APIRouter:
         out = _Completion(
             ops, msg.model, chat=chat, logprobs=msg.logprobs, include_usage=include_usage
         )
-        chunks = ops.generate(msg, http_caller(request))
+        groups = ops.generate(msg, http_caller(request))
         if body.stream:
-            return await event_stream(_events(chunks, out.stream_events), params)
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                out.collect(chunk)
+            return await event_stream(_events(groups, out.stream_events), params)
+        async with contextlib.aclosing(groups):
+            async for group in groups:
+                for chunk in group:
+                    out.collect(chunk)
         return out.response(msg.include_baseline)
 
     @router.post(
@@ -351,10 +352,9 @@ def openai_router(ops: Operations) -> APIRouter:
 
 
 async def _events(
-    chunks: AsyncGenerator[pb.GenerateChunk, None],
+    groups: AsyncGenerator[list[pb.GenerateChunk], None],
     render: Callable[[pb.GenerateChunk], list[dict[str, Any]]],
-) -> AsyncGenerator[dict[str, Any], None]:
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            for event in render(chunk):
-                yield event
+) -> AsyncGenerator[list[dict[str, Any]], None]:
+    async with contextlib.aclosing(groups):
+        async for group in groups:
+            yield [event for chunk in group for event in render(chunk)]

@@ -1,10 +1,12 @@
 """Server-sent events for the HTTP transport's streams (``/v1/generate`` and OpenAI's
 ``stream: true``).
 
-``event_stream`` waits for the first event before it answers, so a request that fails
-before generating anything (a bad field, an unknown model, a full queue) gets its HTTP
-status, not a 200 stream. Then each event is one ``data: {json}`` message and the stream
-ends with ``data: [DONE]``; a failure after the first event is sent as one
+``event_stream`` waits for the first group of events before it answers, so a request that
+fails before generating anything (a bad field, an unknown model, a full queue) gets its
+HTTP status, not a 200 stream. Each event is one ``data: {json}`` message, a group of
+them is written as one body part (one message from the replica to Serve's proxy: the
+model replica sends tokens in groups, ``limits.stream_interval_s``), and the stream ends
+with ``data: [DONE]``; a failure after the first event is sent as one
 ``data: {"error": ...}`` message and ends the stream. When the client goes away, Serve
 cancels the request: the events' iterator is closed, which stops the generation.
 """
@@ -29,21 +31,20 @@ def sse(data: dict[str, Any]) -> str:
 
 
 async def event_stream(
-    events: AsyncGenerator[dict[str, Any], None], params: ParamNames | None = None
+    groups: AsyncGenerator[list[dict[str, Any]], None], params: ParamNames | None = None
 ) -> StreamingResponse:
-    """Raises OperationFailed if ``events`` fails before its first event."""
+    """Raises OperationFailed if ``groups`` fails before its first group."""
     try:
-        first = await anext(events)
+        first = await anext(groups)
     except StopAsyncIteration:
-        first = None
+        first = []
 
     async def body() -> AsyncIterator[str]:
-        async with contextlib.aclosing(events):
-            if first is not None:
-                yield sse(first)
+        async with contextlib.aclosing(groups):
+            yield "".join(sse(e) for e in first)
             try:
-                async for event in events:
-                    yield sse(event)
+                async for group in groups:
+                    yield "".join(sse(e) for e in group)
             except OperationFailed as failed:
                 yield sse(status_body(failed.status, params))
                 return
