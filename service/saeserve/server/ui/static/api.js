@@ -85,7 +85,7 @@ export async function* generateStream(body, signal) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    buffer += value;
+    buffer += value.replaceAll("\r\n", "\n"); // SSE allows CRLF line ends
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const event = buffer.slice(0, end);
