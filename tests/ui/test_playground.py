@@ -135,3 +135,14 @@ def test_chat_messages_on_a_model_with_a_chat_template(browser: Browser) -> None
     assert browser.js("return document.getElementById('output').dataset.state") == "done"
     assert browser.js("return document.querySelectorAll('#steered-text .tok').length") == 4
     assert browser.js("return document.getElementById('baseline')") is None
+
+
+def test_an_intervention_without_a_feature_id_is_not_sent(browser: Browser) -> None:
+    browser.open(RUN.format(value=16))
+    feature_box = browser.driver.find_element("css selector", ".intervention .feature")
+    feature_box.clear()
+    feature_box.send_keys("she")  # words to search, no match picked
+    browser.driver.find_element("id", "generate").click()
+    shown = browser.js("return document.querySelector('.error').textContent")
+    assert shown.startswith("Intervention 1: the feature must be an id")
+    assert browser.js("return document.getElementById('output').dataset.state") is None

@@ -218,8 +218,8 @@ function readState() {
     messages: Array.from(document.querySelectorAll("#messages .message"), (row) => ({ role: row.querySelector(".role").value, content: row.querySelector(".content").value })),
     interventions: readInterventions(),
     n: el.n.value,
-    temp: el.temp.value,
-    top_p: el.top_p.value,
+    temp: el.temp.value.trim(),
+    top_p: el.top_p.value.trim(),
     top_k: el.top_k.value,
     seed: el.seed.value.trim(),
     stop: el.stop.value.split("|").filter((s) => s !== ""),
@@ -253,7 +253,10 @@ function trackedFeatures(interventions) {
 
 // The GenerateRequest JSON; the server validates every field and names any it rejects.
 function requestBody(state) {
-  const sampling = { max_new_tokens: Number(state.n), temperature: Number(state.temp), top_p: Number(state.top_p), top_k: Number(state.top_k), stop: state.stop };
+  const sampling = { max_new_tokens: Number(state.n), top_k: Number(state.top_k), stop: state.stop };
+  // empty optional fields stay unset: the server's defaults (temperature 1, top_p 1, a random seed)
+  if (state.temp !== "") sampling.temperature = Number(state.temp);
+  if (state.top_p !== "") sampling.top_p = Number(state.top_p);
   if (state.seed !== "") sampling.seed = state.seed; // uint64: a string in proto JSON
   const body = {
     model: state.model,
@@ -332,6 +335,12 @@ function colourTokens() {
 async function generate() {
   clearError(main);
   const state = readState();
+  // an empty or searched-for feature box would otherwise be sent as feature 0
+  const unresolved = state.interventions.findIndex((iv) => !/^\d+$/.test(iv.feature));
+  if (unresolved >= 0) {
+    showError(main, `Intervention ${unresolved + 1}: the feature must be an id (type words to search, then pick a match).`);
+    return;
+  }
   history.replaceState(null, "", stateToUrl(state));
   const shownPrompt = state.chat ? "" : state.prompt;
   const steered = column("steered", state.interventions.length ? "Steered" : "No interventions", shownPrompt);
