@@ -1,5 +1,5 @@
 // Token heat maps: a colour-blind-safe sequential scale (ColorBrewer "Blues", which varies
-// in lightness only), token rows built as one fragment, and event delegation for hover,
+// in lightness only), token rows built as one HTML string, and event delegation for hover,
 // focus and arrow-key movement, so a 2,000-token text has no per-token listeners.
 
 import { fmt, h, tokenLabel } from "./dom.js";
