@@ -41,6 +41,7 @@ def _write(path: Path, text: str) -> Path:
 def test_defaults_serve_the_demo() -> None:
     s = ServerSettings.load()
     assert s.grpc_port == 9000
+    assert s.host == "127.0.0.1"  # loopback unless a config opts in to every interface
     assert [m.name for m in s.models] == ["demo"]
     assert s.models[0].path == DEMO_DATA / "model"
     assert s.api_keys == [] and s.api_keys_file is None
@@ -157,10 +158,10 @@ def test_invalid_settings_rejected(overrides: dict[str, Any]) -> None:
 
 
 def test_overrides_from_assignments() -> None:
-    got = overrides_from_assignments(["limits.max_top_k=8", "num_gpus=0.25", "host=127.0.0.1"])
-    assert got == {"limits": {"max_top_k": 8}, "num_gpus": 0.25, "host": "127.0.0.1"}
+    got = overrides_from_assignments(["limits.max_top_k=8", "num_gpus=0.25", "host=0.0.0.0"])
+    assert got == {"limits": {"max_top_k": 8}, "num_gpus": 0.25, "host": "0.0.0.0"}
     s = ServerSettings.load(**got)
-    assert (s.limits.max_top_k, s.num_gpus, s.host) == (8, 0.25, "127.0.0.1")
+    assert (s.limits.max_top_k, s.num_gpus, s.host) == (8, 0.25, "0.0.0.0")
     with pytest.raises(ValueError, match="NAME=VALUE"):
         overrides_from_assignments(["limits.max_top_k"])
 

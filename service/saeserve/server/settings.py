@@ -174,8 +174,9 @@ class ServerSettings(BaseSettings):
 
     models: list[ModelSpec] = Field(default_factory=demo_models, min_length=1)
     """Models to serve; the first is the default for requests with an empty model."""
-    host: str = "0.0.0.0"
-    """Address the gRPC server (in each ingress replica) and Ray's HTTP proxy bind."""
+    host: str = "127.0.0.1"
+    """Address the gRPC server (in each ingress replica) and Ray's HTTP proxy bind; loopback
+    by default, ``0.0.0.0`` for every interface (the container and KubeRay settings)."""
     grpc_port: int = Field(default=9000, ge=1, le=65535)
     """gRPC port (the API, health and reflection)."""
     http_port: int = Field(default=8000, ge=1, le=65535)
