@@ -30,6 +30,7 @@ from saeserve.server.http.proto_json import json_schema
 from saeserve.server.operations import OperationFailed, Operations
 from saeserve.server.settings import ServerSettings
 from saeserve.server.status import status_for
+from saeserve.server.ui.routes import mount_ui
 from saeserve.v1 import saeserve_pb2 as pb
 
 _PARAMS_BY_PATH = {"/v1/chat/completions": CHAT_PARAMS, "/v1/completions": COMPLETION_PARAMS}
@@ -99,6 +100,7 @@ def build_http_app(ops: Operations, settings: ServerSettings) -> FastAPI:
     )
     app.include_router(openai_router(ops))
     app.include_router(json_router(ops))
+    mount_ui(app)
     _add_error_handlers(app)
     _add_proto_schemas(app)
     if settings.cors_origins:
