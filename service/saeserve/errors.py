@@ -30,9 +30,14 @@ class NotFound(SaeserveError, KeyError):
 
 
 class ResourceExhausted(SaeserveError):
-    """A queue or capacity limit was hit (gRPC RESOURCE_EXHAUSTED)."""
+    """A queue, capacity or rate limit was hit (gRPC RESOURCE_EXHAUSTED); ``retry_after_s``
+    says when a retry may succeed, when known."""
 
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Cancelled(SaeserveError):

@@ -124,7 +124,24 @@ def test_keys_file_skips_comments_and_blanks(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     path.write_text(f"# team A\n\n  {KEY}  \n# {OTHER} revoked\n{OTHER}x\n")
     path.chmod(0o600)
-    assert read_keys_file(path) == [KEY, f"{OTHER}x"]
+    assert [k.key for k in read_keys_file(path)] == [KEY, f"{OTHER}x"]
+
+
+def test_keys_have_names_for_limits_and_metrics(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"alice {KEY}\n{OTHER}\n")
+    path.chmod(0o600)
+    keys = read_keys_file(path)
+    assert [k.name for k in keys] == ["alice", "keys:2"]
+    api = ApiKeys([*keys, "k-third"])
+    assert api.check([("authorization", f"Bearer {KEY}")]) == "alice"
+    assert api.check([("authorization", f"Bearer {OTHER}")]) == "keys:2"
+    assert api.check([("authorization", "Bearer k-third")]) == "key-3"
+    assert ApiKeys().check(None) == "anonymous"
+    path.write_text(f"alice {KEY} extra\n")
+    with pytest.raises(ValueError, match="NAME KEY") as info:
+        read_keys_file(path)
+    assert KEY not in str(info.value)
 
 
 def test_keys_file_errors_never_show_the_key(tmp_path: Path) -> None:
@@ -171,7 +188,7 @@ def test_unauthenticated_through_a_real_server() -> None:
         try:
             keys.check(context.invocation_metadata(), DECOMPOSE)
         except Unauthenticated as e:
-            await context.abort(*status_for(e))
+            await context.abort(*status_for(e)[:2])
         return b"ok"
 
     def identity(b: bytes) -> bytes:

@@ -23,6 +23,8 @@ REQUIRED = {
     "saeserve_active_sequences",
     "saeserve_sae_encode_seconds",
     "saeserve_requests_rejected_total",
+    "saeserve_key_requests_total",
+    "saeserve_key_tokens_total",
     "saeserve_interventions_total",
     "saeserve_accelerator_memory_bytes",
     "saeserve_requests_total",

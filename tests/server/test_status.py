@@ -55,7 +55,7 @@ class _Limits(BaseModel):
 def test_validation_error_names_the_field_path() -> None:
     with pytest.raises(ValidationError) as info:
         _Limits.model_validate({"top_k": 900, "texts": ["a", 3]})
-    code, details = status_for(info.value)
+    code, details, _ = status_for(info.value)
     assert code is Code.INVALID_ARGUMENT
     assert "top_k:" in details and "texts.1:" in details
     assert "256" in details
@@ -123,7 +123,7 @@ def test_anything_else_is_internal_logged_with_a_request_id(
     error: BaseException, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="saeserve.server.status"):
-        code, details = status_for(error, rpc="Decompose")
+        code, details, _ = status_for(error, rpc="Decompose")
     assert code is Code.INTERNAL
     assert str(error) not in details and "request id" in details
     request_id = details.split("request id ")[1].split(")")[0]
@@ -133,7 +133,7 @@ def test_anything_else_is_internal_logged_with_a_request_id(
 
 
 def test_long_messages_are_cut() -> None:
-    _, details = status_for(InvalidArgument("x" * 10_000))
+    details = status_for(InvalidArgument("x" * 10_000)).details
     assert len(details) == MAX_DETAILS_CHARS and details.endswith("[truncated]")
 
 
@@ -150,11 +150,11 @@ def _identity(data: bytes) -> bytes:
 
 
 def _sync_handler(request: bytes, context: grpc.ServicerContext) -> bytes:
-    context.abort(*status_for(ERRORS[request.decode()], rpc="Test"))
+    context.abort(*status_for(ERRORS[request.decode()], rpc="Test")[:2])
 
 
 async def _aio_handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    await context.abort(*status_for(ERRORS[request.decode()], rpc="Test"))
+    await context.abort(*status_for(ERRORS[request.decode()], rpc="Test")[:2])
     raise AssertionError("abort returned")
 
 

@@ -1,13 +1,14 @@
 """API-key authentication: load keys, check ``authorization: Bearer <key>`` metadata.
 
-Keys come from ``ServerSettings.api_keys`` (``SAESERVE_API_KEYS=k1,k2``) and from
-``api_keys_file`` (one key per line; blank lines and lines starting with ``#`` are
-skipped). ``ApiKeys`` keeps only SHA-256 digests and compares a presented key against
+Keys come from ``ServerSettings.api_keys`` (``SAESERVE_API_KEYS=k1,k2``; named ``key-1``,
+``key-2``, ...) and from ``api_keys_file`` (one ``KEY`` or ``NAME KEY`` per line; blank
+lines and lines starting with ``#`` are skipped; an unnamed key is ``FILE:LINE``). A key's
+name is what per-key limits and metrics use; the key itself is never shown. ``ApiKeys`` keeps only SHA-256 digests and compares a presented key against
 every one of them with ``hmac.compare_digest`` (no early exit), so timing reveals neither
 which key matched nor a key's length. Keys never appear in messages, reprs or logs.
 
 ``ApiKeys.check(metadata, method)`` is what an ingress calls before any work: it returns
-when the call may proceed and raises ``Unauthenticated`` (gRPC UNAUTHENTICATED through
+the caller's key name (``OPEN_NAME`` on an open server) when the call may proceed and raises ``Unauthenticated`` (gRPC UNAUTHENTICATED through
 ``saeserve.server.status``) otherwise. With no keys configured the server is open and
 ``check`` always passes; ``access_summary`` is the line to log at start-up saying so.
 Health checking and server reflection are exempt (``EXEMPT_SERVICES``): load balancers
@@ -22,6 +23,7 @@ import logging
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from saeserve.errors import SaeserveError
 from saeserve.server.settings import ServerSettings
@@ -45,6 +47,14 @@ EXEMPT_SERVICES = frozenset(
 
 Metadata = Iterable[tuple[str, str | bytes]] | Mapping[str, str | bytes] | None
 
+OPEN_NAME = "anonymous"
+"""The key name of every caller of a server without keys."""
+
+
+class NamedKey(NamedTuple):
+    name: str
+    key: str
+
 
 class Unauthenticated(SaeserveError):
     """No API key, a malformed authorization header, or a wrong key (UNAUTHENTICATED)."""
@@ -63,8 +73,9 @@ def _validate_key(key: str, where: str) -> str:
     return key
 
 
-def read_keys_file(path: Path) -> list[str]:
-    """Keys from ``path``: one per line, ``#`` comment lines and blank lines skipped."""
+def read_keys_file(path: Path) -> list[NamedKey]:
+    """Keys from ``path``: ``KEY`` or ``NAME KEY`` per line, ``#`` comment lines and blank
+    lines skipped; an unnamed key is named ``FILE:LINE``."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -74,22 +85,34 @@ def read_keys_file(path: Path) -> list[str]:
     keys = []
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
-        if line and not line.startswith("#"):
-            keys.append(_validate_key(line, f"{path}:{number}"))
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        fields = line.split()
+        if len(fields) > 2:  # never echo the line: it holds a key
+            raise ValueError(f"{where}: expected KEY or NAME KEY")
+        name = fields[0] if len(fields) == 2 else f"{path.name}:{number}"
+        keys.append(NamedKey(name, _validate_key(fields[-1], where)))
     return keys
 
 
 class ApiKeys:
     """The set of accepted API keys, held as digests; empty means an open server."""
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
-        validated = [_validate_key(k, f"api key #{i}") for i, k in enumerate(keys, start=1)]
-        self._digests: tuple[bytes, ...] = tuple(dict.fromkeys(_digest(k) for k in validated))
+    def __init__(self, keys: Iterable[str | NamedKey] = ()) -> None:
+        named = [
+            k if isinstance(k, NamedKey) else NamedKey(f"key-{i}", k)
+            for i, k in enumerate(keys, start=1)
+        ]
+        for i, k in enumerate(named, start=1):
+            _validate_key(k.key, f"api key #{i} ({k.name})")
+        by_digest = {_digest(k.key): k.name for k in named}
+        self._digests: tuple[tuple[bytes, str], ...] = tuple(by_digest.items())
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> ApiKeys:
         """Keys from ``settings.api_keys`` plus those in ``settings.api_keys_file``."""
-        keys = settings.api_key_values()
+        keys: list[str | NamedKey] = list(settings.api_key_values())
         if settings.api_keys_file is not None:
             keys += read_keys_file(settings.api_keys_file)
         return cls(keys)
@@ -110,25 +133,31 @@ class ApiKeys:
         """True when keys are configured: calls need one."""
         return bool(self._digests)
 
-    def is_valid(self, key: str) -> bool:
-        """Whether ``key`` is one of the keys, in time independent of which one matches."""
+    def name_of(self, key: str) -> str | None:
+        """The name of ``key`` if it is one of the keys, in time independent of which one
+        matches (every digest is compared)."""
         presented = _digest(key)
-        matched = False
-        for digest in self._digests:  # compare against every key: no early exit
-            matched |= hmac.compare_digest(presented, digest)
-        return matched
+        found = None
+        for digest, name in self._digests:  # no early exit
+            if hmac.compare_digest(presented, digest):
+                found = name
+        return found
 
-    def check(self, metadata: Metadata, method: str = "") -> None:
-        """Return if the call may proceed; raise ``Unauthenticated`` if not.
+    def is_valid(self, key: str) -> bool:
+        return self.name_of(key) is not None
+
+    def check(self, metadata: Metadata, method: str = "") -> str:
+        """The caller's key name if the call may proceed; ``Unauthenticated`` if not.
 
         ``metadata`` is the call's invocation metadata (pairs or a mapping); ``method`` its
         full name, ``/package.Service/Method``, used to exempt health and reflection.
         """
         if self.open or _service_of(method) in EXEMPT_SERVICES:
-            return
-        key = bearer_token(metadata)
-        if not self.is_valid(key):
+            return OPEN_NAME
+        name = self.name_of(bearer_token(metadata))
+        if name is None:
             raise Unauthenticated("invalid API key")
+        return name
 
 
 def _service_of(method: str) -> str:

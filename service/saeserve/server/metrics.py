@@ -78,6 +78,8 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("saeserve_requests_total", "counter", "Requests answered, by operation, transport (grpc, http) and status code.", ("rpc", "transport", "code")),
     MetricSpec("saeserve_request_seconds", "histogram", "Wall time of a request (a stream: to its end), by operation and transport.", ("rpc", "transport"), SECONDS_BUCKETS),
     MetricSpec("saeserve_requests_rejected_total", "counter", "Requests refused before any work, by reason.", ("reason",)),
+    MetricSpec("saeserve_key_requests_total", "counter", "Requests admitted, by API key name.", ("key",)),
+    MetricSpec("saeserve_key_tokens_total", "counter", "Tokens used (tokenized, decomposed, prompt, generated), by API key name.", ("key",)),
     MetricSpec("saeserve_tokens_decomposed_total", "counter", "Tokens run through the model and SAEs by Decompose."),
     MetricSpec("saeserve_tokens_generated_total", "counter", "Tokens generated, by variant (steered or baseline).", ("variant",)),
     MetricSpec("saeserve_batch_size", "histogram", "Sequences per forward pass, by rpc.", ("rpc",), SIZE_BUCKETS),
@@ -254,6 +256,8 @@ _BY_NAME = {s.name: Metric(s) for s in SPECS}
 REQUESTS = _BY_NAME["saeserve_requests_total"]
 REQUEST_SECONDS = _BY_NAME["saeserve_request_seconds"]
 REJECTED = _BY_NAME["saeserve_requests_rejected_total"]
+KEY_REQUESTS = _BY_NAME["saeserve_key_requests_total"]
+KEY_TOKENS = _BY_NAME["saeserve_key_tokens_total"]
 TOKENS_DECOMPOSED = _BY_NAME["saeserve_tokens_decomposed_total"]
 TOKENS_GENERATED = _BY_NAME["saeserve_tokens_generated_total"]
 BATCH_SIZE = _BY_NAME["saeserve_batch_size"]

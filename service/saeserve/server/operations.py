@@ -41,6 +41,7 @@ from saeserve.server.convert import (
     search_limit,
     tokens_to_proto,
 )
+from saeserve.server.key_limits import KeyLimiter
 from saeserve.server.settings import ServerSettings
 from saeserve.server.status import RpcStatus, status_for
 from saeserve.v1 import saeserve_pb2 as pb
@@ -86,6 +87,7 @@ class Operations:
         }
         self.default_model = settings.models[0].name
         self.keys = ApiKeys.from_settings(settings)
+        self.limiter = KeyLimiter(settings.key_limits)
         self.tokenizers = {m.name: load_tokenizer(m.path) for m in settings.models}
         self.decompose_batchers = {name: self._batcher(h) for name, h in models.items()}
         if not self.keys.enabled:
@@ -113,15 +115,17 @@ class Operations:
 
     # --- plumbing ------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _serving(self, rpc: str, caller: Caller) -> AsyncIterator[None]:
-        """Check the key, then run the body; count and time it; failures leave as
-        ``OperationFailed`` (cancellation stays a cancellation)."""
+    async def _serving(self, rpc: str, caller: Caller) -> AsyncIterator[str]:
+        """Check the key and its rate limits, then run the body with the key's name (to
+        charge its tokens); count and time it; failures leave as ``OperationFailed``
+        (cancellation stays a cancellation)."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         failed: RpcStatus | None = None
         try:
-            self.keys.check(caller.metadata)
-            yield
+            key = self.keys.check(caller.metadata)
+            self.limiter.admit(key)
+            yield key
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
             raise
@@ -180,13 +184,14 @@ class Operations:
             return pb.ListModelsResponse(models=infos)
 
     async def tokenize(self, request: pb.TokenizeRequest, caller: Caller) -> pb.TokenizeResponse:
-        async with self._serving("Tokenize", caller):
+        async with self._serving("Tokenize", caller) as key:
             tok = self.tokenizers[self.model_name(request.model, "tokenize.model")]
             tokens = await self._tokenize(tok, request.text, "tokenize.text")
+            self.limiter.charge(key, len(tokens.token_ids))
             return pb.TokenizeResponse(tokens=tokens_to_proto(tokens))
 
     async def decompose(self, request: pb.DecomposeRequest, caller: Caller) -> pb.DecomposeResponse:
-        async with self._serving("Decompose", caller):
+        async with self._serving("Decompose", caller) as key:
             name = self.model_name(request.model, "decompose.model")
             req = decompose_from_proto(request, self.limits)
             tok = self.tokenizers[name]
@@ -195,7 +200,9 @@ class Operations:
                 check_text(
                     tok.tokenizer, text, max_tokens=max_tokens, field_name=f"decompose.texts[{i}]"
                 )
-            return decompose_to_proto(await self.decompose_batchers[name].submit(req))
+            result = await self.decompose_batchers[name].submit(req)
+            self.limiter.charge(key, result.n_tokens)
+            return decompose_to_proto(result)
 
     async def get_feature(
         self, request: pb.GetFeatureRequest, caller: Caller
@@ -227,11 +234,12 @@ class Operations:
         Closing the iterator (``aclose``, as ``contextlib.aclosing`` does when the consumer
         is cancelled) or cancelling a task that awaits it stops the replica's generation:
         no tokens are generated for nobody."""
-        async with self._serving("Generate", caller):
+        async with self._serving("Generate", caller) as key:
             spec = generate_from_proto(request, self.limits)
             name = self.model_name(request.model, "generate.model")
             req = spec.request(await self._prompt_ids(name, spec))
             prompt_tokens = len(req.prompt_ids)
+            self.limiter.charge(key, prompt_tokens)
             strings = functools.partial(token_strings, self.tokenizers[name].tokenizer)
             stream = cast(DeploymentResponseGenerator, self.streams[name].generate.remote(req))
             try:
@@ -241,6 +249,7 @@ class Operations:
                     for ev in events:
                         group.append(chunk_to_proto(ev, index[ev.variant], prompt_tokens, strings))
                         index[ev.variant] += 1
+                    self.limiter.charge(key, sum(c.token_id >= 0 for c in group))
                     yield group
             finally:
                 stream.cancel()

@@ -161,6 +161,21 @@ class Limits(BaseModel):
         return min(self.max_tokens_per_text, max_positions)
 
 
+class KeyLimits(BaseModel):
+    """Rate limits of one API key (settings ``key_limits``); 0 = unlimited."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    requests_per_s: float = Field(default=0.0, ge=0)
+    """Requests a second, sustained."""
+    request_burst: int = Field(default=0, ge=0)
+    """Requests at once after a quiet spell; 0 = max(1, requests_per_s)."""
+    tokens_per_s: float = Field(default=0.0, ge=0)
+    """Tokens a second: tokenized, decomposed, prompt and generated tokens."""
+    token_burst: int = Field(default=0, ge=0)
+    """Tokens at once after a quiet spell; 0 = max(1, tokens_per_s)."""
+
+
 class ServerSettings(BaseSettings):
     """Everything ``saeserve serve`` needs: models, ports, resources, keys and limits."""
 
@@ -204,7 +219,10 @@ class ServerSettings(BaseSettings):
     api_keys_file: Path | None = None
     """File of API keys, one per line, ``#`` comments; none and no api_keys = open server."""
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    """API keys; from the environment as ``SAESERVE_API_KEYS=key1,key2``."""
+    """API keys; from the environment as ``SAESERVE_API_KEYS=key1,key2`` (named key-1, ...)."""
+    key_limits: dict[str, KeyLimits] = Field(default_factory=dict)
+    """Rate limits by API key name; ``"*"`` applies to every key without its own (on a
+    server without keys every caller is ``anonymous``). Per ingress replica."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the server's own loggers."""
     limits: Limits = Field(default_factory=Limits)

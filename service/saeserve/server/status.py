@@ -59,6 +59,8 @@ class RpcStatus(NamedTuple):
 
     code: grpc.StatusCode
     details: str
+    retry_after_s: float | None = None
+    """When a retry may succeed (RESOURCE_EXHAUSTED from a rate limit); HTTP Retry-After."""
 
 
 def original(exc: BaseException) -> BaseException:
@@ -100,7 +102,7 @@ def status_for(exc: BaseException, *, rpc: str = "", request_id: str = "") -> Rp
     """The status to answer ``exc`` with; logs it when it is INTERNAL (a server bug)."""
     error = original(exc)
     if isinstance(error, SaeserveError) and (code := _code_of(error)) is not None:
-        return RpcStatus(code, _truncate(str(error)))
+        return RpcStatus(code, _truncate(str(error)), getattr(error, "retry_after_s", None))
     if isinstance(error, ValidationError):
         return RpcStatus(grpc.StatusCode.INVALID_ARGUMENT, _truncate(_validation_details(error)))
     if isinstance(error, asyncio.CancelledError):

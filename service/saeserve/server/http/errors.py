@@ -10,6 +10,7 @@ limit 256``); the OpenAI routes translate proto field paths to their own paramet
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 from saeserve.server.status import RpcStatus
 
 RETRY_AFTER_S = 1
-"""Seconds a client is told to wait after a 429 (queue full) or a 503 (no replica)."""
+"""Seconds a client is told to wait after a 429 or a 503 when the status gives no time."""
 
 _HTTP_STATUS: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
@@ -81,7 +82,8 @@ def status_body(status: RpcStatus, params: ParamNames | None = None) -> dict[str
 def error_response(status: RpcStatus, params: ParamNames | None = None) -> JSONResponse:
     """``status`` as an HTTP response (429 and 503 with ``Retry-After``)."""
     http = http_status(status.code)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if http in (429, 503) else None
+    retry = RETRY_AFTER_S if status.retry_after_s is None else math.ceil(status.retry_after_s)
+    headers = {"Retry-After": str(retry)} if http in (429, 503) else None
     return JSONResponse(status_body(status, params), status_code=http, headers=headers)
 
 
