@@ -20,14 +20,14 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from saeserve.engine.tokenize import chat_token_ids, check_text, token_strings, tokenize
 from saeserve.engine.types import DecomposeRequest, DecomposeResult, Tokenization, Variant
-from saeserve.errors import NotFound
+from saeserve.errors import NotFound, SaeserveError
 from saeserve.model.loader import LoadedTokenizer, load_tokenizer
 from saeserve.server import metrics
 from saeserve.server.auth import ApiKeys, Metadata
@@ -70,6 +70,16 @@ class OperationFailed(Exception):
     def __init__(self, status: RpcStatus) -> None:
         super().__init__(status.details)
         self.status = status
+
+
+R = TypeVar("R")
+
+
+def _answer(outcome: R | SaeserveError) -> R:
+    """A model replica's answer, or its error for the caller's mistake raised here."""
+    if isinstance(outcome, SaeserveError):
+        raise outcome
+    return outcome
 
 
 class Operations:
@@ -209,10 +219,7 @@ class Operations:
     ) -> pb.GetFeatureResponse:
         async with self._serving("GetFeature", caller):
             handle = self.models[self.model_name(request.model, "get_feature.model")]
-            response: pb.GetFeatureResponse = await handle.get_feature.remote(
-                request.sae, request.feature
-            )
-            return response
+            return _answer(await handle.get_feature.remote(request.sae, request.feature))
 
     async def search_features(
         self, request: pb.SearchFeaturesRequest, caller: Caller
@@ -220,10 +227,7 @@ class Operations:
         async with self._serving("SearchFeatures", caller):
             limit = search_limit(request, self.limits)
             handle = self.models[self.model_name(request.model, "search_features.model")]
-            response: pb.SearchFeaturesResponse = await handle.search_features.remote(
-                request.query, request.sae, limit
-            )
-            return response
+            return _answer(await handle.search_features.remote(request.query, request.sae, limit))
 
     async def generate(
         self, request: pb.GenerateRequest, caller: Caller
@@ -246,6 +250,7 @@ class Operations:
                 index = dict.fromkeys(Variant, 0)
                 async for events in stream:
                     group = []
+                    events = _answer(events)
                     for ev in events:
                         group.append(chunk_to_proto(ev, index[ev.variant], prompt_tokens, strings))
                         index[ev.variant] += 1

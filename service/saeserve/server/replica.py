@@ -168,13 +168,20 @@ class ModelReplica:
         return out
 
     # --- generate ---------------------------------------------------------------------------
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[list[TokenEvent]]:
+    async def generate(
+        self, req: GenerateRequest
+    ) -> AsyncIterator[list[TokenEvent] | SaeserveError]:
         """The request's events in groups (the ingress tokenized the prompt and makes the
-        chunks: this process runs the model, so it does as little else as it can)."""
+        chunks: this process runs the model, so it does as little else as it can). A
+        caller's mistake ends the stream as its last item, not as a raised error, which
+        Ray would log with a traceback on every bad request."""
         for iv in req.interventions:
             metrics.INTERVENTIONS.labels(mode=str(iv.mode)).inc()
-        async for events in self.loop.stream(req):
-            yield events
+        try:
+            async for events in self.loop.stream(req):
+                yield events
+        except SaeserveError as e:
+            yield e
 
     def _on_generate_step(self, events: list[TokenEvent]) -> None:
         metrics.BATCH_SIZE.labels(rpc="Generate").observe(len(events))
@@ -184,8 +191,17 @@ class ModelReplica:
             metrics.ACCELERATOR_MEMORY.set(torch.cuda.memory_allocated())
 
     # --- features ----------------------------------------------------------------------------
-    def get_feature(self, sae_id: str, feature: int) -> pb.GetFeatureResponse:
-        return self.features.get(sae_id, feature)
+    # A caller's mistake is returned, not raised: Ray logs a raised error with its traceback.
+    def get_feature(self, sae_id: str, feature: int) -> pb.GetFeatureResponse | SaeserveError:
+        try:
+            return self.features.get(sae_id, feature)
+        except SaeserveError as e:
+            return e
 
-    def search_features(self, query: str, sae_id: str, limit: int) -> pb.SearchFeaturesResponse:
-        return self.features.search(query, sae_id, limit)
+    def search_features(
+        self, query: str, sae_id: str, limit: int
+    ) -> pb.SearchFeaturesResponse | SaeserveError:
+        try:
+            return self.features.search(query, sae_id, limit)
+        except SaeserveError as e:
+            return e
