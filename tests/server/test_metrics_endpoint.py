@@ -81,6 +81,9 @@ def test_counters_move(server: Server) -> None:
             >= 3
             and value(now, "ray_saeserve_requests_total", rpc="Decompose", code="OK")
             > value(before, "ray_saeserve_requests_total", rpc="Decompose", code="OK")
+            and delta(before, now, "ray_saeserve_prompt_tokens_total") >= 1
+            and delta(before, now, "ray_saeserve_time_to_first_token_seconds_count") >= 1
+            and delta(before, now, "ray_saeserve_request_bytes_count", rpc="Decompose") >= 1
         )
 
     assert wait_for(moved), "saeserve counters did not move on the metrics endpoint"

@@ -54,7 +54,13 @@ SECONDS_BUCKETS = (
     5.0,
     10.0,
     30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
 )
+"""Request wall times, up to the longest Generate stream (512 tokens on a busy CPU)."""
+BYTES_BUCKETS = tuple(float(4**i * 256) for i in range(10))  # 256 B .. 64 MiB
 ENCODE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -80,6 +86,9 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("saeserve_requests_rejected_total", "counter", "Requests refused before any work, by reason.", ("reason",)),
     MetricSpec("saeserve_key_requests_total", "counter", "Requests admitted, by API key name.", ("key",)),
     MetricSpec("saeserve_key_tokens_total", "counter", "Tokens used (tokenized, decomposed, prompt, generated), by API key name.", ("key",)),
+    MetricSpec("saeserve_request_bytes", "histogram", "Size of a request message (its protobuf encoding), by operation.", ("rpc",), BYTES_BUCKETS),
+    MetricSpec("saeserve_prompt_tokens_total", "counter", "Generate prompt tokens (after chat templating)."),
+    MetricSpec("saeserve_time_to_first_token_seconds", "histogram", "Generate: from the request's arrival to its first token leaving the ingress, by transport.", ("transport",), SECONDS_BUCKETS),
     MetricSpec("saeserve_tokens_decomposed_total", "counter", "Tokens run through the model and SAEs by Decompose."),
     MetricSpec("saeserve_tokens_generated_total", "counter", "Tokens generated, by variant (steered or baseline).", ("variant",)),
     MetricSpec("saeserve_batch_size", "histogram", "Sequences per forward pass, by rpc.", ("rpc",), SIZE_BUCKETS),
@@ -258,6 +267,9 @@ REQUEST_SECONDS = _BY_NAME["saeserve_request_seconds"]
 REJECTED = _BY_NAME["saeserve_requests_rejected_total"]
 KEY_REQUESTS = _BY_NAME["saeserve_key_requests_total"]
 KEY_TOKENS = _BY_NAME["saeserve_key_tokens_total"]
+REQUEST_BYTES = _BY_NAME["saeserve_request_bytes"]
+PROMPT_TOKENS = _BY_NAME["saeserve_prompt_tokens_total"]
+TIME_TO_FIRST_TOKEN = _BY_NAME["saeserve_time_to_first_token_seconds"]
 TOKENS_DECOMPOSED = _BY_NAME["saeserve_tokens_decomposed_total"]
 TOKENS_GENERATED = _BY_NAME["saeserve_tokens_generated_total"]
 BATCH_SIZE = _BY_NAME["saeserve_batch_size"]

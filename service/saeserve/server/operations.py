@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from saeserve.engine.tokenize import chat_token_ids, check_text, token_strings, tokenize
@@ -125,13 +126,17 @@ class Operations:
 
     # --- plumbing ------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _serving(self, rpc: str, caller: Caller) -> AsyncIterator[str]:
+    async def _serving(
+        self, rpc: str, caller: Caller, request: Message | None = None
+    ) -> AsyncIterator[str]:
         """Check the key and its rate limits, then run the body with the key's name (to
         charge its tokens); count and time it; failures leave as ``OperationFailed``
         (cancellation stays a cancellation)."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         failed: RpcStatus | None = None
+        if request is not None:
+            metrics.REQUEST_BYTES.labels(rpc=rpc).observe(request.ByteSize())
         try:
             key = self.keys.check(caller.metadata)
             self.limiter.admit(key)
@@ -194,14 +199,14 @@ class Operations:
             return pb.ListModelsResponse(models=infos)
 
     async def tokenize(self, request: pb.TokenizeRequest, caller: Caller) -> pb.TokenizeResponse:
-        async with self._serving("Tokenize", caller) as key:
+        async with self._serving("Tokenize", caller, request) as key:
             tok = self.tokenizers[self.model_name(request.model, "tokenize.model")]
             tokens = await self._tokenize(tok, request.text, "tokenize.text")
             self.limiter.charge(key, len(tokens.token_ids))
             return pb.TokenizeResponse(tokens=tokens_to_proto(tokens))
 
     async def decompose(self, request: pb.DecomposeRequest, caller: Caller) -> pb.DecomposeResponse:
-        async with self._serving("Decompose", caller) as key:
+        async with self._serving("Decompose", caller, request) as key:
             name = self.model_name(request.model, "decompose.model")
             req = decompose_from_proto(request, self.limits)
             tok = self.tokenizers[name]
@@ -217,14 +222,14 @@ class Operations:
     async def get_feature(
         self, request: pb.GetFeatureRequest, caller: Caller
     ) -> pb.GetFeatureResponse:
-        async with self._serving("GetFeature", caller):
+        async with self._serving("GetFeature", caller, request):
             handle = self.models[self.model_name(request.model, "get_feature.model")]
             return _answer(await handle.get_feature.remote(request.sae, request.feature))
 
     async def search_features(
         self, request: pb.SearchFeaturesRequest, caller: Caller
     ) -> pb.SearchFeaturesResponse:
-        async with self._serving("SearchFeatures", caller):
+        async with self._serving("SearchFeatures", caller, request):
             limit = search_limit(request, self.limits)
             handle = self.models[self.model_name(request.model, "search_features.model")]
             return _answer(await handle.search_features.remote(request.query, request.sae, limit))
@@ -238,16 +243,18 @@ class Operations:
         Closing the iterator (``aclose``, as ``contextlib.aclosing`` does when the consumer
         is cancelled) or cancelling a task that awaits it stops the replica's generation:
         no tokens are generated for nobody."""
-        async with self._serving("Generate", caller) as key:
+        start = time.perf_counter()
+        async with self._serving("Generate", caller, request) as key:
             spec = generate_from_proto(request, self.limits)
             name = self.model_name(request.model, "generate.model")
             req = spec.request(await self._prompt_ids(name, spec))
             prompt_tokens = len(req.prompt_ids)
+            metrics.PROMPT_TOKENS.inc(prompt_tokens)
             self.limiter.charge(key, prompt_tokens)
             strings = functools.partial(token_strings, self.tokenizers[name].tokenizer)
             stream = cast(DeploymentResponseGenerator, self.streams[name].generate.remote(req))
             try:
-                index = dict.fromkeys(Variant, 0)
+                index, first = dict.fromkeys(Variant, 0), True
                 async for events in stream:
                     group = []
                     events = _answer(events)
@@ -255,6 +262,11 @@ class Operations:
                         group.append(chunk_to_proto(ev, index[ev.variant], prompt_tokens, strings))
                         index[ev.variant] += 1
                     self.limiter.charge(key, sum(c.token_id >= 0 for c in group))
+                    if first:
+                        first = False
+                        metrics.TIME_TO_FIRST_TOKEN.labels(transport=caller.transport).observe(
+                            time.perf_counter() - start
+                        )
                     yield group
             finally:
                 stream.cancel()
