@@ -163,13 +163,13 @@ def test_requests_batched_together_each_get_their_own_answer(served: ServedModel
 def test_topk_latents_in_blocks_of_rows_equal_one_block(
     wide: ServedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from saeserve.engine import decompose as engine_decompose
+    from saeserve.sae import base
 
     texts = [" ".join(TEXTS * 4), *TEXTS]
     req = DecomposeRequest(texts=texts, top_k=16, feature_ids=[3, 700])
     whole = decompose(wide, req)
-    # 64-row blocks (the chunked top-k) and a shorter last block (torch.topk)
-    monkeypatch.setattr(engine_decompose, "_TOPK_BLOCK_ELEMENTS", 64 * 1024)
+    # 64-row blocks of pre-activations and a shorter last block
+    monkeypatch.setattr(base, "ENCODE_BLOCK_BYTES", 64 * 1024 * 4)
     blocks = decompose(wide, req)
     assert blocks.n_tokens % 64 != 0 and blocks.n_tokens > 128
     _check_against_reference(wide, blocks, 16, [3, 700])

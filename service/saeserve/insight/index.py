@@ -2,7 +2,7 @@
 
 ``build_index(lm, sae, texts)`` tokenizes the texts into contexts of ``context_length``
 tokens, runs the model only up to the SAE's hook point, encodes each batch sparsely
-(``encode_sparse``'s k latents for TopK SAEs; the ``dense_top_k`` largest dense latents
+(``Sae.encode_sparse``: a TopK SAE's k latents; the ``dense_top_k`` largest latents
 per token otherwise) and folds it into a ``FeatureAccumulator`` on the model's device.
 Nothing of size [tokens x d_sae] is ever built; per-feature state is
 O(d_sae * (n_top_contexts * context_length + histogram grid)).
@@ -374,8 +374,8 @@ def build_index(
             if not include_special_tokens:
                 indexed &= ~torch.isin(ids, special)
             rows, pos = indexed.nonzero(as_tuple=True)
-            values, indices = _sparse_latents(sae, acts[rows, pos], k)
-            acc.add(values, indices, rows, pos, len(batch))
+            enc = sae.encode_sparse(acts[rows, pos], k=k)  # [n_tok, k]
+            acc.add(enc.values, enc.indices, rows, pos, len(batch))
             if progress is not None:
                 progress(acc.n_tokens)
 
@@ -413,21 +413,6 @@ def build_index(
     )
     attach_explanations(index, explanations)
     return index
-
-
-def _sparse_latents(sae: Sae, x: Tensor, k: int | None, chunk: int = 8192) -> tuple[Tensor, Tensor]:
-    """(values, indices) [n, k] of x [n, d_in]: TopK's own, else the k largest dense latents."""
-    if sae.is_topk:
-        sparse = sae.encode_sparse(x)
-        return sparse.values, sparse.indices
-    parts = [
-        torch.topk(sae.encode(x[i : i + chunk]), k or 1, dim=-1)
-        for i in range(0, x.shape[0], chunk)
-    ]
-    if not parts:
-        empty = torch.zeros(0, k or 1, device=x.device)
-        return empty, empty.long()
-    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
 
 
 def assemble_index(
