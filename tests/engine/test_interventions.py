@@ -10,7 +10,7 @@ import torch
 
 from saeserve.engine.interventions import SteeringPlan, resolve_interventions
 from saeserve.engine.served_model import ServedModel
-from saeserve.engine.types import Intervention, InterventionMode, PositionKind
+from saeserve.engine.types import EngineLimits, Intervention, InterventionMode, PositionKind
 from saeserve.errors import InvalidArgument, NotFound
 from tests.engine import reference
 
@@ -136,7 +136,7 @@ def test_vector_and_positions(served: ServedModel) -> None:
         (Intervention(mode=M.ADD, value=1, sae_id="post0", feature=-1), InvalidArgument, "feature"),
         (Intervention(mode=M.ADD, value=math.nan, sae_id="post0", feature=1), InvalidArgument, "value: must be finite"),
         (Intervention(mode=M.ADD, value=math.inf, sae_id="post0", feature=1), InvalidArgument, "finite"),
-        (Intervention(mode=M.ADD, value=1e9, sae_id="post0", feature=1), InvalidArgument, "exceeds the limit of 1000"),
+        (Intervention(mode=M.ADD, value=1e9, sae_id="post0", feature=1), InvalidArgument, "value (absolute): 1000000000.0 > limit 1000"),
         (Intervention(mode=M.ADD, value=1, sae_id="nope", feature=1), NotFound, "unknown SAE 'nope'"),
         (Intervention(mode=M.ADD, value=1, feature=1), InvalidArgument, "needs an SAE id"),
         (Intervention(mode=M.VECTOR, value=1, hook_point="resid_post.0", vector=[1.0]), InvalidArgument, "vector: needs exactly d_model"),
@@ -150,8 +150,9 @@ def test_vector_and_positions(served: ServedModel) -> None:
 def test_bad_interventions(
     served: ServedModel, iv: Intervention, error: type, message: str
 ) -> None:
-    with pytest.raises(error) as info:
-        resolve_interventions(served, [iv], PROMPT_LEN, max_abs_value=1000)
+    with pytest.raises(error) as info:  # the model-free checks, then the model's
+        iv.validate(EngineLimits(max_abs_intervention_value=1000), "interventions[0]")
+        resolve_interventions(served, [iv], PROMPT_LEN)
     assert message in str(info.value)
     assert "interventions[0]" in str(info.value)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import random
 import weakref
 from collections.abc import Iterator, Sequence
@@ -46,7 +45,9 @@ from saeserve.engine.kv_cache import growing_cache
 from saeserve.engine.sampling import sample_next
 from saeserve.engine.served_model import HookedSae, ServedModel
 from saeserve.engine.types import (
+    EngineLimits,
     FinishReason,
+    GenerateLimits,
     GenerateRequest,
     SamplingParams,
     TokenEvent,
@@ -118,26 +119,6 @@ def _plan(rows: list[_Sequence]) -> SteeringPlan:
     return SteeringPlan([s.interventions for s in rows], [s.tracked for s in rows])
 
 
-def validate_sampling(
-    p: SamplingParams, *, max_new_tokens: int, field_name: str = "sampling"
-) -> None:
-    if not 1 <= p.max_new_tokens <= max_new_tokens:
-        raise InvalidArgument(
-            f"{field_name}.max_new_tokens: {p.max_new_tokens} must be in [1, {max_new_tokens}]"
-        )
-    if not (math.isfinite(p.temperature) and 0 <= p.temperature <= 100):
-        raise InvalidArgument(f"{field_name}.temperature: {p.temperature} must be in [0, 100]")
-    if not (math.isfinite(p.top_p) and 0 < p.top_p <= 1):
-        raise InvalidArgument(f"{field_name}.top_p: {p.top_p} must be in (0, 1]")
-    if p.top_k < 0:
-        raise InvalidArgument(f"{field_name}.top_k: {p.top_k} must be >= 0 (0 = no cut)")
-    if p.seed is not None and not 0 <= p.seed < 2**63:
-        raise InvalidArgument(f"{field_name}.seed: {p.seed} must be in [0, 2^63)")
-    for i, s in enumerate(p.stop):
-        if not s:
-            raise InvalidArgument(f"{field_name}.stop[{i}]: stop strings must not be empty")
-
-
 class BatchGenerator:
     """Step-level batched generation; see the module docstring."""
 
@@ -146,13 +127,12 @@ class BatchGenerator:
         served: ServedModel,
         *,
         max_batch_size: int = 32,
-        max_new_tokens: int = 1024,
-        max_abs_value: float = math.inf,
+        limits: GenerateLimits | None = None,
     ) -> None:
         self.served = served
         self.max_batch_size = max_batch_size
-        self.max_new_tokens = max_new_tokens
-        self.max_abs_value = max_abs_value
+        self.limits = limits or EngineLimits()
+        """What a request is validated against (the server passes its own)."""
         self._ids = itertools.count(1)
         self._pending: list[_Sequence] = []
         self._batch: _Batch | None = None
@@ -174,16 +154,14 @@ class BatchGenerator:
         vocab = lm.vocab_size
         if any(not 0 <= t < vocab for t in req.prompt_ids):
             raise InvalidArgument(f"prompt_ids: token ids must be in [0, {vocab})")
-        validate_sampling(req.sampling, max_new_tokens=self.max_new_tokens)
+        req.validate(self.limits)
         total = len(req.prompt_ids) + req.sampling.max_new_tokens
         if total > lm.max_positions:
             raise InvalidArgument(
                 f"prompt: {len(req.prompt_ids)} tokens + max_new_tokens {req.sampling.max_new_tokens} "
                 f"exceeds the model's context of {lm.max_positions}"
             )
-        interventions = resolve_interventions(
-            self.served, req.interventions, len(req.prompt_ids), max_abs_value=self.max_abs_value
-        )
+        interventions = resolve_interventions(self.served, req.interventions, len(req.prompt_ids))
         tracked = resolve_tracked(self.served, req.track)
         if self.n_sequences + 1 + req.include_baseline > self.max_batch_size:
             raise ResourceExhausted(f"generation batch is full ({self.max_batch_size} sequences)")

@@ -26,7 +26,6 @@ row can change another.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,41 +60,29 @@ def resolve_interventions(
     interventions: Sequence[Intervention],
     prompt_len: int,
     *,
-    max_abs_value: float = math.inf,
     field_name: str = "interventions",
 ) -> list[ResolvedIntervention]:
-    """Validate each intervention against the model and SAEs, naming the field on error."""
+    """Bind each intervention (already ``validate``d: mode, value, positions) to the
+    model and its SAEs, checking what needs them; errors name the field."""
     return [
-        _resolve_one(served, iv, prompt_len, max_abs_value, f"{field_name}[{i}]")
+        _resolve_one(served, iv, prompt_len, f"{field_name}[{i}]")
         for i, iv in enumerate(interventions)
     ]
 
 
 def _resolve_one(
-    served: ServedModel, iv: Intervention, prompt_len: int, max_abs: float, where: str
+    served: ServedModel, iv: Intervention, prompt_len: int, where: str
 ) -> ResolvedIntervention:
-    try:
-        mode = InterventionMode(iv.mode)
-    except ValueError:
-        raise InvalidArgument(f"{where}.mode: unknown mode {iv.mode!r}") from None
-    if not math.isfinite(iv.value):
-        raise InvalidArgument(f"{where}.value: must be finite, got {iv.value}")
-    if abs(iv.value) > max_abs:
-        raise InvalidArgument(f"{where}.value: |{iv.value}| exceeds the limit of {max_abs}")
-    positions = PositionKind(iv.positions)
-    indices = tuple(iv.indices)
-    if positions is PositionKind.INDICES:
-        if not indices:
-            raise InvalidArgument(f"{where}.indices: positions INDICES needs at least one index")
-        for j, p in enumerate(indices):
-            if not 0 <= p < prompt_len:
-                raise InvalidArgument(
-                    f"{where}.indices[{j}]: {p} must be in [0, {prompt_len}) (prompt tokens)"
-                )
-    elif indices:
-        raise InvalidArgument(
-            f"{where}.indices: only allowed with positions INDICES, got {positions}"
-        )
+    mode, positions, indices = (
+        InterventionMode(iv.mode),
+        PositionKind(iv.positions),
+        tuple(iv.indices),
+    )
+    for j, p in enumerate(indices):
+        if not 0 <= p < prompt_len:
+            raise InvalidArgument(
+                f"{where}.indices[{j}]: {p} must be in [0, {prompt_len}) (prompt tokens)"
+            )
 
     if mode is InterventionMode.VECTOR:
         point = (

@@ -80,8 +80,7 @@ class ModelReplica:
             BatchGenerator(
                 self.served,
                 max_batch_size=self.limits.max_concurrent_streams,
-                max_new_tokens=self.limits.max_new_tokens,
-                max_abs_value=self.limits.max_abs_intervention_value,
+                limits=self.limits,
             ),
             self.lock,
             interval_s=self.limits.stream_interval_s,
