@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saeserve.engine.padding import pad_token_ids
 from saeserve.engine.served_model import HookedSae, ServedModel
 from saeserve.engine.tokenize import tokenize
 from saeserve.engine.types import (
@@ -148,7 +149,9 @@ def _run_texts(
     with_error: bool,
 ) -> tuple[list[dict[str, SaeDecomposition]], float]:
     lm = served.lm
-    input_ids, mask = _right_pad(toks, pad_id=_pad_id(served), device=lm.device)
+    input_ids, mask = pad_token_ids(
+        [t.token_ids for t in toks], pad_id=lm.pad_token_id, device=lm.device
+    )
     real = mask.bool()  # [B, N]
 
     by_point: dict[HookPoint, list[HookedSae]] = defaultdict(list)
@@ -257,23 +260,3 @@ def _text_variance(x: Tensor, text_of_token: Tensor, n_texts: int) -> Tensor:
     denom = per_text[text_of_token]
     fallback = x.pow(2).sum(dim=-1)
     return torch.where(denom > 0, denom, fallback).clamp_min(torch.finfo(torch.float32).tiny)
-
-
-def _right_pad(
-    toks: list[Tokenization], *, pad_id: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    n = max(len(t.token_ids) for t in toks)
-    ids = torch.full((len(toks), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(toks), n), dtype=torch.long)
-    for i, t in enumerate(toks):
-        ids[i, : len(t.token_ids)] = torch.tensor(t.token_ids)
-        mask[i, : len(t.token_ids)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(served: ServedModel) -> int:
-    tok = served.lm.tokenizer
-    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from saeserve.engine.feature_math import logit_effects
+from saeserve.engine.padding import pad_token_ids
 from saeserve.errors import require
 from saeserve.insight.explanations import attach_explanations
 from saeserve.insight.store import FeatureIndex, IndexMeta
@@ -346,7 +347,6 @@ def build_index(
         device=device,
     )
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.int64, device=device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     k = sae.cfg.k if sae.is_topk else min(dense_top_k, sae.d_sae)
     corpus: list[np.ndarray] = []  # [B, T] token ids of every batch, for the kept contexts
     lengths: list[np.ndarray] = []
@@ -354,11 +354,7 @@ def build_index(
     contexts = iter_contexts(tokenizer, corpus_texts, context_length, max_tokens)
     with torch.inference_mode():
         for batch in _batches(contexts, batch_size):
-            ids = torch.full((len(batch), context_length), pad_id, dtype=torch.int64)
-            mask = torch.zeros(len(batch), context_length, dtype=torch.int64)
-            for i, ctx in enumerate(batch):
-                ids[i, : len(ctx)] = torch.tensor(ctx)
-                mask[i, : len(ctx)] = 1
+            ids, mask = pad_token_ids(batch, pad_id=lm.pad_token_id, width=context_length)
             corpus.append(ids.numpy().astype(np.int32))
             lengths.append(mask.sum(1).numpy().astype(np.int16))
             ids, mask = ids.to(device), mask.to(device)

@@ -23,6 +23,7 @@ import torch
 
 from saeserve.engine.decompose import decompose_many
 from saeserve.engine.generate import BatchGenerator
+from saeserve.engine.generation_loop import GenerationLoop
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import (
     DecomposeRequest,
@@ -33,7 +34,6 @@ from saeserve.engine.types import (
 from saeserve.errors import SaeserveError
 from saeserve.server import metrics
 from saeserve.server.feature_view import FeatureView
-from saeserve.server.generation_loop import GenerationLoop
 from saeserve.server.settings import Limits, ModelSpec
 from saeserve.v1 import saeserve_pb2 as pb
 
