@@ -35,18 +35,6 @@ class ResourceExhausted(SaeserveError):
     code = "RESOURCE_EXHAUSTED"
 
 
-class Cancelled(SaeserveError):
-    """The caller went away or asked to stop (gRPC CANCELLED)."""
-
-    code = "CANCELLED"
-
-
-class DeadlineExceeded(SaeserveError):
-    """The caller's deadline passed before the work finished (gRPC DEADLINE_EXCEEDED)."""
-
-    code = "DEADLINE_EXCEEDED"
-
-
 class FailedPrecondition(SaeserveError):
     """The request is valid but the server is not in a state to run it (FAILED_PRECONDITION)."""
 

@@ -256,7 +256,6 @@ class FinishReason(StrEnum):
     LENGTH = "length"
     STOP = "stop"  # a stop string matched
     EOS = "eos"
-    CANCELLED = "cancelled"
 
 
 @dataclass
@@ -302,9 +301,3 @@ class LogitEffects:
     """[F, n] int64 token ids, most negative effect first."""
     suppressed: np.ndarray
     """[F, n] float32 effects of ``suppressed_ids``."""
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int
-    generated_tokens: int

@@ -107,7 +107,11 @@ def _max_positions(config: Any, tokenizer: PreTrainedTokenizerFast) -> int:
     raise InvalidArgument("model config: no max_position_embeddings or n_positions")
 
 
-def _parse_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """The torch device ``device`` names; ``auto`` is CUDA when available, else the CPU.
+    InvalidArgument for a name torch does not parse or CUDA that is not there."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as exc:
@@ -127,10 +131,11 @@ def load_model(
 ) -> LoadedModel:
     """Load the causal LM in folder `path` (no hub access) onto `device` in `dtype`.
 
-    `dtype` is one of float32, bfloat16, float16. `attn_implementation` defaults to sdpa
-    (eager for Gemma-2); either is exact with left-padding masks. NotFound if the folder or
-    one of config.json / *.safetensors / tokenizer.json is missing; InvalidArgument for an
-    unsupported family, dtype or device.
+    `device` may be ``auto`` (``resolve_device``); `dtype` is one of float32, bfloat16,
+    float16. `attn_implementation` defaults to sdpa (eager for Gemma-2); either is exact
+    with left-padding masks. NotFound if the folder or one of config.json /
+    *.safetensors / tokenizer.json is missing; InvalidArgument for an unsupported family,
+    dtype or device.
     """
     folder = Path(path).expanduser()
     if dtype not in DTYPES:
@@ -140,7 +145,7 @@ def load_model(
             f"attn_implementation: {attn_implementation!r} is not one of "
             f"{', '.join(ATTN_IMPLEMENTATIONS)}"
         )
-    torch_device = _parse_device(device)
+    torch_device = resolve_device(device)
     _require_files(folder)
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)

@@ -240,9 +240,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saeserve.model.loader import load_model
+    from saeserve.model.loader import load_model, resolve_device
     from saeserve.sae.formats import load_sae
-    from saeserve.sae.train.loop import resolve_device
 
     cfg = config_from_args(EvalConfig, args)
     device = resolve_device(cfg.device)

@@ -56,7 +56,6 @@ _FINISH = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.EOS: pb.FINISH_REASON_EOS,
-    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
 }
 
 

@@ -32,6 +32,7 @@ from saeserve.engine.types import (
     TokenEvent,
 )
 from saeserve.errors import SaeserveError
+from saeserve.model.loader import resolve_device
 from saeserve.server import metrics
 from saeserve.server.feature_view import FeatureView
 from saeserve.server.settings import Limits, ModelSpec
@@ -41,12 +42,6 @@ log = logging.getLogger(__name__)
 
 INDEX_DIR = "feature_index"
 """Default subfolder of an SAE folder holding its feature index (SaeSpec.index overrides)."""
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -61,7 +56,7 @@ class ModelReplica:
 
         self.spec = ModelSpec.model_validate(spec)
         self.limits = Limits.model_validate(limits)
-        device = resolve_device(self.spec.device)
+        device = str(resolve_device(self.spec.device))
         dtype = resolve_dtype(self.spec.dtype, device)
         self.served = ServedModel.load(
             self.spec.path, device=device, dtype=dtype, name=self.spec.name
