@@ -83,23 +83,16 @@ class GenerateLimits(Protocol):
     """The per-request limits a Generate request is checked against (the server's
     ``Limits`` has these fields; ``EngineLimits`` holds the engine's own defaults)."""
 
-    @property
-    def max_new_tokens(self) -> int: ...
-    @property
-    def max_stop_strings(self) -> int: ...
-    @property
-    def max_stop_string_bytes(self) -> int: ...
-    @property
-    def max_interventions(self) -> int: ...
-    @property
-    def max_abs_intervention_value(self) -> float: ...
-    @property
-    def max_tracked_features(self) -> int: ...
-    @property
-    def max_top_logprobs(self) -> int: ...
+    max_new_tokens: int
+    max_stop_strings: int
+    max_stop_string_bytes: int
+    max_interventions: int
+    max_abs_intervention_value: float
+    max_tracked_features: int
+    max_top_logprobs: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class EngineLimits:
     """``GenerateLimits`` for the engine used without a server."""
 

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from saeserve.errors import InvalidArgument, NotFound
-from saeserve.model.architectures import FAMILY_OF_MODEL_TYPE, ArchitectureLayout, layout_for
+from saeserve.model.architectures import ArchitectureLayout, family_of, layout_for
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -150,12 +150,7 @@ def load_model(
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     model_type = str(getattr(config, "model_type", ""))
-    family = FAMILY_OF_MODEL_TYPE.get(model_type)
-    if family is None:
-        supported = ", ".join(sorted(FAMILY_OF_MODEL_TYPE))
-        raise InvalidArgument(
-            f"model config.json model_type: {model_type!r} is not supported; supported: {supported}"
-        )
+    family_of(model_type, field="model config.json model_type")
     if attn_implementation is None:
         attn_implementation = "eager" if model_type in _EAGER_ONLY else "sdpa"
     elif attn_implementation != "eager" and model_type in _EAGER_ONLY:
