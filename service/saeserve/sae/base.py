@@ -212,14 +212,13 @@ class Sae(nn.Module):
         """The SAE's latents of model-space x [..., d_in], kept sparse: decomposition,
         steering, index building and evaluation all read them here.
 
-        A block of tokens at a time (at most ``block_bytes`` of pre-activations, by default
-        ``ENCODE_BLOCK_BYTES``): normalise,
-        pre-activations, activation, then the k strongest latents. For a TopK SAE k is at
-        most (and by default) its own k, and these are exactly its active latents; for
-        JumpReLU and ReLU SAEs k (default 0) says how many of the largest to report.
-        ``features`` [F] (long) asks for those latents' exact activations, ``reconstruct``
-        for x_hat, ``count_fires`` for each latent's count of active tokens (see
-        ``Encoding``). A TopK SAE decodes by a gather over its k rows of W_dec.
+        A block of tokens at a time (at most ``block_bytes`` of pre-activations, by
+        default ``ENCODE_BLOCK_BYTES``): normalise, pre-activations, activation, then the
+        k strongest latents. For a TopK SAE k is at most (and by default) its own k, and
+        these are exactly its active latents; for JumpReLU and ReLU SAEs k (default 0)
+        says how many of the largest to report. ``features`` [F] (long) asks for those
+        latents' exact activations, ``reconstruct`` for x_hat, ``count_fires`` for each
+        latent's count of active tokens (see ``Encoding``).
         """
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.d_in)
@@ -231,23 +230,24 @@ class Sae(nn.Module):
                 return self._feature_columns(flat, features, lead)
         budget = ENCODE_BLOCK_BYTES if block_bytes is None else block_bytes
         rows = max(1, budget // (self.d_sae * self.W_enc.element_size()))
-        blocks = [
+        blocks = [  # at least one block, so that no tokens give empty tensors of their shape
             self._encode_block(flat[i : i + rows], n_top, features, reconstruct, count_fires)
-            for i in range(0, len(flat), rows)
-        ] or [self._encode_block(flat, n_top, features, reconstruct, count_fires)]
+            for i in range(0, max(len(flat), 1), rows)
+        ]
 
-        def joined(i: int, width: int) -> Tensor:
-            return torch.cat([b[i] for b in blocks]).reshape(*lead, width)
+        def joined(name: str, width: int) -> Tensor | None:
+            parts = [getattr(b, name) for b in blocks]
+            return None if parts[0] is None else torch.cat(parts).reshape(*lead, width)
 
-        fires = None
-        if count_fires:
-            fires = torch.stack([b[4] for b in blocks]).sum(0)
+        values, indices = joined("values", n_top), joined("indices", n_top)
+        assert values is not None and indices is not None
+        fires = [b.fire_counts for b in blocks if b.fire_counts is not None]
         return Encoding(
-            values=joined(0, n_top),
-            indices=joined(1, n_top),
-            features=joined(2, len(features)) if features is not None else None,
-            reconstruction=joined(3, self.d_in) if reconstruct else None,
-            fire_counts=fires,
+            values=values,
+            indices=indices,
+            features=joined("features", 0 if features is None else len(features)),
+            reconstruction=joined("reconstruction", self.d_in),
+            fire_counts=torch.stack(fires).sum(0) if fires else None,
         )
 
     def _encode_block(
@@ -257,29 +257,29 @@ class Sae(nn.Module):
         features: Tensor | None,
         reconstruct: bool,
         count_fires: bool,
-    ) -> tuple[Tensor, ...]:
-        """``encode_sparse`` of one block x [rows, d_in], as a tuple in ``Encoding``'s order."""
+    ) -> Encoding:
+        """``encode_sparse`` of one block x [rows, d_in]."""
         x_n, ctx = self.normalize(x)
         pre = self.pre_activations(x_n)  # [rows, d_sae]
-        empty = pre.new_zeros(0)
         if self.is_topk:
             values, indices = self.topk(pre)  # [rows, k]: every active latent
-            feats = empty
+            feats = recon = fires = None
             if features is not None:  # [rows, F]: the value where f is among the k, else 0
                 feats = (values.unsqueeze(-1) * (indices.unsqueeze(-1) == features)).sum(1)
-            recon = empty
-            if reconstruct:
+            if reconstruct:  # a gather over k rows of W_dec, not a [rows x d_sae] matmul
                 recon = self.denormalize(self._decode_sparse(values, indices), ctx)
-            fires = empty
             if count_fires:
                 fires = torch.bincount(indices[values > 0], minlength=self.d_sae)
-            return values[:, :n_top], indices[:, :n_top], feats, recon, fires
+            return Encoding(values[:, :n_top], indices[:, :n_top], feats, recon, fires)
         a = self.activate(pre)  # [rows, d_sae]
         top = torch.topk(a, n_top, dim=-1)
-        feats = a.index_select(-1, features) if features is not None else empty
-        recon = self.decode(a, ctx) if reconstruct else empty
-        fires = (a != 0).sum(0) if count_fires else empty
-        return top.values, top.indices, feats, recon, fires
+        return Encoding(
+            top.values,
+            top.indices,
+            a.index_select(-1, features) if features is not None else None,
+            self.decode(a, ctx) if reconstruct else None,
+            (a != 0).sum(0) if count_fires else None,
+        )
 
     def _feature_columns(self, x: Tensor, features: Tensor, lead: torch.Size) -> Encoding:
         """``encode_sparse`` of a ReLU or JumpReLU SAE asked only for ``features``: their
