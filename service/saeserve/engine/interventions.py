@@ -73,11 +73,9 @@ def resolve_interventions(
 def _resolve_one(
     served: ServedModel, iv: Intervention, prompt_len: int, where: str
 ) -> ResolvedIntervention:
-    mode, positions, indices = (
-        InterventionMode(iv.mode),
-        PositionKind(iv.positions),
-        tuple(iv.indices),
-    )
+    mode = InterventionMode(iv.mode)
+    positions = PositionKind(iv.positions)
+    indices = tuple(iv.indices)
     for j, p in enumerate(indices):
         if not 0 <= p < prompt_len:
             raise InvalidArgument(
@@ -111,10 +109,7 @@ def _resolve_one(
     if not iv.sae_id:
         raise InvalidArgument(f"{where}.sae: {mode} needs an SAE id")
     hooked = served.sae(iv.sae_id, field_name=f"{where}.sae")
-    if not 0 <= iv.feature < hooked.sae.d_sae:
-        raise InvalidArgument(
-            f"{where}.feature: {iv.feature} must be in [0, {hooked.sae.d_sae}) (d_sae)"
-        )
+    _check_feature(hooked, iv.feature, f"{where}.feature")
     if iv.normalize and mode is not InterventionMode.ADD:
         raise InvalidArgument(f"{where}.normalize: only meaningful for ADD and VECTOR, not {mode}")
     return ResolvedIntervention(
@@ -132,15 +127,19 @@ def _resolve_one(
 def resolve_tracked(
     served: ServedModel, track: Sequence[TrackedFeature], *, field_name: str = "track"
 ) -> list[tuple[HookedSae, int]]:
+    """Each tracked feature's SAE, checking the id and the feature's range."""
     out = []
     for i, t in enumerate(track):
         hooked = served.sae(t.sae_id, field_name=f"{field_name}[{i}].sae")
-        if not 0 <= t.feature < hooked.sae.d_sae:
-            raise InvalidArgument(
-                f"{field_name}[{i}].feature: {t.feature} must be in [0, {hooked.sae.d_sae}) (d_sae)"
-            )
+        _check_feature(hooked, t.feature, f"{field_name}[{i}].feature")
         out.append((hooked, t.feature))
     return out
+
+
+def _check_feature(hooked: HookedSae, feature: int, where: str) -> None:
+    d_sae = hooked.sae.d_sae
+    if not 0 <= feature < d_sae:
+        raise InvalidArgument(f"{where}: {feature} must be in [0, {d_sae}) (d_sae)")
 
 
 class _FeatureReader:
