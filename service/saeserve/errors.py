@@ -40,18 +40,6 @@ class ResourceExhausted(SaeserveError):
         self.retry_after_s = retry_after_s
 
 
-class Cancelled(SaeserveError):
-    """The caller went away or asked to stop (gRPC CANCELLED)."""
-
-    code = "CANCELLED"
-
-
-class DeadlineExceeded(SaeserveError):
-    """The caller's deadline passed before the work finished (gRPC DEADLINE_EXCEEDED)."""
-
-    code = "DEADLINE_EXCEEDED"
-
-
 class FailedPrecondition(SaeserveError):
     """The request is valid but the server is not in a state to run it (FAILED_PRECONDITION)."""
 

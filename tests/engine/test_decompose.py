@@ -66,7 +66,7 @@ def test_matches_manual_forward_and_numpy_sae(served: ServedModel) -> None:
 
 @pytest.fixture(scope="module")
 def wide(gpt2_path: Path) -> ServedModel:
-    """A TopK SAE wide enough, on enough tokens, for the chunked top-k (1024 latents, k=16)."""
+    """A TopK SAE wider than the test model (1024 latents, k=16), on many tokens."""
     served = ServedModel.load(gpt2_path)
     d = served.lm.layout.d_model
     served.add_sae(random_sae(d, "resid_post.1", sae_id="wide", k=16, d_sae=1024, seed=5))
@@ -78,7 +78,7 @@ def test_wide_topk_sae_matches_numpy_for_any_top_k(wide: ServedModel, top_k: int
     texts = [" ".join(TEXTS * 4), *TEXTS]
     features = [0, 17, 511, 1023]
     res = decompose(wide, DecomposeRequest(texts=texts, top_k=top_k, feature_ids=features))
-    assert res.n_tokens >= 64  # the chunked top-k needs at least 64 rows
+    assert res.n_tokens >= 64
     _check_against_reference(wide, res, top_k, features)
 
 
@@ -163,13 +163,13 @@ def test_requests_batched_together_each_get_their_own_answer(served: ServedModel
 def test_topk_latents_in_blocks_of_rows_equal_one_block(
     wide: ServedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from saeserve.engine import decompose as engine_decompose
+    from saeserve.sae import base
 
     texts = [" ".join(TEXTS * 4), *TEXTS]
     req = DecomposeRequest(texts=texts, top_k=16, feature_ids=[3, 700])
     whole = decompose(wide, req)
-    # 64-row blocks (the chunked top-k) and a shorter last block (torch.topk)
-    monkeypatch.setattr(engine_decompose, "_TOPK_BLOCK_ELEMENTS", 64 * 1024)
+    # 64-row blocks of pre-activations and a shorter last block
+    monkeypatch.setattr(base, "ENCODE_BLOCK_BYTES", 64 * 1024 * 4)
     blocks = decompose(wide, req)
     assert blocks.n_tokens % 64 != 0 and blocks.n_tokens > 128
     _check_against_reference(wide, blocks, 16, [3, 700])

@@ -10,7 +10,7 @@ import torch
 
 from saeserve.engine.interventions import SteeringPlan, resolve_interventions
 from saeserve.engine.served_model import ServedModel
-from saeserve.engine.types import Intervention, InterventionMode, PositionKind
+from saeserve.engine.types import EngineLimits, Intervention, InterventionMode, PositionKind
 from saeserve.errors import InvalidArgument, NotFound
 from tests.engine import reference
 
@@ -136,7 +136,7 @@ def test_vector_and_positions(served: ServedModel) -> None:
         (Intervention(mode=M.ADD, value=1, sae_id="post0", feature=-1), InvalidArgument, "feature"),
         (Intervention(mode=M.ADD, value=math.nan, sae_id="post0", feature=1), InvalidArgument, "value: must be finite"),
         (Intervention(mode=M.ADD, value=math.inf, sae_id="post0", feature=1), InvalidArgument, "finite"),
-        (Intervention(mode=M.ADD, value=1e9, sae_id="post0", feature=1), InvalidArgument, "exceeds the limit of 1000"),
+        (Intervention(mode=M.ADD, value=1e9, sae_id="post0", feature=1), InvalidArgument, "value (absolute): 1000000000.0 > limit 1000"),
         (Intervention(mode=M.ADD, value=1, sae_id="nope", feature=1), NotFound, "unknown SAE 'nope'"),
         (Intervention(mode=M.ADD, value=1, feature=1), InvalidArgument, "needs an SAE id"),
         (Intervention(mode=M.VECTOR, value=1, hook_point="resid_post.0", vector=[1.0]), InvalidArgument, "vector: needs exactly d_model"),
@@ -150,8 +150,9 @@ def test_vector_and_positions(served: ServedModel) -> None:
 def test_bad_interventions(
     served: ServedModel, iv: Intervention, error: type, message: str
 ) -> None:
-    with pytest.raises(error) as info:
-        resolve_interventions(served, [iv], PROMPT_LEN, max_abs_value=1000)
+    with pytest.raises(error) as info:  # the model-free checks, then the model's
+        iv.validate(EngineLimits(max_abs_intervention_value=1000), "interventions[0]")
+        resolve_interventions(served, [iv], PROMPT_LEN)
     assert message in str(info.value)
     assert "interventions[0]" in str(info.value)
 
@@ -212,13 +213,7 @@ def test_decode_hooks_equal_the_general_hooks_and_each_row_alone(
             torch.testing.assert_close(together[r : r + 1], alone, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("count_budget", [1 << 18, 0])  # TopK activity by counting / top-k
-def test_mixed_rows_at_generated_positions_match_the_formulas(
-    served: ServedModel, count_budget: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from saeserve.engine import interventions
-
-    monkeypatch.setattr(interventions, "_COUNT_BUDGET", count_budget)
+def test_mixed_rows_at_generated_positions_match_the_formulas(served: ServedModel) -> None:
     d = served.lm.layout.d_model
     rows = _rows_mixed(served, d)
     h = torch.randn(len(rows), 1, d, generator=torch.Generator().manual_seed(17)) * 3
@@ -240,12 +235,12 @@ def test_mixed_rows_at_generated_positions_match_the_formulas(
 
 
 def test_all_add_plans_never_encode(served: ServedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    from saeserve.engine import interventions
+    from saeserve.sae.base import Sae
 
-    def no_encoder(*args: object) -> torch.Tensor:
+    def no_encoder(*args: object, **kwargs: object) -> None:
         raise AssertionError("an ADD-only plan ran the SAE encoder")
 
-    monkeypatch.setattr(interventions._FeatureReader, "latents", no_encoder)
+    monkeypatch.setattr(Sae, "encode_sparse", no_encoder)
     d = served.lm.layout.d_model
     h = torch.randn(2, S, d, generator=torch.Generator().manual_seed(19)) * 3
     for sae_id in ["post0", "mid1", "jump1", "relu0"]:
@@ -260,15 +255,13 @@ def test_all_add_plans_never_encode(served: ServedModel, monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("sae_id", ["post0", "mid1"])  # TopK SAEs
-def test_inactive_features_skip_the_topk_and_match_the_formulas(
-    served: ServedModel, sae_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_inactive_features_match_the_formulas(served: ServedModel, sae_id: str) -> None:
     hooked = served.saes[sae_id]
     d = served.lm.layout.d_model
     h = torch.randn(1, 1, d, generator=torch.Generator().manual_seed(23)) * 3
     x = h[0].double().numpy()
     a, _ = reference.encode(hooked.sae, x)
-    # the features with the lowest pre-activations: inactive, and below every chunk maximum
+    # the features with the lowest pre-activations: inactive
     p = {k: v.detach().double().numpy() for k, v in hooked.sae.state_dict().items()}
     x_n = x
     if sae_id == "mid1":  # LayerNorm input
@@ -282,27 +275,17 @@ def test_inactive_features_skip_the_topk_and_match_the_formulas(
         Intervention(mode=M.SCALE, value=3.0, sae_id=sae_id, feature=low[1]),
         Intervention(mode=M.ABLATE, value=0.0, sae_id=sae_id, feature=low[2]),
     ]
-
-    def no_topk(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the top-k ran although no steered feature can be active")
-
     plan = SteeringPlan([resolve_interventions(served, ivs, PROMPT_LEN)])
     fn = plan.decode_hook_fns()[hooked.hook_point]
-    monkeypatch.setattr(torch, "topk", no_topk)
     out = fn(h.clone())
     assert out is not None
     want = x + sum(_expected(served, iv, x, np.ones(1)) - x for iv in ivs)
     np.testing.assert_allclose(out[0].double().numpy(), want, rtol=1e-4, atol=1e-4)
 
 
-def test_rows_whose_features_cannot_be_active_skip_the_encoder_and_match_the_formulas(
-    served: ServedModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A decode batch where each row scales its own feature: rows whose feature has a
-    positive pre-activation go through the full encoder, the others do not (another row's
-    feature being positive there does not count), and every row still equals the formula."""
-    from saeserve.engine import interventions
-
+def test_rows_each_scaling_their_own_feature_match_the_formulas(served: ServedModel) -> None:
+    """A decode batch where each row scales its own feature, active on its own row or only
+    on another row: every row equals the formula (another row's activity does not count)."""
     sae_id = "post0"  # TopK, no input norm
     hooked = served.saes[sae_id]
     d = served.lm.layout.d_model
@@ -315,31 +298,16 @@ def test_rows_whose_features_cannot_be_active_skip_the_encoder_and_match_the_for
     cross = [int(f) for f in np.flatnonzero((pre[1] < 0) & (pre[3] < 0) & (pre[0] > 0))[:2]]
     features = [strongest[0], cross[0], strongest[2], cross[1]]
     rows = [[Intervention(mode=M.SCALE, value=3.0, sae_id=sae_id, feature=f)] for f in features]
-    seen: list[int] = []
-    encode = interventions._FeatureReader._encode
-
-    def counting(self: object, flat: torch.Tensor, *args: object) -> object:
-        seen.append(len(flat))
-        return encode(self, flat, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(interventions._FeatureReader, "_encode", counting)
     out = _run_point(served, rows, h, hooked.hook_point.name, decode=True).double().numpy()
-    assert seen == [2]  # rows 0 and 2 only
     for r, ivs in enumerate(rows):
         x = h[r].double().numpy()
         want = _expected(served, ivs[0], x, np.ones(1))
         np.testing.assert_allclose(out[r], want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("count_budget", [1 << 18, 0])  # TopK activity by counting / top-k
-def test_features_at_the_topk_boundary_match_the_formulas(
-    served: ServedModel, count_budget: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_features_at_the_topk_boundary_match_the_formulas(served: ServedModel) -> None:
     """The k-th largest pre-activation is active and the (k+1)-th is not: scaling each
     moves h exactly as the formula says (a feature a rank too far either way would not)."""
-    from saeserve.engine import interventions
-
-    monkeypatch.setattr(interventions, "_COUNT_BUDGET", count_budget)
     sae_id = "post0"  # TopK, no input norm
     hooked = served.saes[sae_id]
     k = hooked.sae.cfg.k

@@ -77,7 +77,8 @@ def test_streaming_stats_equal_one_shot_formulas() -> None:
     stats = ReconstructionStats(6)
     for start in (0, 17, 33):
         end = {0: 17, 17: 33, 33: 50}[start]
-        stats.add(x[start:end], x_hat[start:end], latents[start:end])
+        fires = (latents[start:end] != 0).sum(dim=0)  # [6] tokens each latent is active on
+        stats.add(x[start:end], x_hat[start:end], fires)
     assert stats.tokens == 50
     assert stats.normalized_mse == pytest.approx(normalized_mse(x, x_hat), rel=1e-9)
     assert stats.explained_variance == pytest.approx(explained_variance(x, x_hat), rel=1e-9)

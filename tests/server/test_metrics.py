@@ -32,7 +32,6 @@ REQUIRED = {
     "saeserve_accelerator_memory_bytes",
     "saeserve_requests_total",
     "saeserve_request_seconds",
-    "saeserve_queue_length",
     "saeserve_cancelled_generations_total",
 }
 

@@ -16,8 +16,6 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from saeserve.errors import (
-    Cancelled,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -36,8 +34,6 @@ Code: TypeAlias = grpc.StatusCode
         (InvalidArgument("top_k: 900 > limit 256"), Code.INVALID_ARGUMENT),
         (NotFound("model: unknown model 'x'"), Code.NOT_FOUND),
         (ResourceExhausted("queue full"), Code.RESOURCE_EXHAUSTED),
-        (Cancelled("caller left"), Code.CANCELLED),
-        (DeadlineExceeded("too slow"), Code.DEADLINE_EXCEEDED),
         (FailedPrecondition("no chat template"), Code.FAILED_PRECONDITION),
         (Unauthenticated("invalid API key"), Code.UNAUTHENTICATED),
     ],

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saeserve.engine.padding import pad_token_ids
 from saeserve.engine.served_model import HookedSae, ServedModel
 from saeserve.engine.tokenize import tokenize
 from saeserve.engine.types import (
@@ -31,7 +32,7 @@ from saeserve.engine.types import (
 )
 from saeserve.errors import InvalidArgument
 from saeserve.model.hookpoints import HookPoint, forward_until
-from saeserve.sae.base import Sae, SparseLatents
+from saeserve.sae.base import Sae
 
 
 @dataclass
@@ -148,7 +149,9 @@ def _run_texts(
     with_error: bool,
 ) -> tuple[list[dict[str, SaeDecomposition]], float]:
     lm = served.lm
-    input_ids, mask = _right_pad(toks, pad_id=_pad_id(served), device=lm.device)
+    input_ids, mask = pad_token_ids(
+        [t.token_ids for t in toks], pad_id=lm.pad_token_id, device=lm.device
+    )
     real = mask.bool()  # [B, N]
 
     by_point: dict[HookPoint, list[HookedSae]] = defaultdict(list)
@@ -184,52 +187,17 @@ def _run_texts(
 
 
 def _run_sae(sae: Sae, x: Tensor, top_k: int, feature_ids: Tensor, with_error: bool) -> _SaeOutput:
-    x_n, ctx = sae.normalize(x)
-    if sae.is_topk:
-        # one top-k serves everything: its sorted columns are the answer's top_k (every
-        # latent past the k active ones is 0), and it is the sparse form the decoder gathers
-        sparse = _topk_latents(sae, x_n)  # [T, k], strongest first
-        values, indices = sparse
-        k = values.shape[-1]
-        if top_k <= k:
-            top_values, top_ids = values[:, :top_k], indices[:, :top_k]
-        else:
-            top_values = F.pad(values, (0, top_k - k))
-            top_ids = F.pad(indices, (0, top_k - k), value=-1)
-        dense = (values.unsqueeze(-1) * (indices.unsqueeze(-1) == feature_ids)).sum(dim=1)
-        recon_n = sae.decode_sparse_normalized(sparse) if with_error else None
-    else:
-        latents = sae.activate(sae.pre_activations(x_n))  # [T, d_sae]
-        top = torch.topk(latents, top_k, dim=-1)
-        top_values, top_ids = top.values, top.indices
-        dense = latents[:, feature_ids]
-        recon_n = sae.decode_normalized(latents) if with_error else None
+    enc = sae.encode_sparse(x, k=top_k, features=feature_ids, reconstruct=with_error)
+    top_values, top_ids = enc.values, enc.indices  # [T, <= top_k], strongest first
+    if top_values.shape[-1] < top_k:  # a TopK SAE's k < top_k: every other latent is 0
+        top_values = F.pad(top_values, (0, top_k - top_values.shape[-1]))
+        top_ids = F.pad(top_ids, (0, top_k - top_ids.shape[-1]), value=-1)
     sq_err = None
-    if recon_n is not None:
-        x_hat = Sae.denormalize(recon_n, ctx)
-        sq_err = (x.to(x_hat.dtype) - x_hat).float().pow(2).sum(dim=-1)
+    if enc.reconstruction is not None:
+        sq_err = (x.to(enc.reconstruction.dtype) - enc.reconstruction).float().pow(2).sum(dim=-1)
     top_ids = torch.where(top_values > 0, top_ids, torch.full_like(top_ids, -1)).to(torch.int32)
-    return _SaeOutput(top_ids, top_values, dense, sq_err)
-
-
-def _topk_latents(sae: Sae, x_n: Tensor) -> SparseLatents:
-    """TopK latents of normalized x_n [T, d_in], a block of rows at a time.
-
-    A block's [rows, d_sae] pre-activations stay in cache while the top-k reads them, and
-    no [T, d_sae] tensor is allocated (on CPU, first touching the pages of a fresh buffer
-    that size is a noticeable part of the whole call; ``python -m bench decompose``).
-    """
-    rows = max(_TOPK_BLOCK_ELEMENTS // sae.d_sae, 64)
-    if len(x_n) <= rows:
-        return sae.topk(sae.pre_activations(x_n))
-    parts = [sae.topk(sae.pre_activations(x_n[i : i + rows])) for i in range(0, len(x_n), rows)]
-    return SparseLatents(
-        torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
-    )
-
-
-_TOPK_BLOCK_ELEMENTS = 1 << 20
-"""Pre-activations per block of ``_topk_latents`` (4 MiB in float32)."""
+    assert enc.features is not None
+    return _SaeOutput(top_ids, top_values, enc.features, sq_err)
 
 
 def _split_by_text(
@@ -292,23 +260,3 @@ def _text_variance(x: Tensor, text_of_token: Tensor, n_texts: int) -> Tensor:
     denom = per_text[text_of_token]
     fallback = x.pow(2).sum(dim=-1)
     return torch.where(denom > 0, denom, fallback).clamp_min(torch.finfo(torch.float32).tiny)
-
-
-def _right_pad(
-    toks: list[Tokenization], *, pad_id: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    n = max(len(t.token_ids) for t in toks)
-    ids = torch.full((len(toks), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(toks), n), dtype=torch.long)
-    for i, t in enumerate(toks):
-        ids[i, : len(t.token_ids)] = torch.tensor(t.token_ids)
-        mask[i, : len(t.token_ids)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(served: ServedModel) -> int:
-    tok = served.lm.tokenizer
-    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0

@@ -1,29 +1,31 @@
 """Steering: the intervention math of DESIGN.md as hook functions over a batch.
 
-With a = encode(h) at an SAE's hook point and d_f = W_dec[f] (SAE space):
+With h the activation at an SAE's hook point (model space), a = encode(h) its latents
+(``Sae.encode_sparse``: exactly the SAE's own, so TopK membership is decided there) and
+d_f = W_dec[f], every intervention adds ``coeff * direction`` to h:
 
-    ADD     h += value * d_f          (normalize: d_f / |d_f|)
-    CLAMP   h += (value - a_f) * d_f
-    SCALE   h += (value - 1) * a_f * d_f
-    ABLATE  h -= a_f * d_f
-    VECTOR  h += value * v            (model space; normalize: v / |v|)
+    ADD     h += value * d_f                  coeff = value           (normalize: d_f / |d_f|)
+    CLAMP   h += (value - a_f) * d_f          coeff = value - a_f
+    SCALE   h += (value - 1) * a_f * d_f      coeff = (value - 1) * a_f
+    ABLATE  h -= a_f * d_f                    coeff = -a_f
+    VECTOR  h += value * v                    coeff = value           (model space; normalize: v / |v|)
 
-The reconstruction error is never touched: only the component along d_f moves. For SAEs
-that normalize their input the change is made in SAE space and mapped back (times the
-token's std for LayerNorm, divided by the dataset scale). All a_f are read from the
-unsteered h, so several interventions on one SAE do not see each other.
+so ``coeff = c0 + c1 * a_f`` with (c0, c1) a function of the mode and value alone. The
+reconstruction error is never touched: only the component along d_f moves. An SAE that
+normalises its input is steered in its own space and the change mapped back: d_f is
+divided by its dataset scale, and for a per-token LayerNorm the coefficient is multiplied
+by the token's std. Every a_f is read from the unsteered h, so several interventions on
+one SAE do not see each other.
 
-Every row of a batch carries its own list; ``SteeringPlan`` turns the rows' lists into one
-vectorised hook per hook point, so a batch of different requests costs one pass and no
-row can change another. A plan is built once per batch composition: coefficients,
-directions and encoder bias are stacked tensors then, so a decode step costs the SAE's
-encoder matmul and top-k plus a few small ops, and ADD and VECTOR never run the encoder.
+Every row of a batch carries its own list. ``SteeringPlan`` stacks them once per batch
+composition into one group per (hook point, SAE): [R, 1, E] tables of c0 and c1 for the
+R rows and E entries, and the [E, d] directions; a forward then costs, per group, one
+encode of the rows (none for ADD and VECTOR) and one [R, S, E] @ [E, d] product, and no
+row can change another.
 """
 
 from __future__ import annotations
 
-import math
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from saeserve.engine.served_model import HookedSae, ServedModel
 from saeserve.engine.types import Intervention, InterventionMode, PositionKind, TrackedFeature
 from saeserve.errors import InvalidArgument
 from saeserve.model.hookpoints import HookPoint
-from saeserve.sae.base import Activation, InputNorm, Sae
+from saeserve.sae.base import InputNorm, Sae
 
 
 @dataclass(frozen=True)
@@ -58,41 +60,27 @@ def resolve_interventions(
     interventions: Sequence[Intervention],
     prompt_len: int,
     *,
-    max_abs_value: float = math.inf,
     field_name: str = "interventions",
 ) -> list[ResolvedIntervention]:
-    """Validate each intervention against the model and SAEs, naming the field on error."""
+    """Bind each intervention (already ``validate``d: mode, value, positions) to the
+    model and its SAEs, checking what needs them; errors name the field."""
     return [
-        _resolve_one(served, iv, prompt_len, max_abs_value, f"{field_name}[{i}]")
+        _resolve_one(served, iv, prompt_len, f"{field_name}[{i}]")
         for i, iv in enumerate(interventions)
     ]
 
 
 def _resolve_one(
-    served: ServedModel, iv: Intervention, prompt_len: int, max_abs: float, where: str
+    served: ServedModel, iv: Intervention, prompt_len: int, where: str
 ) -> ResolvedIntervention:
-    try:
-        mode = InterventionMode(iv.mode)
-    except ValueError:
-        raise InvalidArgument(f"{where}.mode: unknown mode {iv.mode!r}") from None
-    if not math.isfinite(iv.value):
-        raise InvalidArgument(f"{where}.value: must be finite, got {iv.value}")
-    if abs(iv.value) > max_abs:
-        raise InvalidArgument(f"{where}.value: |{iv.value}| exceeds the limit of {max_abs}")
+    mode = InterventionMode(iv.mode)
     positions = PositionKind(iv.positions)
     indices = tuple(iv.indices)
-    if positions is PositionKind.INDICES:
-        if not indices:
-            raise InvalidArgument(f"{where}.indices: positions INDICES needs at least one index")
-        for j, p in enumerate(indices):
-            if not 0 <= p < prompt_len:
-                raise InvalidArgument(
-                    f"{where}.indices[{j}]: {p} must be in [0, {prompt_len}) (prompt tokens)"
-                )
-    elif indices:
-        raise InvalidArgument(
-            f"{where}.indices: only allowed with positions INDICES, got {positions}"
-        )
+    for j, p in enumerate(indices):
+        if not 0 <= p < prompt_len:
+            raise InvalidArgument(
+                f"{where}.indices[{j}]: {p} must be in [0, {prompt_len}) (prompt tokens)"
+            )
 
     if mode is InterventionMode.VECTOR:
         point = (
@@ -121,10 +109,7 @@ def _resolve_one(
     if not iv.sae_id:
         raise InvalidArgument(f"{where}.sae: {mode} needs an SAE id")
     hooked = served.sae(iv.sae_id, field_name=f"{where}.sae")
-    if not 0 <= iv.feature < hooked.sae.d_sae:
-        raise InvalidArgument(
-            f"{where}.feature: {iv.feature} must be in [0, {hooked.sae.d_sae}) (d_sae)"
-        )
+    _check_feature(hooked, iv.feature, f"{where}.feature")
     if iv.normalize and mode is not InterventionMode.ADD:
         raise InvalidArgument(f"{where}.normalize: only meaningful for ADD and VECTOR, not {mode}")
     return ResolvedIntervention(
@@ -142,149 +127,40 @@ def _resolve_one(
 def resolve_tracked(
     served: ServedModel, track: Sequence[TrackedFeature], *, field_name: str = "track"
 ) -> list[tuple[HookedSae, int]]:
+    """Each tracked feature's SAE, checking the id and the feature's range."""
     out = []
     for i, t in enumerate(track):
         hooked = served.sae(t.sae_id, field_name=f"{field_name}[{i}].sae")
-        if not 0 <= t.feature < hooked.sae.d_sae:
-            raise InvalidArgument(
-                f"{field_name}[{i}].feature: {t.feature} must be in [0, {hooked.sae.d_sae}) (d_sae)"
-            )
+        _check_feature(hooked, t.feature, f"{field_name}[{i}].feature")
         out.append((hooked, t.feature))
     return out
 
 
-_FOLDED_BIAS: weakref.WeakKeyDictionary[Sae, Tensor] = weakref.WeakKeyDictionary()
-
-
-def _folded_bias(sae: Sae) -> Tensor:
-    """[d_sae] the encoder bias with b_dec folded in (when the SAE subtracts b_dec from its
-    input), computed once per SAE (served weights never change): plans are rebuilt whenever
-    a batch changes."""
-    bias = _FOLDED_BIAS.get(sae)
-    if bias is None:
-        # a plain tensor even when first asked inside inference mode, so plans built
-        # outside it can use it too
-        with torch.inference_mode(False), torch.no_grad():
-            bias = sae.b_enc.detach().clone()
-            if sae.cfg.apply_b_dec_to_input:
-                bias -= sae.b_dec @ sae.W_enc
-        _FOLDED_BIAS[sae] = bias
-    return bias
+def _check_feature(hooked: HookedSae, feature: int, where: str) -> None:
+    d_sae = hooked.sae.d_sae
+    if not 0 <= feature < d_sae:
+        raise InvalidArgument(f"{where}: {feature} must be in [0, {d_sae}) (d_sae)")
 
 
 class _FeatureReader:
-    """a_f of a few features of one SAE, straight from model-space h.
-
-    Precomputed once per plan: the encoder bias with b_dec folded in (and for JumpReLU
-    and ReLU SAEs only the features' encoder columns), so a step runs one matmul and a
-    few element-wise ops. TopK needs every pre-activation: a feature is active only among
-    the k largest.
-    """
+    """a_f of a few features of one SAE at every token of model-space h."""
 
     def __init__(self, sae: Sae, features: list[int]) -> None:
         self.sae = sae
-        cfg = sae.cfg
-        dev = sae.W_enc.device
-        self.features = torch.tensor(features, device=dev)
-        bias = _folded_bias(sae)
-        self.weight: Tensor = sae.W_enc  # [d_in, d_sae], or [d_in, E]
-        self.bias = bias  # [d_sae], or [E]
-        if cfg.activation is not Activation.TOPK:
-            self.weight = sae.W_enc[:, self.features].contiguous()
-            self.bias = bias[self.features]
-        self.threshold = sae.threshold[self.features]  # [E], JumpReLU only
-        k = cfg.k or 0
-        self.bound_first = dev.type == "cpu" and k > 0 and sae.d_sae % k == 0
-        # TopK: a_f = relu(pre_f) when f is among the k largest, so a feature whose own
-        # pre-activation is <= 0 is inactive whatever the others are. On CPU a decode step
-        # first computes just the steered columns and skips the full encoder if that rules
-        # every feature out (the full encoder reads all of W_enc every step).
-        self.columns_first = dev.type == "cpu" and cfg.activation is Activation.TOPK
-        if self.columns_first:
-            self.col_weight = sae.W_enc[:, self.features].contiguous()  # [d_in, E]
-            self.col_bias = bias[self.features]  # [E]
+        self.features = torch.tensor(features, device=sae.W_enc.device)  # [E]
 
-    def normalize(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """x for ``latents`` and, for LayerNorm SAEs, the per-token std [..., 1] (else None:
-        a dataset scale is constant, applied by ``latents`` and folded into directions)."""
-        if self.sae.cfg.input_norm is InputNorm.LAYERNORM:
-            x_n, ctx = self.sae.normalize(x)
-            return x_n, ctx.scale.float()
-        return (x if x.dtype == self.weight.dtype else x.to(self.weight.dtype)), None
+    def latents(self, h: Tensor) -> Tensor:
+        """[..., E] float32: each feature's a_f at every token of h [..., d]."""
+        a = self.sae.encode_sparse(h, k=0, features=self.features).features
+        assert a is not None
+        return a.float()
 
-    def latents(self, x_n: Tensor, wanted: Tensor | None = None) -> Tensor | None:
-        """[R, S, E] float: every feature's a_f at every row and position of ``normalize``'s
-        x [R, S, d_in]; None when all are 0 (found without the top-k: see below). Per decode
-        step this is the whole encoder: a handful of ops. ``wanted`` (bool, broadcastable
-        to [R, S, E]) marks the entries a caller reads; the others may come back 0."""
-        cfg = self.sae.cfg
-        scale = cfg.norm_scale if cfg.input_norm is InputNorm.SCALE else 1.0
-        flat = x_n.reshape(-1, x_n.shape[-1])
-        n_tokens, n_features = len(flat), len(self.features)
-        live_rows: Tensor | None = None  # the tokens the full encoder must see
-        live: Tensor | None = None  # [tokens, E]: entries that can be active and are wanted
-        if self.columns_first and n_tokens <= _BOUND_FIRST_ROWS:
-            own = torch.addmm(self.col_bias, flat, self.col_weight, alpha=scale)  # [R*S, E]
-            live = own > 0
-            if wanted is not None:
-                live &= wanted.expand(*x_n.shape[:-1], n_features).reshape(n_tokens, -1)
-            if n_tokens == 1:  # one host sync and no index ops: the batch-1 decode step
-                if not bool(live.any()):
-                    return None
-            else:
-                live_rows = live.any(dim=-1).nonzero().flatten()
-                if len(live_rows) == 0:
-                    return None
-                if len(live_rows) == n_tokens:
-                    live_rows = None
-                else:  # the encoder runs only where a wanted feature can be active
-                    flat = flat.index_select(0, live_rows)
-                    live = live.index_select(0, live_rows)
-        a = self._encode(flat, scale, live)
-        if a is None:
+    def std(self, h: Tensor) -> Tensor | None:
+        """[..., 1] the per-token std of a LayerNorm SAE's input (None for other SAEs: a
+        dataset scale is constant and folded into the directions)."""
+        if self.sae.cfg.input_norm is not InputNorm.LAYERNORM:
             return None
-        if live_rows is not None:
-            a = a.new_zeros(n_tokens, n_features).index_copy_(0, live_rows, a)
-        a = a.view(*x_n.shape[:-1], -1)
-        return a if a.dtype == torch.float32 else a.float()
-
-    def _encode(self, flat: Tensor, scale: float, live: Tensor | None) -> Tensor | None:
-        """[N, E] a_f of the features at each of the N tokens of ``flat``; None if all 0.
-        ``live`` [N, E] (or None: all) marks the entries that matter."""
-        cfg = self.sae.cfg
-        pre = torch.addmm(self.bias, flat, self.weight, alpha=scale)  # [N, d_sae or E]
-        if cfg.activation is Activation.TOPK:
-            k = cfg.k or 0
-            sel = pre.index_select(-1, self.features)  # [N, E]
-            if sel.numel() * pre.shape[-1] <= _COUNT_BUDGET:
-                # f is among the k largest iff fewer than k entries exceed it: for a few
-                # features and tokens, one comparison is cheaper than a top-k or its bound
-                above = (pre.unsqueeze(1) > sel.unsqueeze(-1)).sum(dim=-1)  # [N, E]
-                return torch.relu(sel) * (above < k)
-            if self.bound_first and len(pre) <= _BOUND_FIRST_ROWS:
-                # the maxima of k disjoint chunks are k entries, so their min is <= the
-                # k-th largest: features below it in every row are all inactive, and the
-                # top-k (the dearer op here) is not needed. One host sync: CPU only.
-                lower = pre.view(len(pre), -1, k).amax(dim=1).amin(dim=-1, keepdim=True)
-                can_be_active = sel >= lower
-                if live is not None:
-                    can_be_active &= live
-                if not bool(can_be_active.any()):
-                    return None
-            kth = torch.topk(pre, k, dim=-1).values[:, -1:]  # [N, 1]
-            return torch.relu(sel) * (sel >= kth)
-        a = torch.relu(pre)
-        if cfg.activation is Activation.JUMPRELU:
-            a = a * (pre > self.threshold)
-        return a
-
-
-_BOUND_FIRST_ROWS = 16
-"""Up to this many tokens (decode steps) ``latents`` first tries to rule every feature out."""
-
-_COUNT_BUDGET = 1 << 18
-"""Up to this many (token, feature, latent) comparisons TopK activity is found by counting
-the latents above each feature instead of by a top-k."""
+        return self.sae.normalize(h)[1].scale.float()
 
 
 # the coefficient of d_f is c0 + c1 * a_f
@@ -300,87 +176,45 @@ _C0_C1: dict[InterventionMode, Callable[[float], tuple[float, float]]] = {
 class _Entries:
     """Interventions at one hook point as stacked tensors, built once per plan.
 
-    Entry e adds ``coeff * dirs[e]`` to its row, ``coeff = (c0 + c1 * a_f) * std * mask``.
-    The R rows the entries sit on are computed together as [R, S, E] coefficients, zero
-    where an entry is not on a row (``c0``, ``c1`` are [R, 1, E] tables), and one matmul
-    with ``dirs`` [E, d] turns them into the rows' changes. With ``sae`` None (VECTOR,
-    and ADD on SAEs without a per-token scale) nothing depends on h and no encoder runs.
+    Entry e sits on row r and adds ``coeff * dirs[e]`` there, ``coeff = (c0 + c1 * a_f) *
+    std * mask``; ``c0``, ``c1`` are [R, 1, E] tables over the R rows the group touches,
+    zero where an entry is not on a row, so one [R, S, E] @ [E, d] product gives every
+    row's change. With ``sae`` None (VECTOR, and ADD on SAEs without a per-token scale)
+    nothing depends on h and no encoder runs.
     """
 
-    def __init__(
-        self, entries: list[tuple[int, ResolvedIntervention]], sae: Sae | None, n_rows: int
-    ) -> None:
+    def __init__(self, entries: list[tuple[int, ResolvedIntervention]], sae: Sae | None) -> None:
         self.items = entries
         self.dirs = torch.stack([_direction(iv) for _, iv in entries])  # [E, d]
-        dev = self.dirs.device
         rows = sorted({r for r, _ in entries})
-        self.batched_dirs = self.dirs.expand(len(rows), -1, -1)  # [R, E, d], a view
-        self.all_rows = rows == list(range(n_rows))
-        self.rows = torch.tensor(rows, device=dev)  # [R]
-        # built as lists and sent as one tensor each (an item write per entry costs more)
-        tables = [[[0.0] * len(entries) for _ in rows] for _ in range(3)]  # c0, c1, on_row
-        row_index = {r: i for i, r in enumerate(rows)}
+        self.rows = torch.tensor(rows, device=self.dirs.device)  # [R]
+        c0 = [[0.0] * len(entries) for _ in rows]
+        c1 = [[0.0] * len(entries) for _ in rows]
         for e, (r, iv) in enumerate(entries):
-            i = row_index[r]
-            tables[0][i][e], tables[1][i][e] = _C0_C1[iv.mode](iv.value)
-            tables[2][i][e] = 1.0  # entry e sits on row r
-        c0, c1, on_row = torch.tensor(tables, device=dev).unsqueeze(2)  # each [R, 1, E]
-        self.c0, self.c1, self.on_row = c0, c1, on_row
-        self.wanted = on_row.bool() if len(rows) > 1 else None
-        """Which entries each row reads (several rows), for ``latents``."""
-        self.n_rows = n_rows
+            i = rows.index(r)
+            c0[i][e], c1[i][e] = _C0_C1[iv.mode](iv.value)
+        self.c0 = torch.tensor(c0, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
+        self.c1 = torch.tensor(c1, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
         self.reader = (
             None if sae is None else _FeatureReader(sae, [iv.feature for _, iv in entries])
         )
-        self.needs_latents = bool((c1 != 0).any())
-        # decode steps: c0's part is constant; only a_f @ (c1 * dirs) changes per step
-        self.splits_at_decode = sae is not None and sae.cfg.input_norm is not InputNorm.LAYERNORM
-        c1_dirs = c1.sum(dim=(0, 1)).unsqueeze(-1) * self.dirs  # [E, d]
-        self.c1_dirs, self.batched_c1_dirs = c1_dirs, c1_dirs.expand(len(rows), -1, -1)
+        self.needs_latents = bool((self.c1 != 0).any())
 
     def add_to(self, out: Tensor, h: Tensor, mask: Tensor | None) -> Tensor:
         """out [B, S, d] float plus this group's change, read from the unsteered h [B, S, d];
         mask [E, S] (1 where an entry applies) or None for every position."""
         coeff = self.c0  # [R, 1, E]
         if self.reader is not None:
-            x = h if self.all_rows else h.index_select(0, self.rows)  # [R, S, d]
-            x_n, std = self.reader.normalize(x)
+            x = h.index_select(0, self.rows)  # [R, S, d]
             if self.needs_latents:
-                a = self.reader.latents(x_n)  # [R, S, E], None if all 0
-                if a is not None:
-                    coeff = torch.addcmul(coeff, self.c1, a)
+                coeff = torch.addcmul(coeff, self.c1, self.reader.latents(x))  # [R, S, E]
+            std = self.reader.std(x)  # [R, S, 1] or None
             if std is not None:
                 coeff = coeff * std
         if mask is not None:
             coeff = coeff * mask.T
-        if self.all_rows:
-            # out + coeff @ dirs in one op: [B, S, d] + [B, S, E] @ [B, E, d]
-            if coeff.shape[:2] != out.shape[:2]:
-                coeff = coeff.expand(*out.shape[:2], -1)
-            return torch.baddbmm(out, coeff, self.batched_dirs)
         delta = coeff @ self.dirs  # [R, S or 1, d]
         return out.index_add(0, self.rows, delta.expand(len(self.rows), *out.shape[1:]))
-
-    def add_latent_part(self, out: Tensor, h: Tensor) -> Tensor:
-        """out + the a_f-dependent part of a decode step's change (``splits_at_decode``):
-        [R, S, E] latents times ``c1 * dirs``; the rest of the change is ``constant()``."""
-        assert self.reader is not None
-        x = h if self.all_rows else h.index_select(0, self.rows)  # [R, S, d]
-        a = self.reader.latents(self.reader.normalize(x)[0], self.wanted)  # [R, S, E]
-        if a is None:
-            return out
-        if self.wanted is not None:
-            a = a * self.on_row  # each entry reads its own row only
-        if self.all_rows:
-            return torch.baddbmm(out, a, self.batched_c1_dirs)
-        return out.index_add(0, self.rows, a @ self.c1_dirs)
-
-    def constant(self) -> Tensor:
-        """[B, 1, d]: the change of every row when it does not depend on h (no mask),
-        or, for a group that ``splits_at_decode``, the part that does not."""
-        delta = self.c0 @ self.dirs  # [R, 1, d]
-        zeros = delta.new_zeros(self.n_rows, 1, delta.shape[-1])
-        return zeros.index_add(0, self.rows, delta)
 
 
 def _direction(iv: ResolvedIntervention) -> Tensor:
@@ -419,11 +253,8 @@ class _Tracked:
 
     def read(self, h: Tensor) -> list[float]:
         """a_f of every entry at its row's last position of h [B, S, d]."""
-        x_n, _ = self.reader.normalize(h.index_select(0, self.rows)[:, -1:])  # [R, 1, d]
-        a = self.reader.latents(x_n)  # [R, 1, E]
-        if a is None:
-            return [0.0] * len(self.slots)
-        return a[:, 0][self.row_of, self.entry_ids].tolist()
+        a = self.reader.latents(h.index_select(0, self.rows)[:, -1])  # [R, E]
+        return a[self.row_of, self.entry_ids].tolist()
 
 
 HookFn = Callable[[Tensor], Tensor | None]
@@ -432,15 +263,14 @@ HookFn = Callable[[Tensor], Tensor | None]
 class SteeringPlan:
     """Hook functions applying each row's interventions and reading its tracked features.
 
-    Built once per batch composition: the rows' interventions become stacked tensors per
-    hook point (``_Entries``), so a forward pass costs a few tensor ops per point and no
-    Python per intervention. ``hook_fns(token_pos, prompt_lens)`` serves any forward:
-    ``token_pos`` [B, S] gives each token's index in its own sequence (-1 for padding),
-    ``prompt_lens`` [B] the prompt lengths. ``decode_hook_fns()`` serves decode steps,
-    where every row's one token is a generated one, so positions need no masks and
-    changes that do not depend on h are added as one precomputed [B, 1, d] tensor.
-    After the forward, ``tracked`` [B][n_tracked] holds the tracked activations at each
-    row's last position (read after steering, so a clamp shows as its value).
+    Built once per batch composition (see the module docstring). ``hook_fns(token_pos,
+    prompt_lens)`` serves any forward: ``token_pos`` [B, S] gives each token's index in its
+    own sequence (-1 for padding), ``prompt_lens`` [B] the prompt lengths.
+    ``decode_hook_fns()`` serves every decode step with the same functions: each row's one
+    token is a generated one, so the PROMPT and INDICES interventions drop out and the rest
+    apply without a mask. After the forward, ``tracked`` [B][n_tracked] holds the tracked
+    activations at each row's last position (read after steering, so a clamp shows as its
+    value).
     """
 
     def __init__(
@@ -481,9 +311,7 @@ class SteeringPlan:
                     saes[key] = iv.sae.sae
                 groups[iv.point].setdefault(key, []).append((r, iv))
         return {
-            point: [
-                _Entries(entries, saes.get(key), self.n_rows) for key, entries in by_key.items()
-            ]
+            point: [_Entries(entries, saes.get(key)) for key, entries in by_key.items()]
             for point, by_key in groups.items()
         }
 
@@ -497,7 +325,7 @@ class SteeringPlan:
         for point in self.points:
             groups = self._all.get(point, [])
             masks = [_entry_masks(g, token_pos, prompt_lens) for g in groups]
-            fns[point] = self._hook(point, list(zip(groups, masks, strict=True)), None)
+            fns[point] = self._hook(point, list(zip(groups, masks, strict=True)))
         return fns
 
     def decode_hook_fns(self) -> dict[HookPoint, HookFn]:
@@ -506,43 +334,25 @@ class SteeringPlan:
         if self._decode_fns is None:
             generated = (PositionKind.ALL, PositionKind.GENERATED)
             decode = self._entries(lambda iv: iv.positions in generated)
-            self._decode_fns = {}
-            for point in self.points:
-                groups = decode.get(point, [])
-                # what does not depend on h is added as one [B, 1, d] tensor
-                parts = [g.constant() for g in groups if g.reader is None or g.splits_at_decode]
-                constant = torch.stack(parts).sum(0) if parts else None
-                split = [g for g in groups if g.splits_at_decode]
-                whole: list[tuple[_Entries, Tensor | None]] = [
-                    (g, None) for g in groups if g.reader is not None and not g.splits_at_decode
-                ]
-                self._decode_fns[point] = self._hook(point, whole, constant, split)
+            self._decode_fns = {
+                point: self._hook(point, [(g, None) for g in decode.get(point, [])])
+                for point in self.points
+            }
         return self._decode_fns
 
-    def _hook(
-        self,
-        point: HookPoint,
-        groups: list[tuple[_Entries, Tensor | None]],
-        constant: Tensor | None,
-        split: Sequence[_Entries] = (),
-    ) -> HookFn:
-        """The hook at one point: ``constant`` [B, 1, d], each group's ``add_to`` under its
-        mask, each ``split`` group's ``add_latent_part``; then the tracked features."""
+    def _hook(self, point: HookPoint, groups: list[tuple[_Entries, Tensor | None]]) -> HookFn:
+        """The hook at one point: each group's ``add_to`` under its mask, then the tracked
+        features."""
         tracked = self._tracked.get(point, [])
 
         def fn(h: Tensor) -> Tensor | None:
             # every change is read from the unsteered h, then all are added at once
             out = None
-            if groups or split or constant is not None:
-                out = h if h.dtype == torch.float32 else h.float()  # never written in place
-                if constant is not None:
-                    out = out + constant
+            if groups:
+                out = h.float()  # a copy when h is not float32; never written in place
                 for g, mask in groups:
                     out = g.add_to(out, h, mask)
-                for g in split:
-                    out = g.add_latent_part(out, h)
-                if out.dtype != h.dtype:
-                    out = out.to(h.dtype)
+                out = out.to(h.dtype)
             for t in tracked:
                 for (r, j), value in zip(t.slots, t.read(h if out is None else out), strict=True):
                     self.tracked[r][j] = value

@@ -2,15 +2,25 @@
 
 Arrays returned to callers are numpy (already on the host, already small: top-k and the
 requested dense features, never the full [tokens x d_sae] latent tensor).
+
+Generate's request types validate themselves (``validate``) against ``GenerateLimits``:
+every check that needs no model lives here, once, and the transports only map fields and
+call it; checks that need the model or its SAEs (prompt length, SAE ids, feature ranges)
+run when the generator takes the request. A message starts with the field path under the
+``field`` it is given (the server passes the proto's, ``generate``), then the value and
+the limit: ``generate.sampling.max_new_tokens: 600 > limit 512``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
+
+from saeserve.errors import InvalidArgument
 
 
 # --- tokenization -------------------------------------------------------------------
@@ -68,6 +78,43 @@ class DecomposeResult:
     """Wall time spent in SAE encode/decode inside the forward (for metrics)."""
 
 
+# --- limits ---------------------------------------------------------------------------
+class GenerateLimits(Protocol):
+    """The per-request limits a Generate request is checked against (the server's
+    ``Limits`` has these fields; ``EngineLimits`` holds the engine's own defaults)."""
+
+    max_new_tokens: int
+    max_stop_strings: int
+    max_stop_string_bytes: int
+    max_interventions: int
+    max_abs_intervention_value: float
+    max_tracked_features: int
+    max_top_logprobs: int
+
+
+@dataclass
+class EngineLimits:
+    """``GenerateLimits`` for the engine used without a server."""
+
+    max_new_tokens: int = 1024
+    max_stop_strings: int = 64
+    max_stop_string_bytes: int = 1024
+    max_interventions: int = 256
+    max_abs_intervention_value: float = math.inf
+    max_tracked_features: int = 256
+    max_top_logprobs: int = 20
+
+
+def at_most(value: float, limit: float, where: str) -> None:
+    """Raise InvalidArgument("where: value > limit limit") when value exceeds limit."""
+    if value > limit:
+        raise InvalidArgument(f"{where}: {value} > limit {limit}")
+
+
+def _path(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
+
+
 # --- interventions --------------------------------------------------------------------
 class InterventionMode(StrEnum):
     ADD = "add"  # h += value * d_f
@@ -102,6 +149,26 @@ class Intervention:
     indices: list[int] = field(default_factory=list)
     """Prompt token indices when positions is INDICES."""
 
+    def validate(self, limits: GenerateLimits, where: str) -> None:
+        """The checks that need no model (``where`` is this intervention's field path)."""
+        try:
+            InterventionMode(self.mode)
+        except ValueError:
+            raise InvalidArgument(f"{where}.mode: unknown mode {self.mode!r}") from None
+        try:
+            positions = PositionKind(self.positions)
+        except ValueError:
+            raise InvalidArgument(f"{where}.positions: unknown value {self.positions!r}") from None
+        if not math.isfinite(self.value):
+            raise InvalidArgument(f"{where}.value: must be finite, got {self.value}")
+        at_most(abs(self.value), limits.max_abs_intervention_value, f"{where}.value (absolute)")
+        if positions is PositionKind.INDICES and not self.indices:
+            raise InvalidArgument(f"{where}.indices: positions INDICES needs at least one index")
+        if positions is not PositionKind.INDICES and self.indices:
+            raise InvalidArgument(
+                f"{where}.indices: only allowed with positions INDICES, got {positions}"
+            )
+
 
 # --- generation -----------------------------------------------------------------------
 @dataclass
@@ -116,6 +183,25 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     """Generate past end-of-sequence tokens, until max_new_tokens or a stop string."""
+
+    def validate(self, limits: GenerateLimits, where: str = "sampling") -> None:
+        if self.max_new_tokens < 1:
+            raise InvalidArgument(f"{where}.max_new_tokens: {self.max_new_tokens} must be >= 1")
+        at_most(self.max_new_tokens, limits.max_new_tokens, f"{where}.max_new_tokens")
+        at_most(len(self.stop), limits.max_stop_strings, f"{where}.stop (count)")
+        for i, s in enumerate(self.stop):
+            if not s:
+                raise InvalidArgument(f"{where}.stop[{i}]: must not be empty")
+            at_most(len(s.encode()), limits.max_stop_string_bytes, f"{where}.stop[{i}] (bytes)")
+        t, p = self.temperature, self.top_p
+        if not (math.isfinite(t) and 0 <= t <= 100):
+            raise InvalidArgument(f"{where}.temperature: {t} must be in [0, 100]")
+        if not (math.isfinite(p) and 0 < p <= 1):
+            raise InvalidArgument(f"{where}.top_p: {p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise InvalidArgument(f"{where}.top_k: {self.top_k} must be >= 0 (0 = no cut)")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidArgument(f"{where}.seed: {self.seed} must be in [0, 2^63)")
 
 
 @dataclass
@@ -137,6 +223,22 @@ class GenerateRequest:
     top_logprobs: int = 0
     """With logprobs: also report this many most likely tokens per step."""
 
+    def validate(self, limits: GenerateLimits, where: str = "") -> None:
+        """Every check that needs no model; the prompt is the generator's to check."""
+        at_most(
+            len(self.interventions), limits.max_interventions, _path(where, "interventions (count)")
+        )
+        at_most(len(self.track), limits.max_tracked_features, _path(where, "track (count)"))
+        top_logprobs = _path(where, "top_logprobs")
+        if self.top_logprobs < 0:
+            raise InvalidArgument(f"{top_logprobs}: {self.top_logprobs} must be >= 0")
+        at_most(self.top_logprobs, limits.max_top_logprobs, top_logprobs)
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidArgument(f"{top_logprobs}: needs logprobs to be true")
+        self.sampling.validate(limits, _path(where, "sampling"))
+        for i, iv in enumerate(self.interventions):
+            iv.validate(limits, _path(where, f"interventions[{i}]"))
+
 
 class Variant(StrEnum):
     STEERED = "steered"
@@ -147,7 +249,6 @@ class FinishReason(StrEnum):
     LENGTH = "length"
     STOP = "stop"  # a stop string matched
     EOS = "eos"
-    CANCELLED = "cancelled"
 
 
 @dataclass
@@ -193,9 +294,3 @@ class LogitEffects:
     """[F, n] int64 token ids, most negative effect first."""
     suppressed: np.ndarray
     """[F, n] float32 effects of ``suppressed_ids``."""
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int
-    generated_tokens: int

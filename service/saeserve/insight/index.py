@@ -2,7 +2,7 @@
 
 ``build_index(lm, sae, texts)`` tokenizes the texts into contexts of ``context_length``
 tokens, runs the model only up to the SAE's hook point, encodes each batch sparsely
-(``encode_sparse``'s k latents for TopK SAEs; the ``dense_top_k`` largest dense latents
+(``Sae.encode_sparse``: a TopK SAE's k latents; the ``dense_top_k`` largest latents
 per token otherwise) and folds it into a ``FeatureAccumulator`` on the model's device.
 Nothing of size [tokens x d_sae] is ever built; per-feature state is
 O(d_sae * (n_top_contexts * context_length + histogram grid)).
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from saeserve.engine.feature_math import logit_effects
+from saeserve.engine.padding import pad_token_ids
 from saeserve.errors import require
 from saeserve.insight.explanations import attach_explanations
 from saeserve.insight.store import FeatureIndex, IndexMeta
@@ -346,7 +347,6 @@ def build_index(
         device=device,
     )
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.int64, device=device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     k = sae.cfg.k if sae.is_topk else min(dense_top_k, sae.d_sae)
     corpus: list[np.ndarray] = []  # [B, T] token ids of every batch, for the kept contexts
     lengths: list[np.ndarray] = []
@@ -354,11 +354,7 @@ def build_index(
     contexts = iter_contexts(tokenizer, corpus_texts, context_length, max_tokens)
     with torch.inference_mode():
         for batch in _batches(contexts, batch_size):
-            ids = torch.full((len(batch), context_length), pad_id, dtype=torch.int64)
-            mask = torch.zeros(len(batch), context_length, dtype=torch.int64)
-            for i, ctx in enumerate(batch):
-                ids[i, : len(ctx)] = torch.tensor(ctx)
-                mask[i, : len(ctx)] = 1
+            ids, mask = pad_token_ids(batch, pad_id=lm.pad_token_id, width=context_length)
             corpus.append(ids.numpy().astype(np.int32))
             lengths.append(mask.sum(1).numpy().astype(np.int16))
             ids, mask = ids.to(device), mask.to(device)
@@ -374,8 +370,8 @@ def build_index(
             if not include_special_tokens:
                 indexed &= ~torch.isin(ids, special)
             rows, pos = indexed.nonzero(as_tuple=True)
-            values, indices = _sparse_latents(sae, acts[rows, pos], k)
-            acc.add(values, indices, rows, pos, len(batch))
+            enc = sae.encode_sparse(acts[rows, pos], k=k)  # [n_tok, k]
+            acc.add(enc.values, enc.indices, rows, pos, len(batch))
             if progress is not None:
                 progress(acc.n_tokens)
 
@@ -413,21 +409,6 @@ def build_index(
     )
     attach_explanations(index, explanations)
     return index
-
-
-def _sparse_latents(sae: Sae, x: Tensor, k: int | None, chunk: int = 8192) -> tuple[Tensor, Tensor]:
-    """(values, indices) [n, k] of x [n, d_in]: TopK's own, else the k largest dense latents."""
-    if sae.is_topk:
-        sparse = sae.encode_sparse(x)
-        return sparse.values, sparse.indices
-    parts = [
-        torch.topk(sae.encode(x[i : i + chunk]), k or 1, dim=-1)
-        for i in range(0, x.shape[0], chunk)
-    ]
-    if not parts:
-        empty = torch.zeros(0, k or 1, device=x.device)
-        return empty, empty.long()
-    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
 
 
 def assemble_index(

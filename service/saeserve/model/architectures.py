@@ -208,16 +208,21 @@ class ArchitectureLayout:
             )
 
 
+def family_of(model_type: str, *, field: str) -> str:
+    """The supported family of a config's ``model_type``; InvalidArgument naming ``field``
+    and the supported types otherwise."""
+    family = FAMILY_OF_MODEL_TYPE.get(model_type)
+    if family is None:
+        supported = ", ".join(sorted(FAMILY_OF_MODEL_TYPE))
+        raise InvalidArgument(f"{field}: {model_type!r} is not supported; supported: {supported}")
+    return family
+
+
 def layout_for(model: PreTrainedModel) -> ArchitectureLayout:
     """The layout of `model`, a causal LM of a supported family; InvalidArgument otherwise."""
     config = model.config
     model_type = str(getattr(config, "model_type", ""))
-    family = FAMILY_OF_MODEL_TYPE.get(model_type)
-    if family is None:
-        supported = ", ".join(sorted(FAMILY_OF_MODEL_TYPE))
-        raise InvalidArgument(
-            f"model.config.model_type: {model_type!r} is not supported; supported: {supported}"
-        )
+    family = family_of(model_type, field="model.config.model_type")
     layout = ArchitectureLayout(
         family=family,
         n_layers=int(config.num_hidden_layers),

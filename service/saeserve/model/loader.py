@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from saeserve.errors import InvalidArgument, NotFound
-from saeserve.model.architectures import FAMILY_OF_MODEL_TYPE, ArchitectureLayout, layout_for
+from saeserve.model.architectures import ArchitectureLayout, family_of, layout_for
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -107,7 +107,11 @@ def _max_positions(config: Any, tokenizer: PreTrainedTokenizerFast) -> int:
     raise InvalidArgument("model config: no max_position_embeddings or n_positions")
 
 
-def _parse_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """The torch device ``device`` names; ``auto`` is CUDA when available, else the CPU.
+    InvalidArgument for a name torch does not parse or CUDA that is not there."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as exc:
@@ -127,10 +131,11 @@ def load_model(
 ) -> LoadedModel:
     """Load the causal LM in folder `path` (no hub access) onto `device` in `dtype`.
 
-    `dtype` is one of float32, bfloat16, float16. `attn_implementation` defaults to sdpa
-    (eager for Gemma-2); either is exact with left-padding masks. NotFound if the folder or
-    one of config.json / *.safetensors / tokenizer.json is missing; InvalidArgument for an
-    unsupported family, dtype or device.
+    `device` may be ``auto`` (``resolve_device``); `dtype` is one of float32, bfloat16,
+    float16. `attn_implementation` defaults to sdpa (eager for Gemma-2); either is exact
+    with left-padding masks. NotFound if the folder or one of config.json /
+    *.safetensors / tokenizer.json is missing; InvalidArgument for an unsupported family,
+    dtype or device.
     """
     folder = Path(path).expanduser()
     if dtype not in DTYPES:
@@ -140,17 +145,12 @@ def load_model(
             f"attn_implementation: {attn_implementation!r} is not one of "
             f"{', '.join(ATTN_IMPLEMENTATIONS)}"
         )
-    torch_device = _parse_device(device)
+    torch_device = resolve_device(device)
     _require_files(folder)
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     model_type = str(getattr(config, "model_type", ""))
-    family = FAMILY_OF_MODEL_TYPE.get(model_type)
-    if family is None:
-        supported = ", ".join(sorted(FAMILY_OF_MODEL_TYPE))
-        raise InvalidArgument(
-            f"model config.json model_type: {model_type!r} is not supported; supported: {supported}"
-        )
+    family_of(model_type, field="model config.json model_type")
     if attn_implementation is None:
         attn_implementation = "eager" if model_type in _EAGER_ONLY else "sdpa"
     elif attn_implementation != "eager" and model_type in _EAGER_ONLY:

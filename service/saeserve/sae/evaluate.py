@@ -129,10 +129,10 @@ def evaluate_contexts(
             captured: list[Tensor] = []
             clean = _logits(lm, point, ids, captured.append)
             x_tail = captured[0][:, skip:]  # [batch, seq - skip, d] in model dtype
-            x_n, norm = sae.normalize(x_tail)
-            latents = sae.activate(sae.pre_activations(x_n))  # [batch, seq - skip, d_sae]
-            x_hat_tail = sae.denormalize(sae.decode_normalized(latents), norm)
-            recon.add(x_tail, x_hat_tail, latents)
+            enc = sae.encode_sparse(x_tail, k=0, reconstruct=True, count_fires=True)
+            assert enc.reconstruction is not None and enc.fire_counts is not None
+            x_hat_tail = enc.reconstruction  # [batch, seq - skip, d]
+            recon.add(x_tail, x_hat_tail, enc.fire_counts)
             spliced = _logits(lm, point, ids, _replace_tail(skip, x_hat_tail))
             zero = _logits(lm, point, ids, _replace_tail(skip, torch.zeros((), device=lm.device)))
             splice.add(ids, clean, spliced, zero, from_position=skip)
@@ -240,9 +240,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saeserve.model.loader import load_model
+    from saeserve.model.loader import load_model, resolve_device
     from saeserve.sae.formats import load_sae
-    from saeserve.sae.train.loop import resolve_device
 
     cfg = config_from_args(EvalConfig, args)
     device = resolve_device(cfg.device)

@@ -86,17 +86,17 @@ class ReconstructionStats:
         self.active = 0.0
         self.fire_counts = torch.zeros(d_sae, dtype=torch.int64)
 
-    def add(self, x: Tensor, x_hat: Tensor, latents: Tensor | None = None) -> None:
-        """Add tokens x, x_hat [..., d] and their dense latents [..., d_sae] (for L0 and the
-        dead fraction)."""
+    def add(self, x: Tensor, x_hat: Tensor, fire_counts: Tensor | None = None) -> None:
+        """Add tokens x, x_hat [..., d] and how many of them each latent is active on
+        (``fire_counts`` [d_sae], for L0 and the dead fraction)."""
         fx, fr = _flat(x), _flat(x) - _flat(x_hat)
         self.tokens += fx.shape[0]
         self.sum_x = fx.sum(0) if self.sum_x is None else self.sum_x + fx.sum(0)
         self.sum_r = fr.sum(0) if self.sum_r is None else self.sum_r + fr.sum(0)
         self.sum_x2 += float(fx.pow(2).sum())
         self.sum_r2 += float(fr.pow(2).sum())
-        if latents is not None:
-            fired = (latents.reshape(-1, latents.shape[-1]) != 0).sum(dim=0).to("cpu", torch.int64)
+        if fire_counts is not None:
+            fired = fire_counts.to("cpu", torch.int64)
             self.active += float(fired.sum())
             self.fire_counts += fired
 

@@ -1,13 +1,14 @@
 """The one place protobuf messages become engine types and back.
 
-Request conversion also applies the documented defaults (0 = default) and the per-request
-limits that need no model (counts, sizes, ranges); checks that need the tokenizer or the
-SAEs run in the engine. Every error names the proto field and the limit.
+Request conversion maps fields, applies the documented defaults (0 = default) and rejects
+what has no engine value (an unset enum); the engine's request types then validate
+themselves against the server's limits (``GenerateRequest.validate``, under the proto's
+field path), and checks that need the tokenizer or the SAEs run in the engine. Every
+error names the proto field and the limit.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from saeserve.engine.types import (
     Tokenization,
     TrackedFeature,
     Variant,
+    at_most,
 )
 from saeserve.errors import InvalidArgument
 from saeserve.server.settings import Limits
@@ -54,13 +56,7 @@ _FINISH = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.EOS: pb.FINISH_REASON_EOS,
-    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
 }
-
-
-def _at_most(value: int | float, limit: int | float, where: str) -> None:
-    if value > limit:
-        raise InvalidArgument(f"{where}: {value} > limit {limit}")
 
 
 # --- Tokenize / Decompose -----------------------------------------------------------------
@@ -76,12 +72,12 @@ def tokens_to_proto(t: Tokenization) -> pb.Tokens:
 def decompose_from_proto(msg: pb.DecomposeRequest, limits: Limits) -> DecomposeRequest:
     if not msg.texts:
         raise InvalidArgument("decompose.texts: at least one text is required")
-    _at_most(len(msg.texts), limits.max_texts_per_request, "decompose.texts (count)")
+    at_most(len(msg.texts), limits.max_texts_per_request, "decompose.texts (count)")
     top_k = msg.top_k or DEFAULT_TOP_K
     if top_k < 1:
         raise InvalidArgument(f"decompose.top_k: {top_k} must be >= 1 (0 = {DEFAULT_TOP_K})")
-    _at_most(top_k, limits.max_top_k, "decompose.top_k")
-    _at_most(len(msg.feature_ids), limits.max_feature_ids, "decompose.feature_ids (count)")
+    at_most(top_k, limits.max_top_k, "decompose.top_k")
+    at_most(len(msg.feature_ids), limits.max_feature_ids, "decompose.feature_ids (count)")
     return DecomposeRequest(
         texts=list(msg.texts),
         sae_ids=list(msg.saes),
@@ -143,67 +139,38 @@ class GenerateSpec:
 def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec:
     if bool(msg.prompt) == bool(msg.messages):
         raise InvalidArgument("generate: exactly one of prompt and messages must be non-empty")
-    _at_most(len(msg.interventions), limits.max_interventions, "generate.interventions (count)")
-    _at_most(len(msg.track), limits.max_tracked_features, "generate.track (count)")
-    if msg.top_logprobs < 0:
-        raise InvalidArgument(f"generate.top_logprobs: {msg.top_logprobs} must be >= 0")
-    _at_most(msg.top_logprobs, limits.max_top_logprobs, "generate.top_logprobs")
-    if msg.top_logprobs and not msg.logprobs:
-        raise InvalidArgument("generate.top_logprobs: needs logprobs to be true")
-    return GenerateSpec(
+    spec = GenerateSpec(
         prompt=msg.prompt,
         messages=[(m.role, m.content) for m in msg.messages],
-        sampling=_sampling(msg.sampling, limits),
-        interventions=[_intervention(iv, i, limits) for i, iv in enumerate(msg.interventions)],
+        sampling=_sampling(msg.sampling),
+        interventions=[_intervention(iv, i) for i, iv in enumerate(msg.interventions)],
         include_baseline=msg.include_baseline,
         track=[TrackedFeature(t.sae, t.feature) for t in msg.track],
         logprobs=msg.logprobs,
         top_logprobs=msg.top_logprobs,
     )
+    spec.request(prompt_ids=[]).validate(limits, "generate")  # the prompt is checked later
+    return spec
 
 
-def _sampling(msg: pb.SamplingParams, limits: Limits) -> SamplingParams:
-    where = "generate.sampling"
-    max_new = msg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    if max_new < 1:
-        raise InvalidArgument(f"{where}.max_new_tokens: {max_new} must be >= 1")
-    _at_most(max_new, limits.max_new_tokens, f"{where}.max_new_tokens")
-    _at_most(len(msg.stop), limits.max_stop_strings, f"{where}.stop (count)")
-    for i, s in enumerate(msg.stop):
-        if not s:
-            raise InvalidArgument(f"{where}.stop[{i}]: must not be empty")
-        _at_most(len(s.encode()), limits.max_stop_string_bytes, f"{where}.stop[{i}] (bytes)")
-    temperature = msg.temperature if msg.HasField("temperature") else 1.0
-    top_p = msg.top_p if msg.HasField("top_p") else 1.0
-    if not (math.isfinite(temperature) and 0 <= temperature <= 100):
-        raise InvalidArgument(f"{where}.temperature: {temperature} must be in [0, 100]")
-    if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise InvalidArgument(f"{where}.top_p: {top_p} must be in (0, 1]")
-    if msg.top_k < 0:
-        raise InvalidArgument(f"{where}.top_k: {msg.top_k} must be >= 0 (0 = no cut)")
-    seed = msg.seed if msg.HasField("seed") else None
-    if seed is not None and seed >= 2**63:
-        raise InvalidArgument(f"{where}.seed: {seed} must be < 2^63")
+def _sampling(msg: pb.SamplingParams) -> SamplingParams:
     return SamplingParams(
-        max_new_tokens=max_new,
-        temperature=temperature,
-        top_p=top_p,
+        max_new_tokens=msg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        temperature=msg.temperature if msg.HasField("temperature") else 1.0,
+        top_p=msg.top_p if msg.HasField("top_p") else 1.0,
         top_k=msg.top_k,
-        seed=seed,
+        seed=msg.seed if msg.HasField("seed") else None,
         stop=list(msg.stop),
         ignore_eos=msg.ignore_eos,
     )
 
 
-def _intervention(msg: pb.Intervention, i: int, limits: Limits) -> Intervention:
+def _intervention(msg: pb.Intervention, i: int) -> Intervention:
     where = f"generate.interventions[{i}]"
     if msg.mode not in _MODES:
         raise InvalidArgument(f"{where}.mode: required (ADD, CLAMP, SCALE, ABLATE or VECTOR)")
     if msg.positions not in _POSITIONS:
         raise InvalidArgument(f"{where}.positions: unknown value {msg.positions}")
-    if not math.isfinite(msg.value):
-        raise InvalidArgument(f"{where}.value: must be finite, got {msg.value}")
-    _at_most(abs(msg.value), limits.max_abs_intervention_value, f"{where}.value (absolute)")
     mode = _MODES[msg.mode]
     return Intervention(
         mode=mode,
@@ -250,11 +217,11 @@ def chunk_to_proto(
 def search_limit(msg: pb.SearchFeaturesRequest, limits: Limits) -> int:
     if not msg.query.strip():
         raise InvalidArgument("search_features.query: required")
-    _at_most(len(msg.query.encode()), limits.max_query_bytes, "search_features.query (bytes)")
+    at_most(len(msg.query.encode()), limits.max_query_bytes, "search_features.query (bytes)")
     limit = msg.limit or DEFAULT_SEARCH_LIMIT
     if limit < 1:
         raise InvalidArgument(
             f"search_features.limit: {limit} must be >= 1 (0 = {DEFAULT_SEARCH_LIMIT})"
         )
-    _at_most(limit, limits.max_search_results, "search_features.limit")
+    at_most(limit, limits.max_search_results, "search_features.limit")
     return limit

@@ -93,7 +93,6 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("saeserve_tokens_generated_total", "counter", "Tokens generated, by variant (steered or baseline).", ("variant",)),
     MetricSpec("saeserve_batch_size", "histogram", "Sequences per forward pass, by rpc.", ("rpc",), SIZE_BUCKETS),
     MetricSpec("saeserve_active_sequences", "gauge", "Generate sequences being decoded in this replica."),
-    MetricSpec("saeserve_queue_length", "gauge", "Requests waiting in this replica for a batch slot."),
     MetricSpec("saeserve_sae_encode_seconds", "histogram", "SAE encode/decode time per batched forward pass.", (), ENCODE_BUCKETS),
     MetricSpec("saeserve_interventions_total", "counter", "Interventions applied to Generate requests, by mode.", ("mode",)),
     MetricSpec("saeserve_cancelled_generations_total", "counter", "Generate streams stopped because the caller left."),
@@ -274,7 +273,6 @@ TOKENS_DECOMPOSED = _BY_NAME["saeserve_tokens_decomposed_total"]
 TOKENS_GENERATED = _BY_NAME["saeserve_tokens_generated_total"]
 BATCH_SIZE = _BY_NAME["saeserve_batch_size"]
 ACTIVE_SEQUENCES = _BY_NAME["saeserve_active_sequences"]
-QUEUE_LENGTH = _BY_NAME["saeserve_queue_length"]
 SAE_ENCODE_SECONDS = _BY_NAME["saeserve_sae_encode_seconds"]
 INTERVENTIONS = _BY_NAME["saeserve_interventions_total"]
 CANCELLED_GENERATIONS = _BY_NAME["saeserve_cancelled_generations_total"]

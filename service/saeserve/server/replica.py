@@ -23,6 +23,7 @@ import torch
 
 from saeserve.engine.decompose import decompose_many
 from saeserve.engine.generate import BatchGenerator
+from saeserve.engine.generation_loop import GenerationLoop
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import (
     DecomposeRequest,
@@ -31,9 +32,9 @@ from saeserve.engine.types import (
     TokenEvent,
 )
 from saeserve.errors import SaeserveError
+from saeserve.model.loader import resolve_device
 from saeserve.server import metrics
 from saeserve.server.feature_view import FeatureView
-from saeserve.server.generation_loop import GenerationLoop
 from saeserve.server.settings import Limits, ModelSpec
 from saeserve.v1 import saeserve_pb2 as pb
 
@@ -41,12 +42,6 @@ log = logging.getLogger(__name__)
 
 INDEX_DIR = "feature_index"
 """Default subfolder of an SAE folder holding its feature index (SaeSpec.index overrides)."""
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -61,7 +56,7 @@ class ModelReplica:
 
         self.spec = ModelSpec.model_validate(spec)
         self.limits = Limits.model_validate(limits)
-        device = resolve_device(self.spec.device)
+        device = str(resolve_device(self.spec.device))
         dtype = resolve_dtype(self.spec.dtype, device)
         self.served = ServedModel.load(
             self.spec.path, device=device, dtype=dtype, name=self.spec.name
@@ -80,8 +75,7 @@ class ModelReplica:
             BatchGenerator(
                 self.served,
                 max_batch_size=self.limits.max_concurrent_streams,
-                max_new_tokens=self.limits.max_new_tokens,
-                max_abs_value=self.limits.max_abs_intervention_value,
+                limits=self.limits,
             ),
             self.lock,
             interval_s=self.limits.stream_interval_s,

@@ -55,13 +55,6 @@ class TrainResult:
     """The checkpoint left behind, if any."""
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch parses it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     out = asdict(cfg)
     out["input_norm"] = str(cfg.input_norm)
@@ -162,7 +155,7 @@ def activation_stream(cfg: TrainConfig, lm: LoadedModel, device: torch.device) -
 
 def train_sae(cfg: TrainConfig) -> TrainResult:
     """Train a TopK SAE as ``cfg`` says; see the module docstring."""
-    from saeserve.model.loader import load_model
+    from saeserve.model.loader import load_model, resolve_device
     from saeserve.sae.formats import write_sae
 
     if cfg.threads > 0:

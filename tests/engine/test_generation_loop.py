@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from saeserve.engine.generate import BatchGenerator, generate
+from saeserve.engine.generation_loop import GenerationLoop, group_interval
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import GenerateRequest, SamplingParams, TokenEvent
 from saeserve.model.tiny import build_tiny_model
-from saeserve.server.generation_loop import GenerationLoop, group_interval
 
 NEW_TOKENS = 24
 

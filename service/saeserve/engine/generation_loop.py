@@ -91,10 +91,6 @@ class GenerationLoop:
         self._thread = threading.Thread(target=self._run, name="saeserve-generate", daemon=True)
         self._thread.start()
 
-    @property
-    def active_sequences(self) -> int:
-        return self.generator.n_sequences
-
     async def stream(self, req: GenerateRequest) -> AsyncIterator[list[TokenEvent]]:
         """Events of one request, in groups, until each variant has finished; closing it
         cancels. The first events, a variant's last event and an error never wait for
