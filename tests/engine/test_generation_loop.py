@@ -12,6 +12,7 @@ from saeserve.engine.generate import BatchGenerator, generate
 from saeserve.engine.generation_loop import GenerationLoop, group_interval
 from saeserve.engine.served_model import ServedModel
 from saeserve.engine.types import GenerateRequest, SamplingParams, TokenEvent
+from saeserve.errors import InvalidArgument, ResourceExhausted
 from saeserve.model.tiny import build_tiny_model
 
 NEW_TOKENS = 24
@@ -73,3 +74,68 @@ def test_the_group_interval_grows_with_the_streams_open_up_to_its_maximum() -> N
     assert group_interval(8, 0.02, 0.1) == 0.1
     assert group_interval(8, 0.0, 0.1) == 0.0  # 0: every step at once, at any load
     assert group_interval(4, 0.05, 0.01) == 0.05  # a maximum below the interval
+
+
+def _run_streams(
+    loop: GenerationLoop, lock: threading.Lock, requests: list[GenerateRequest]
+) -> list[list[TokenEvent] | BaseException]:
+    """Every request's events (or its error), all streams opened while ``lock`` (the
+    loop's model lock) keeps the first admitted request from taking a step."""
+
+    async def one(req: GenerateRequest) -> list[TokenEvent] | BaseException:
+        try:
+            return [e async for g in loop.stream(req) for e in g]
+        except Exception as e:
+            return e
+
+    async def main() -> list[list[TokenEvent] | BaseException]:
+        lock.acquire()
+        streams = asyncio.gather(*(one(r) for r in requests))
+        await asyncio.sleep(0.2)  # every stream has left its request in the inbox
+        lock.release()
+        return await asyncio.wait_for(streams, 60.0)
+
+    return asyncio.run(main())
+
+
+def test_a_burst_over_the_batch_waits_its_turn_and_gets_every_token(served: ServedModel) -> None:
+    """Batch of 2 rows, 5 baseline requests (2 rows each): they run one at a time, each
+    with the tokens it would have alone; waits are reported."""
+    waits: list[float] = []
+    waiting: list[int] = []
+    lock = threading.Lock()
+    loop = GenerationLoop(
+        BatchGenerator(served, max_batch_size=2),
+        lock,
+        max_waiting=8,
+        max_wait_s=60.0,
+        on_admitted=waits.append,
+        on_waiting=waiting.append,
+    )
+    want = [key(e) for e in generate(served, request(served))]
+    results = _run_streams(loop, lock, [request(served) for _ in range(5)])
+    for events in results:
+        assert not isinstance(events, BaseException), events
+        assert [key(e) for e in events] == want
+    assert len(waits) == 5 and max(waiting) >= 1
+
+
+def test_beyond_the_waiting_room_or_the_wait_a_request_is_refused(served: ServedModel) -> None:
+    lock = threading.Lock()
+    loop = GenerationLoop(
+        BatchGenerator(served, max_batch_size=2), lock, max_waiting=1, max_wait_s=60.0
+    )
+    bad = request(served)
+    bad.sampling = SamplingParams(max_new_tokens=10_000)
+    results = _run_streams(loop, lock, [request(served), request(served), request(served), bad])
+    refused = [r for r in results if isinstance(r, ResourceExhausted)]
+    assert len(refused) == 1 and "1 requests waiting" in str(refused[0])
+    assert isinstance(results[3], InvalidArgument)  # validated before it could wait
+    assert sum(isinstance(r, list) for r in results) == 2
+
+    impatient = GenerationLoop(
+        BatchGenerator(served, max_batch_size=2), lock, max_waiting=4, max_wait_s=0.0
+    )
+    results = _run_streams(impatient, lock, [request(served), request(served)])
+    assert isinstance(results[0], list)
+    assert isinstance(results[1], ResourceExhausted) and "waited 0 s" in str(results[1])

@@ -34,6 +34,7 @@ def _servers(reuse_port: bool) -> tuple[bool, bool]:
                     host="127.0.0.1",
                     port=port,
                     max_message_bytes=4 * 1024 * 1024,
+                    max_request_bytes=1024 * 1024,
                     reuse_port=reuse_port,
                 )
                 bound.append(True)

@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -34,11 +35,15 @@ from transformers import DynamicCache
 from saeserve.engine.decode_hooks import DecodeHooks
 from saeserve.engine.detokenize import TextStream
 from saeserve.engine.emission import emit
-from saeserve.engine.interventions import resolve_interventions, resolve_tracked
+from saeserve.engine.interventions import (
+    ResolvedIntervention,
+    resolve_interventions,
+    resolve_tracked,
+)
 from saeserve.engine.kv_cache import growing_cache
 from saeserve.engine.padding import pad_token_ids
 from saeserve.engine.running_batch import RunningBatch, RunningSequence
-from saeserve.engine.served_model import ServedModel
+from saeserve.engine.served_model import HookedSae, ServedModel
 from saeserve.engine.types import (
     EngineLimits,
     GenerateLimits,
@@ -48,6 +53,20 @@ from saeserve.engine.types import (
 )
 from saeserve.errors import InvalidArgument, ResourceExhausted
 from saeserve.model.hookpoints import HookFn, HookPoint, hooked
+
+
+@dataclass
+class PreparedRequest:
+    """A validated request with its steering resolved against the model, not yet queued."""
+
+    request: GenerateRequest
+    interventions: list[ResolvedIntervention]
+    tracked: list[tuple[HookedSae, int]]
+
+    @property
+    def sequences(self) -> int:
+        """Rows it takes in the batch: its steered variant, and its baseline if asked."""
+        return 1 + int(self.request.include_baseline)
 
 
 class BatchGenerator:
@@ -74,7 +93,13 @@ class BatchGenerator:
 
     # --- requests ----------------------------------------------------------------------
     def submit(self, req: GenerateRequest) -> int:
-        """Validate and queue a request; returns its id. Raises the engine's typed errors."""
+        """Validate and queue a request; returns its id. Raises the engine's typed errors,
+        ResourceExhausted when the batch has no room for it."""
+        return self.admit(self.prepare(req))
+
+    def prepare(self, req: GenerateRequest) -> PreparedRequest:
+        """Validate a request and resolve its steering against the model, without queueing
+        it (a caller may hold it until ``fits``). Raises the engine's typed errors."""
         lm = self.served.lm
         if not req.prompt_ids:
             raise InvalidArgument("prompt: must not be empty")
@@ -88,13 +113,26 @@ class BatchGenerator:
                 f"prompt: {len(req.prompt_ids)} tokens + max_new_tokens {req.sampling.max_new_tokens} "
                 f"exceeds the model's context of {lm.max_positions}"
             )
+        if 1 + req.include_baseline > self.max_batch_size:
+            raise ResourceExhausted(
+                f"include_baseline: needs 2 sequences; this replica decodes {self.max_batch_size}"
+            )
         interventions = resolve_interventions(self.served, req.interventions, len(req.prompt_ids))
-        tracked = resolve_tracked(self.served, req.track)
-        if self.n_sequences + 1 + req.include_baseline > self.max_batch_size:
+        return PreparedRequest(req, interventions, resolve_tracked(self.served, req.track))
+
+    def fits(self, prepared: PreparedRequest) -> bool:
+        """Whether the batch has room for the request's sequences now."""
+        return self.n_sequences + prepared.sequences <= self.max_batch_size
+
+    def admit(self, prepared: PreparedRequest) -> int:
+        """Queue a prepared request for the next step; returns its id. ResourceExhausted
+        when it does not ``fit``."""
+        if not self.fits(prepared):
             raise ResourceExhausted(f"generation batch is full ({self.max_batch_size} sequences)")
+        req, lm = prepared.request, self.served.lm
         rid = next(self._ids)
         seed = req.sampling.seed if req.sampling.seed is not None else random.getrandbits(63)
-        variants = [(Variant.STEERED, interventions)]
+        variants = [(Variant.STEERED, prepared.interventions)]
         if req.include_baseline:
             variants.append((Variant.BASELINE, []))
         for variant, ivs in variants:
@@ -107,7 +145,7 @@ class BatchGenerator:
                     prompt_ids=list(req.prompt_ids),
                     sampling=req.sampling,
                     interventions=ivs,
-                    tracked=tracked,
+                    tracked=prepared.tracked,
                     logprobs=req.logprobs,
                     top_logprobs=req.top_logprobs,
                     generator=gen,

@@ -14,6 +14,11 @@ per interval rather than once per step. The interval grows with the streams open
 this process, stay about the same however many streams share the thread. A stream that
 is closed (client cancelled, deadline passed) cancels its sequences, which leave the
 batch before the next step.
+
+A request that finds the batch full waits, in arrival order, for rows to free up: at most
+``max_waiting`` requests and ``max_wait_s`` seconds each, after which it is refused
+(RESOURCE_EXHAUSTED), so a burst is served rather than refused while a flood is still
+bounded. A request is validated before it waits, so a bad one is refused at once.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-from saeserve.engine.generate import BatchGenerator
+from saeserve.engine.generate import BatchGenerator, PreparedRequest
 from saeserve.engine.types import GenerateRequest, TokenEvent
+from saeserve.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +53,22 @@ class _Sink:
     handed_at: float | None = None
     """time.monotonic() of the last hand-over; None before the first."""
 
+    def fail(self, error: BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, error)
+
     def due(self, now: float, interval_s: float) -> bool:
         if self.handed_at is None or any(ev.finish_reason is not None for ev in self.buffer):
             return True
         return now - self.handed_at >= interval_s
+
+
+@dataclass
+class _Waiting:
+    """A prepared request waiting for room in the batch."""
+
+    prepared: PreparedRequest
+    sink: _Sink
+    since: float
 
 
 def group_interval(n_streams: int, interval_s: float, max_interval_s: float) -> float:
@@ -72,10 +91,16 @@ class GenerationLoop:
         *,
         interval_s: float = 0.0,
         max_interval_s: float = 0.0,
+        max_waiting: int = 0,
+        max_wait_s: float = 0.0,
         on_step: Callable[[list[TokenEvent]], None] | None = None,
         on_active: Callable[[int], None] | None = None,
         on_cancel: Callable[[], None] | None = None,
+        on_waiting: Callable[[int], None] | None = None,
+        on_admitted: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_active``/``on_waiting``: sequences running / requests waiting, when they
+        change; ``on_admitted``: seconds a request waited for room."""
         self.generator = generator
         self.model_lock = model_lock
         self.interval_s = interval_s
@@ -83,6 +108,13 @@ class GenerationLoop:
         self.on_step = on_step
         self.on_active = on_active
         self.on_cancel = on_cancel
+        self.max_waiting = max_waiting
+        self.max_wait_s = max_wait_s
+        self.on_waiting = on_waiting
+        self.on_admitted = on_admitted
+        self._waiting: deque[_Waiting] = deque()
+        """Only the thread reads and writes it."""
+        self._reported_waiting = 0
         self._cv = threading.Condition()
         self._inbox: list[tuple[GenerateRequest, _Sink]] = []
         self._cancels: list[_Sink] = []
@@ -118,12 +150,14 @@ class GenerationLoop:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not (self._inbox or self._cancels or self.generator.has_work()):
+                while not (
+                    self._inbox or self._cancels or self._waiting or self.generator.has_work()
+                ):
                     self._cv.wait()
                 inbox, self._inbox = self._inbox, []
                 cancels, self._cancels = self._cancels, []
-            self._admit(inbox)
             self._drop(cancels)
+            self._admit(inbox)
             if not self.generator.has_work():
                 continue
             try:
@@ -145,19 +179,47 @@ class GenerationLoop:
                     self._sinks.pop(rid, None)
 
     def _admit(self, inbox: list[tuple[GenerateRequest, _Sink]]) -> None:
-        """Submit each new request; one the generator refuses gets its error instead."""
+        """Prepare each new request (a bad one gets its error at once) and queue it, then
+        admit waiting requests in arrival order while the batch has room; a request that
+        cannot wait (queue full) or has waited too long is refused."""
+        now = time.monotonic()
         for req, sink in inbox:
             try:
-                sink.request_id = self.generator.submit(req)
+                prepared = self.generator.prepare(req)
             except Exception as e:  # the engine's typed errors, for the stream to raise
-                sink.loop.call_soon_threadsafe(sink.queue.put_nowait, e)
+                sink.fail(e)
                 continue
-            self._sinks[sink.request_id] = sink
+            self._waiting.append(_Waiting(prepared, sink, now))
+            self._admit_waiting(now)
+            if len(self._waiting) > self.max_waiting:  # no room to wait: this one leaves
+                full = self._full(f"{self.max_waiting} requests waiting")
+                self._waiting.pop().sink.fail(ResourceExhausted(full))
+        self._admit_waiting(now)
+        while self._waiting and now - self._waiting[0].since > self.max_wait_s:
+            expired = self._waiting.popleft()
+            expired.sink.fail(ResourceExhausted(self._full(f"waited {self.max_wait_s:g} s")))
         if inbox and self.on_active:
             self.on_active(self.generator.n_sequences)
+        if self.on_waiting and len(self._waiting) != self._reported_waiting:
+            self._reported_waiting = len(self._waiting)
+            self.on_waiting(self._reported_waiting)
+
+    def _admit_waiting(self, now: float) -> None:
+        """Admit waiting requests in arrival order while the batch has room."""
+        while self._waiting and self.generator.fits(self._waiting[0].prepared):
+            waiting = self._waiting.popleft()
+            waiting.sink.request_id = self.generator.admit(waiting.prepared)
+            self._sinks[waiting.sink.request_id] = waiting.sink
+            if self.on_admitted:
+                self.on_admitted(now - waiting.since)
+
+    def _full(self, why: str) -> str:
+        return f"generation batch is full ({self.generator.max_batch_size} sequences; {why})"
 
     def _drop(self, cancels: list[_Sink]) -> None:
         """Cancel the closed streams' requests; their rows leave before the next step."""
+        closed = {id(sink) for sink in cancels}
+        self._waiting = deque(w for w in self._waiting if id(w.sink) not in closed)
         for sink in cancels:
             rid = sink.request_id
             if rid is not None and self._sinks.pop(rid, None) is not None:

@@ -46,12 +46,18 @@ class Batcher(Generic[Req, Res]):
         max_in_flight: int,
         max_queue_length: int,
         wait_s: float = 0.0,
+        on_queue: Callable[[int], None] | None = None,
+        on_sent: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_queue``: requests queued, when it changes; ``on_sent``: seconds a request
+        waited before its batch left."""
         self.send = send
         self.max_batch_size = max_batch_size
         self.max_in_flight = max_in_flight
         self.max_queue_length = max_queue_length
         self.wait_s = wait_s
+        self.on_queue = on_queue
+        self.on_sent = on_sent
         self._queue: deque[_Pending[Req, Res]] = deque()
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -70,6 +76,8 @@ class Batcher(Generic[Req, Res]):
         pending: _Pending[Req, Res] = _Pending(request)
         self._queue.append(pending)
         self._dispatch()
+        if self.on_queue:
+            self.on_queue(len(self._queue))
         try:
             return await pending.future
         finally:
@@ -89,6 +97,11 @@ class Batcher(Generic[Req, Res]):
                     return
             n = min(self.max_batch_size, len(self._queue))
             batch = [p for p in (self._queue.popleft() for _ in range(n)) if not p.future.done()]
+            if self.on_queue:
+                self.on_queue(len(self._queue))
+            if self.on_sent:
+                for p in batch:
+                    self.on_sent(loop.time() - p.since)
             if not batch:  # every caller in it gave up
                 continue
             self._in_flight += 1

@@ -143,7 +143,7 @@ def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec
         prompt=msg.prompt,
         messages=[(m.role, m.content) for m in msg.messages],
         sampling=_sampling(msg.sampling),
-        interventions=[_intervention(iv, i) for i, iv in enumerate(msg.interventions)],
+        interventions=[_intervention(iv, i, limits) for i, iv in enumerate(msg.interventions)],
         include_baseline=msg.include_baseline,
         track=[TrackedFeature(t.sae, t.feature) for t in msg.track],
         logprobs=msg.logprobs,
@@ -165,8 +165,11 @@ def _sampling(msg: pb.SamplingParams) -> SamplingParams:
     )
 
 
-def _intervention(msg: pb.Intervention, i: int) -> Intervention:
+def _intervention(msg: pb.Intervention, i: int, limits: Limits) -> Intervention:
     where = f"generate.interventions[{i}]"
+    # before the lists are copied: bounded work whatever the message holds
+    at_most(len(msg.vector), limits.max_vector_values, f"{where}.vector (count)")
+    at_most(len(msg.indices), limits.max_tokens_per_text, f"{where}.indices (count)")
     if msg.mode not in _MODES:
         raise InvalidArgument(f"{where}.mode: required (ADD, CLAMP, SCALE, ABLATE or VECTOR)")
     if msg.positions not in _POSITIONS:

@@ -91,15 +91,21 @@ class SaeserveServicer(saeserve_pb2_grpc.SaeserveServicer):
 Handler = Callable[[Any, Context], Awaitable[Any]]
 
 
-def _answering(method: Handler, request_type: type[Message]) -> Handler:
+def _answering(method: Handler, request_type: type[Message], max_bytes: int) -> Handler:
     """``method`` taking the raw request bytes, with its failures sent as statuses:
-    INVALID_ARGUMENT when the bytes do not parse, the operation's status when it fails.
+    INVALID_ARGUMENT when there are more than ``max_bytes`` (before parsing) or they do not
+    parse, the operation's status when it fails.
 
     The status is sent from a frame that no longer holds the request: grpc.aio keeps an
     aborted call's exception, and with it every frame its traceback passes through, so a
     refused 50 MiB request aborted deep inside would stay in memory."""
 
     async def answer(data: bytes, context: Context) -> tuple[Any, RpcStatus | None]:
+        if len(data) > max_bytes:
+            return None, RpcStatus(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: {len(data)} bytes > limit {max_bytes} (max_request_bytes)",
+            )
         try:
             request = request_type.FromString(data)
         except DecodeError:
@@ -123,13 +129,13 @@ def _answering(method: Handler, request_type: type[Message]) -> Handler:
     return handler
 
 
-def method_handlers(servicer: SaeserveServicer) -> grpc.GenericRpcHandler:
+def method_handlers(servicer: SaeserveServicer, max_request_bytes: int) -> grpc.GenericRpcHandler:
     """saeserve.v1.Saeserve's methods, each parsing its own request."""
     handlers = {}
     for m in SERVICE.methods:
         request_type = getattr(pb, m.input_type.name)
         respond = getattr(pb, m.output_type.name).SerializeToString
-        answering = _answering(getattr(servicer, m.name), request_type)
+        answering = _answering(getattr(servicer, m.name), request_type, max_request_bytes)
         make = (
             grpc.unary_stream_rpc_method_handler
             if m.server_streaming
@@ -153,6 +159,7 @@ def build_grpc_server(
     host: str,
     port: int,
     max_message_bytes: int,
+    max_request_bytes: int,
     reuse_port: bool,
 ) -> grpc.aio.Server:
     """A server with both servicers bound to ``host:port``, not yet started.
@@ -167,7 +174,7 @@ def build_grpc_server(
             ("grpc.max_send_message_length", max_message_bytes),
         ]
     )
-    server.add_generic_rpc_handlers((method_handlers(servicer),))
+    server.add_generic_rpc_handlers((method_handlers(servicer, max_request_bytes),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
     address = bind_address(host, port)

@@ -36,6 +36,7 @@ class SaeserveIngress:
             host=self.settings.host,
             port=self.settings.grpc_port,
             max_message_bytes=self.settings.max_message_bytes,
+            max_request_bytes=self.settings.max_request_bytes,
             reuse_port=self.settings.ingress_replicas > 1,
         )
         self._started = asyncio.get_running_loop().create_task(self.server.start())

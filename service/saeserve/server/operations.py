@@ -122,6 +122,8 @@ class Operations:
             max_in_flight=in_flight,
             max_queue_length=self.limits.max_queue_length,
             wait_s=self.limits.batch_wait_timeout_s,
+            on_queue=metrics.WAITING.labels(rpc="Decompose").set,
+            on_sent=metrics.QUEUE_WAIT.labels(rpc="Decompose").observe,
         )
 
     # --- plumbing ------------------------------------------------------------------------

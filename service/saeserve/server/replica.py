@@ -80,9 +80,13 @@ class ModelReplica:
             self.lock,
             interval_s=self.limits.stream_interval_s,
             max_interval_s=self.limits.max_stream_interval_s,
+            max_waiting=self.limits.max_waiting_streams,
+            max_wait_s=self.limits.max_stream_wait_s,
             on_step=self._on_generate_step,
             on_active=metrics.ACTIVE_SEQUENCES.set,
             on_cancel=metrics.CANCELLED_GENERATIONS.inc,
+            on_waiting=metrics.WAITING.labels(rpc="Generate").set,
+            on_admitted=metrics.QUEUE_WAIT.labels(rpc="Generate").observe,
         )
         log.info(
             "model %s loaded on %s (%s) with SAEs %s",

@@ -131,6 +131,8 @@ class Limits(BaseModel):
     """SearchFeatures: limit."""
     max_top_logprobs: int = Field(default=20, ge=0)
     """Generate: top_logprobs alternatives per token."""
+    max_vector_values: int = Field(default=16384, ge=1)
+    """Generate: values in one VECTOR intervention's vector (checked before it is read)."""
     max_queue_length: int = Field(default=256, ge=1)
     """Requests waiting (per model in each ingress, and per model replica) before new ones
     get RESOURCE_EXHAUSTED."""
@@ -145,6 +147,12 @@ class Limits(BaseModel):
     free; 0 = go at once (requests that arrive during a forward pass still batch)."""
     max_concurrent_streams: int = Field(default=32, ge=1)
     """Generate: sequences decoded together per replica; more wait in the queue."""
+    max_waiting_streams: int = Field(default=64, ge=0)
+    """Generate: requests a replica holds while its batch is full, in arrival order;
+    beyond it RESOURCE_EXHAUSTED at once (0 = refuse whenever the batch is full)."""
+    max_stream_wait_s: float = Field(default=30.0, ge=0)
+    """Generate: the longest a request waits for room in the batch before
+    RESOURCE_EXHAUSTED."""
     stream_interval_s: float = Field(default=0.02, ge=0, le=1)
     """Generate: a replica hands a stream's tokens to the ingress in groups (the client
     still gets one chunk per token): tokens made within this long of the stream's last
@@ -215,7 +223,12 @@ class ServerSettings(BaseSettings):
     num_cpus: float = Field(default=1.0, ge=0)
     """CPUs per model replica."""
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024)
-    """Largest gRPC message sent or received; clients need a matching receive limit."""
+    """Largest gRPC message sent (a Decompose answer can be large); clients need a
+    matching receive limit."""
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest gRPC request message: a larger one is INVALID_ARGUMENT before it is parsed
+    (every request's work is bounded by it; a Generate request must also fit Ray's 4 MiB
+    message between replicas). HTTP bodies have max_http_body_bytes."""
     api_keys_file: Path | None = None
     """File of API keys, one per line, ``#`` comments; none and no api_keys = open server."""
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
