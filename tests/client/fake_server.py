@@ -95,11 +95,14 @@ def baseline_text(i: int) -> str:
 
 class FakeSaeserve(pb_grpc.SaeserveServicer):
     """Known answers, plus knobs: ``failures[method]`` codes to fail with (one per call,
-    in order), ``delays[method]`` seconds to stall, ``required_key`` to demand
-    ``authorization: Bearer <key>``. Records ``calls``, ``metadata`` and ``requests``."""
+    in order), ``generate_failures_after_first_chunk`` codes to end Generate calls with
+    once their first chunk is sent (one per call, in order), ``delays[method]`` seconds to
+    stall, ``required_key`` to demand ``authorization: Bearer <key>``. Records ``calls``,
+    ``metadata`` and ``requests``."""
 
     def __init__(self) -> None:
         self.failures: dict[str, list[grpc.StatusCode]] = {}
+        self.generate_failures_after_first_chunk: list[grpc.StatusCode] = []
         self.delays: dict[str, float] = {}
         self.chunk_delay = 0.0
         self.required_key: str | None = None
@@ -112,13 +115,19 @@ class FakeSaeserve(pb_grpc.SaeserveServicer):
 
     # -- knobs ---------------------------------------------------------------------------
 
-    def _enter(self, name: str, request: Any, context: grpc.ServicerContext) -> None:
+    def record_call(
+        self, name: str, request: Any, context: grpc.ServicerContext
+    ) -> grpc.StatusCode | None:
+        """Count and record a call; the failure queued for it, if any."""
         with self._lock:
             self.calls[name] += 1
             self.metadata[name] = {k: str(v) for k, v in context.invocation_metadata()}
             self.requests[name] = request
             queued = self.failures.get(name)
-            code = queued.pop(0) if queued else None
+            return queued.pop(0) if queued else None
+
+    def _enter(self, name: str, request: Any, context: grpc.ServicerContext) -> None:
+        code = self.record_call(name, request, context)
         wanted = f"Bearer {self.required_key}"
         if self.required_key is not None and self.metadata[name].get("authorization") != wanted:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key")
@@ -194,6 +203,9 @@ class FakeSaeserve(pb_grpc.SaeserveServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "model 'demo' has no chat template")
         n = request.sampling.max_new_tokens or 64
         prompt_tokens = len(fake_tokens(request.prompt).ids)
+        with self._lock:
+            queued = self.generate_failures_after_first_chunk
+            fail_after_first = queued.pop(0) if queued else None
         variants = [(pb.VARIANT_STEERED, steered_text)]
         if request.include_baseline:
             variants.append((pb.VARIANT_BASELINE, baseline_text))
@@ -218,6 +230,8 @@ class FakeSaeserve(pb_grpc.SaeserveServicer):
                     chunk.usage.generated_tokens = n
                 self.generate_sent += 1
                 yield chunk
+                if fail_after_first is not None:
+                    context.abort(fail_after_first, f"injected {fail_after_first.name}")
 
     def GetFeature(self, request: Any, context: grpc.ServicerContext) -> pb.GetFeatureResponse:
         self._enter("GetFeature", request, context)
@@ -284,6 +298,21 @@ class FakeSaeserve(pb_grpc.SaeserveServicer):
         return pb.SearchFeaturesResponse(matches=matches[: request.limit or 10])
 
 
+class FakeHealth(health.HealthServicer):
+    """grpc.health.v1 whose Check calls the fake records as ``"Health.Check"``, failing
+    them as its ``failures["Health.Check"]`` says (no API key needed, as on the server)."""
+
+    def __init__(self, fake: FakeSaeserve) -> None:
+        super().__init__()
+        self._fake = fake
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
+        code = self._fake.record_call("Health.Check", request, context)
+        if code is not None:
+            context.abort(code, f"injected {code.name}")
+        return super().Check(request, context)
+
+
 class FakeServer:
     """``FakeSaeserve`` plus grpc.health.v1 (SERVING) on ``127.0.0.1:<free port>``."""
 
@@ -291,7 +320,7 @@ class FakeServer:
         self.servicer = FakeSaeserve()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_SaeserveServicer_to_server(self.servicer, self._server)
-        self.health = health.HealthServicer()
+        self.health = FakeHealth(self.servicer)
         for service in ("", "saeserve.v1.Saeserve"):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

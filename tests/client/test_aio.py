@@ -15,7 +15,14 @@ import grpc
 import numpy as np
 import pytest
 
-from saeserve_client import AsyncSaeserveClient, GenerateChunk, SaeserveError, Steer, collect
+from saeserve_client import (
+    NO_RETRY,
+    AsyncSaeserveClient,
+    GenerateChunk,
+    SaeserveError,
+    Steer,
+    collect,
+)
 from tests.client.conftest import FAST_RETRY
 from tests.client.fake_server import FakeSaeserve, FakeServer
 
@@ -110,6 +117,28 @@ def test_retry_and_no_retry(server: FakeServer, fake: FakeSaeserve) -> None:
 
     run(server, body)
     assert (fake.calls["ListModels"], fake.calls["Tokenize"], fake.calls["Generate"]) == (3, 1, 2)
+
+
+def test_generate_is_not_retried_after_its_first_chunk_nor_with_no_retry(
+    server: FakeServer, fake: FakeSaeserve
+) -> None:
+    fake.generate_failures_after_first_chunk = [grpc.StatusCode.UNAVAILABLE]
+    fake.failures["ListModels"] = [grpc.StatusCode.UNAVAILABLE]
+    received: list[str] = []
+
+    async def body(client: AsyncSaeserveClient) -> None:
+        with pytest.raises(SaeserveError) as mid_stream:
+            async for chunk in client.generate("a", max_new_tokens=3):
+                received.append(chunk.text)
+        assert mid_stream.value.code_name == "UNAVAILABLE"
+        async with AsyncSaeserveClient(server.address, retry=NO_RETRY) as once:
+            with pytest.raises(SaeserveError) as unary:
+                await once.list_models()
+        assert unary.value.code_name == "UNAVAILABLE"
+
+    run(server, body)
+    assert received == [" s0"]
+    assert (fake.calls["Generate"], fake.calls["ListModels"]) == (1, 1)
 
 
 def test_deadline_auth_and_errors(server: FakeServer, fake: FakeSaeserve) -> None:

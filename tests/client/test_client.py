@@ -6,6 +6,7 @@ formulas (tests/client/fake_server.py), written out where a shape or order matte
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -21,7 +22,7 @@ from saeserve_client import (
     Steer,
     collect,
 )
-from saeserve_client.options import Attempts
+from saeserve_client.options import ClientOptions
 from tests.client.fake_server import FakeSaeserve, FakeServer, fake_tokens
 
 
@@ -285,6 +286,42 @@ def test_generate_retries_unavailable_before_first_chunk(
     assert fake.calls["Generate"] == 3
 
 
+def test_generate_is_not_retried_after_its_first_chunk(
+    client: SaeserveClient, fake: FakeSaeserve
+) -> None:
+    fake.generate_failures_after_first_chunk = [grpc.StatusCode.UNAVAILABLE]
+    received = []
+    with pytest.raises(SaeserveError) as caught:
+        for chunk in client.generate("a", max_new_tokens=3):
+            received.append(chunk.text)
+    assert caught.value.code_name == "UNAVAILABLE" and caught.value.method == "Generate"
+    assert received == [" s0"] and fake.calls["Generate"] == 1
+
+
+def test_no_retry_sends_one_attempt(server: FakeServer, fake: FakeSaeserve) -> None:
+    fake.failures["Tokenize"] = [grpc.StatusCode.UNAVAILABLE]
+    fake.failures["Generate"] = [grpc.StatusCode.UNAVAILABLE]
+    with SaeserveClient(server.address, retry=NO_RETRY) as client:
+        with pytest.raises(SaeserveError) as unary:
+            client.tokenize("a")
+        with pytest.raises(SaeserveError) as stream:
+            list(client.generate("a", max_new_tokens=1))
+    assert unary.value.code_name == stream.value.code_name == "UNAVAILABLE"
+    assert fake.calls["Tokenize"] == fake.calls["Generate"] == 1
+
+
+def test_large_requests_are_retried_too(client: SaeserveClient, fake: FakeSaeserve) -> None:
+    fake.failures["Tokenize"] = [grpc.StatusCode.UNAVAILABLE]
+    text = "a " * 300_000  # 600 kB: past gRPC's default retry buffer of 256 KiB
+    assert len(client.tokenize(text).ids) == 300_001
+    assert fake.calls["Tokenize"] == 2
+
+
+def test_health_is_retried(client: SaeserveClient, fake: FakeSaeserve) -> None:
+    fake.failures["Health.Check"] = [grpc.StatusCode.UNAVAILABLE]
+    assert client.health() == "SERVING" and fake.calls["Health.Check"] == 2
+
+
 def test_deadline_is_honoured(client: SaeserveClient, fake: FakeSaeserve) -> None:
     fake.delays["ListModels"] = 5.0
     began = time.monotonic()
@@ -293,6 +330,18 @@ def test_deadline_is_honoured(client: SaeserveClient, fake: FakeSaeserve) -> Non
     assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - began < 1.5
     assert fake.calls["ListModels"] == 1  # DEADLINE_EXCEEDED is not retried
+
+
+def test_the_deadline_covers_every_attempt(server: FakeServer, fake: FakeSaeserve) -> None:
+    fake.failures["ListModels"] = [grpc.StatusCode.UNAVAILABLE] * 5
+    slow = RetryPolicy(max_attempts=5, initial_backoff=60.0, max_backoff=60.0)
+    with (
+        SaeserveClient(server.address, retry=slow, timeout=0.5) as client,
+        pytest.raises(SaeserveError) as caught,
+    ):
+        client.list_models()
+    # The first retry would wait up to a minute: the deadline ends the call first.
+    assert caught.value.code_name == "DEADLINE_EXCEEDED" and fake.calls["ListModels"] == 1
 
 
 def test_default_deadline_comes_from_options(server: FakeServer, fake: FakeSaeserve) -> None:
@@ -327,20 +376,38 @@ def test_unreachable_server_is_unavailable_after_retries() -> None:
 # -- values built without a server ---------------------------------------------------------
 
 
-def test_backoff_grows_exponentially_with_jitter_and_respects_the_deadline() -> None:
-    policy = RetryPolicy(max_attempts=10, initial_backoff=0.1, max_backoff=0.5, multiplier=2.0)
-    import random
+def test_retry_policy_is_the_service_config_grpc_expects() -> None:
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.25, max_backoff=4.0, multiplier=1.5)
+    args = dict(ClientOptions(retry=policy).grpc_channel_args())
+    assert args["grpc.enable_retries"] == 1
+    [method] = json.loads(args["grpc.service_config"])["methodConfig"]
+    assert method["name"] == [
+        {"service": "saeserve.v1.Saeserve"},
+        {"service": "grpc.health.v1.Health"},
+    ]
+    assert method["retryPolicy"] == {
+        "maxAttempts": 3,
+        "initialBackoff": "0.25s",
+        "maxBackoff": "4s",
+        "backoffMultiplier": 1.5,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    # gRPC refuses a retryPolicy of one attempt, so NO_RETRY has none.
+    assert (
+        json.loads(dict(ClientOptions(retry=NO_RETRY).grpc_channel_args())["grpc.service_config"])
+        == {}
+    )
 
-    rng = random.Random(0)
-    waits = [[policy.backoff(n, rng) for _ in range(200)] for n in (1, 2, 3, 6)]
-    assert [max(w) for w in waits] == pytest.approx([0.1, 0.2, 0.4, 0.5], abs=0.01)
-    assert min(waits[3]) < 0.1  # full jitter: anywhere from 0
-    assert not policy.should_retry(grpc.StatusCode.INVALID_ARGUMENT, 1)
-    assert not policy.should_retry(grpc.StatusCode.UNAVAILABLE, 10)
-    attempts = Attempts(RetryPolicy(initial_backoff=10.0, max_backoff=10.0), timeout=0.5)
-    attempts.start()
-    while (pause := attempts.pause_after(grpc.StatusCode.UNAVAILABLE)) is not None:
-        assert pause < 0.5  # a pause past the deadline is never taken
+
+def test_retry_policy_refuses_what_grpc_would_not_honour() -> None:
+    with pytest.raises(ValueError, match="gRPC's limit"):
+        RetryPolicy(max_attempts=6)  # gRPC would silently clamp it to 5
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match="backoffs"):
+        RetryPolicy(initial_backoff=0.0)
+    with pytest.raises(ValueError, match="retry_codes"):
+        RetryPolicy(retry_codes=frozenset())
 
 
 def test_steer_validates_and_normalizes() -> None:

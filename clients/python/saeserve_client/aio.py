@@ -30,7 +30,7 @@ from saeserve_client import convert
 from saeserve_client.client import resolve_options
 from saeserve_client.convert import ChatInput
 from saeserve_client.errors import SaeserveError
-from saeserve_client.options import Attempts, ClientOptions
+from saeserve_client.options import ClientOptions
 from saeserve_client.results import (
     Feature,
     FeatureMatch,
@@ -139,9 +139,10 @@ class AsyncSaeserveClient:
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
-        budget = self.options.generate_timeout if timeout is None else timeout
-        attempts = Attempts(self.options.retry, budget)
-        return AsyncGenerateStream(self._stub.Generate, request, self._metadata, attempts)
+        deadline = self.options.generate_timeout if timeout is None else timeout
+        return AsyncGenerateStream(
+            self._stub.Generate(request, timeout=deadline, metadata=self._metadata)
+        )
 
     async def get_feature(
         self, sae: str, feature: int, model: str = "", *, timeout: float | None = None
@@ -172,69 +173,42 @@ class AsyncSaeserveClient:
         return convert.serving_status(reply)
 
     async def _call(self, name: str, method: Any, request: Message, timeout: float | None) -> Any:
-        budget = self.options.timeout if timeout is None else timeout
-        attempts = Attempts(self.options.retry, budget)
-        while True:
-            try:
-                return await method(request, timeout=attempts.start(), metadata=self._metadata)
-            except grpc.RpcError as exc:
-                error = SaeserveError.from_rpc_error(exc, name)
-            pause = attempts.pause_after(error.code)
-            if pause is None:
-                raise error
-            await asyncio.sleep(pause)
+        deadline = self.options.timeout if timeout is None else timeout
+        try:
+            return await method(request, timeout=deadline, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise SaeserveError.from_rpc_error(exc, name) from None
 
 
 class AsyncGenerateStream(AsyncIterator[GenerateChunk]):
     """The chunks of one Generate call for ``async for``; ``cancel()`` / ``aclose()`` or
-    leaving ``async with`` stops generation on the server. Retried on UNAVAILABLE only
+    leaving ``async with`` stops generation on the server. gRPC retries UNAVAILABLE only
     before the first chunk."""
 
-    def __init__(
-        self,
-        method: Any,
-        request: pb.GenerateRequest,
-        metadata: tuple[tuple[str, str], ...],
-        attempts: Attempts,
-    ) -> None:
-        self._method = method
-        self._request = request
-        self._metadata = metadata
-        self._attempts = attempts
-        self._received = False
+    def __init__(self, call: Any) -> None:
+        self._call = call  # the grpc.aio call, read one GenerateChunk message at a time
         self._closed = False
-        self._call = self._start()
-
-    def _start(self) -> Any:
-        return self._method(self._request, timeout=self._attempts.start(), metadata=self._metadata)
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> GenerateChunk:
-        while not self._closed:
-            try:
-                message = await self._call.read()
-            except asyncio.CancelledError:
-                self.cancel()
-                raise
-            except grpc.RpcError as exc:
-                if self._closed:
-                    break
-                error = SaeserveError.from_rpc_error(exc, "Generate")
-                pause = None if self._received else self._attempts.pause_after(error.code)
-                if pause is None:
-                    self._closed = True
-                    raise error from None
-                await asyncio.sleep(pause)
-                self._call = self._start()
-                continue
-            if message is grpc.aio.EOF:
-                self._closed = True
-                break
-            self._received = True
-            return convert.generate_chunk(message)
-        raise StopAsyncIteration
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            message = await self._call.read()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        except grpc.RpcError as exc:
+            if self._closed:  # cancelled while reading
+                raise StopAsyncIteration from None
+            self._closed = True
+            raise SaeserveError.from_rpc_error(exc, "Generate") from None
+        if message is grpc.aio.EOF:
+            self._closed = True
+            raise StopAsyncIteration
+        return convert.generate_chunk(message)
 
     def cancel(self) -> None:
         """Stop the call; iteration then ends. Safe to call more than once."""

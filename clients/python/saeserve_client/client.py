@@ -1,8 +1,9 @@
 """The synchronous saeserve client, ``SaeserveClient``.
 
 Wraps a ``grpc.Channel`` and the generated ``Saeserve`` stub: each method builds its
-request with ``convert``, calls with the API key metadata and a deadline, retries on
-UNAVAILABLE as ``options.retry`` says, and returns the typed values of ``results``.
+request with ``convert``, calls with the API key metadata and a deadline, and returns the
+typed values of ``results``; the channel's service config has gRPC retry UNAVAILABLE as
+``options.retry`` says.
 Any failed call raises ``SaeserveError``. ``generate`` returns a ``GenerateStream``:
 iterate it for chunks as the server sends them; breaking out of the loop, ``close()``
 or leaving its ``with`` block cancels the call on the server.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -30,7 +30,7 @@ from saeserve.v1 import saeserve_pb2_grpc as pb_grpc
 from saeserve_client import convert
 from saeserve_client.convert import ChatInput
 from saeserve_client.errors import SaeserveError
-from saeserve_client.options import Attempts, ClientOptions
+from saeserve_client.options import ClientOptions
 from saeserve_client.results import (
     Feature,
     FeatureMatch,
@@ -170,9 +170,9 @@ class SaeserveClient:
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
-        budget = self.options.generate_timeout if timeout is None else timeout
+        deadline = self.options.generate_timeout if timeout is None else timeout
         return GenerateStream(
-            self._stub.Generate, request, self._metadata, Attempts(self.options.retry, budget)
+            self._stub.Generate(request, timeout=deadline, metadata=self._metadata)
         )
 
     def get_feature(
@@ -215,18 +215,11 @@ class SaeserveClient:
         request: Message,
         timeout: float | None,
     ) -> Any:
-        attempts = Attempts(
-            self.options.retry, self.options.timeout if timeout is None else timeout
-        )
-        while True:
-            try:
-                return method(request, timeout=attempts.start(), metadata=self._metadata)
-            except grpc.RpcError as exc:
-                error = SaeserveError.from_rpc_error(exc, name)
-            pause = attempts.pause_after(error.code)
-            if pause is None:
-                raise error
-            time.sleep(pause)
+        deadline = self.options.timeout if timeout is None else timeout
+        try:
+            return method(request, timeout=deadline, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise SaeserveError.from_rpc_error(exc, name) from None
 
 
 class GenerateStream(Iterator[GenerateChunk]):
@@ -234,52 +227,31 @@ class GenerateStream(Iterator[GenerateChunk]):
 
     Iterate it (once). ``close()`` / ``cancel()``, leaving a ``with`` block, or dropping
     the last reference (e.g. ``break`` out of ``for chunk in client.generate(...)``)
-    cancels the call, which stops generation on the server. A call that fails with
-    UNAVAILABLE before its first chunk is retried; later failures raise ``SaeserveError``.
+    cancels the call, which stops generation on the server. gRPC retries a call that fails
+    with UNAVAILABLE before its first chunk; a failure raises ``SaeserveError``.
     """
 
-    def __init__(
-        self,
-        method: grpc.UnaryStreamMultiCallable,
-        request: pb.GenerateRequest,
-        metadata: tuple[tuple[str, str], ...],
-        attempts: Attempts,
-    ) -> None:
-        self._method = method
-        self._request = request
-        self._metadata = metadata
-        self._attempts = attempts
-        self._received = False
+    def __init__(self, call: Any) -> None:
+        self._call = call  # the grpc call: an iterator of GenerateChunk messages
         self._closed = False
-        self._call = self._start()
-
-    def _start(self) -> Any:
-        return self._method(self._request, timeout=self._attempts.start(), metadata=self._metadata)
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> GenerateChunk:
-        while not self._closed:
-            try:
-                message = next(self._call)
-            except StopIteration:
-                self._closed = True
-                raise
-            except grpc.RpcError as exc:
-                if self._closed:  # cancelled by close() from another thread
-                    break
-                error = SaeserveError.from_rpc_error(exc, "Generate")
-                pause = None if self._received else self._attempts.pause_after(error.code)
-                if pause is None:
-                    self._closed = True
-                    raise error from None
-                time.sleep(pause)
-                self._call = self._start()
-                continue
-            self._received = True
-            return convert.generate_chunk(message)
-        raise StopIteration
+        if self._closed:
+            raise StopIteration
+        try:
+            message = next(self._call)
+        except StopIteration:
+            self._closed = True
+            raise
+        except grpc.RpcError as exc:
+            if self._closed:  # cancelled by close() from another thread
+                raise StopIteration from None
+            self._closed = True
+            raise SaeserveError.from_rpc_error(exc, "Generate") from None
+        return convert.generate_chunk(message)
 
     def cancel(self) -> None:
         """Stop the call; the iterator then ends. Safe to call more than once."""

@@ -2,16 +2,16 @@
 
 ``ClientOptions`` is a frozen dataclass shared by the sync and the asyncio client;
 ``ClientOptions.from_env()`` reads ``SAESERVE_TARGET`` and ``SAESERVE_API_KEY``.
-``RetryPolicy`` says when and how long to wait before calling again: only on
-``UNAVAILABLE`` (the server is starting or draining, so nothing ran), with exponential
-backoff and full jitter, never past the call's deadline.
+``RetryPolicy`` is handed to gRPC as the channel's service config, so gRPC itself
+retries: only on ``UNAVAILABLE`` (the server is starting or draining, so nothing ran),
+with exponential backoff and jitter, within the call's deadline, and only until the
+server has answered (for Generate: before the first chunk).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,16 +21,23 @@ DEFAULT_TARGET = "localhost:9000"
 # Decompose responses with dense features can be large; gRPC's own default is 4 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 USER_AGENT = "saeserve-client/0.1"
+# gRPC clamps a retry policy's maxAttempts to 5 (and logs it), so more is refused here.
+GRPC_MAX_ATTEMPTS = 5
+# The services whose calls the retry policy covers.
+RETRIED_SERVICES = ("saeserve.v1.Saeserve", "grpc.health.v1.Health")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of a call that failed with one of ``retry_codes`` (only UNAVAILABLE by default).
+    """gRPC's retries of a call that failed with one of ``retry_codes`` (UNAVAILABLE only
+    by default).
 
-    Attempt ``n`` (1-based) that fails waits a uniformly random time in
-    ``[0, min(max_backoff, initial_backoff * multiplier ** (n - 1))]`` before attempt
-    ``n + 1``; at most ``max_attempts`` attempts in all (1 = never retry). A Generate
-    stream is retried only while it has yielded no chunk.
+    After attempt ``n`` (1-based) fails, gRPC waits a random time of at most
+    ``min(max_backoff, initial_backoff * multiplier ** (n - 1))`` seconds before attempt
+    ``n + 1``; at most ``max_attempts`` attempts in all (1 = never retry; gRPC allows no
+    more than 5). The call's deadline covers every attempt and pause. gRPC retries a call
+    only until the server has sent its response headers, which saeserve sends with a
+    Generate stream's first chunk: a stream is retried only while it has yielded no chunk.
     """
 
     max_attempts: int = 4
@@ -40,19 +47,37 @@ class RetryPolicy:
     retry_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
-            raise ValueError("backoffs must be >= 0 and multiplier >= 1")
+        if not 1 <= self.max_attempts <= GRPC_MAX_ATTEMPTS:
+            raise ValueError(
+                f"max_attempts must be in [1, {GRPC_MAX_ATTEMPTS}] (gRPC's limit), "
+                f"got {self.max_attempts}"
+            )
+        if self.initial_backoff <= 0 or self.max_backoff <= 0 or self.multiplier < 1:
+            raise ValueError("backoffs must be > 0 and multiplier >= 1")
+        if not self.retry_codes:
+            raise ValueError("retry_codes must not be empty (use NO_RETRY to never retry)")
 
-    def should_retry(self, code: grpc.StatusCode, attempt: int) -> bool:
-        """Whether a call whose ``attempt``-th try ended with ``code`` may be tried again."""
-        return code in self.retry_codes and attempt < self.max_attempts
+    def service_config(self) -> dict[str, Any]:
+        """The gRPC service config (as JSON data) whose ``retryPolicy`` is this policy.
 
-    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait after the ``attempt``-th try failed (full jitter)."""
-        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
-        return (rng or random).uniform(0.0, cap)
+        Empty for a single attempt: gRPC refuses a ``retryPolicy`` with fewer than 2.
+        """
+        if self.max_attempts == 1:
+            return {}
+        policy = {
+            "maxAttempts": self.max_attempts,
+            "initialBackoff": _duration(self.initial_backoff),
+            "maxBackoff": _duration(self.max_backoff),
+            "backoffMultiplier": self.multiplier,
+            "retryableStatusCodes": sorted(code.name for code in self.retry_codes),
+        }
+        names = [{"service": service} for service in RETRIED_SERVICES]
+        return {"methodConfig": [{"name": names, "retryPolicy": policy}]}
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a google.protobuf.Duration in JSON: ``0.1`` -> ``"0.1s"``, ``5`` -> ``"5s"``."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -105,6 +130,13 @@ class ClientOptions:
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.primary_user_agent", USER_AGENT),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(self.retry.service_config())),
+            # The policy above is the one used: a resolver's (DNS TXT) config cannot replace it.
+            ("grpc.service_config_disable_resolution", 1),
+            # gRPC keeps a request for its retries only up to this size (default 256 KiB),
+            # and sends a larger one once; every request that may be sent may be retried.
+            ("grpc.per_rpc_retry_buffer_size", self.max_message_bytes),
             *self.channel_args,
         ]
 
@@ -113,34 +145,3 @@ class ClientOptions:
         if not self.uses_tls:
             return None
         return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
-
-
-class Attempts:
-    """The retry loop's state for one call: attempts made, and the call's deadline.
-
-    ``remaining()`` is the time left for the next attempt (None: no deadline);
-    ``pause_after(code)`` is how long to sleep before trying again, or None to give up
-    (a code that is not retried, attempts used up, or a pause that would pass the
-    deadline). Shared by the sync and the asyncio client, which only differ in how
-    they sleep.
-    """
-
-    def __init__(self, policy: RetryPolicy, timeout: float | None) -> None:
-        self.policy = policy
-        self.attempt = 0
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-
-    def start(self) -> float | None:
-        """Count an attempt and return its timeout in seconds (None: no deadline)."""
-        self.attempt += 1
-        if self._deadline is None:
-            return None
-        return max(self._deadline - time.monotonic(), 0.001)
-
-    def pause_after(self, code: grpc.StatusCode) -> float | None:
-        if not self.policy.should_retry(code, self.attempt):
-            return None
-        pause = self.policy.backoff(self.attempt)
-        if self._deadline is not None and time.monotonic() + pause >= self._deadline:
-            return None
-        return pause
