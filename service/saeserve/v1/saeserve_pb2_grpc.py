@@ -100,7 +100,11 @@ class SaeserveServicer:
         Tokens made within limits.stream_interval_s (default 0.02 s) of a stream's previous
         chunks arrive together (still one chunk each); with n streams open on a model replica
         the window is n times that, at most limits.max_stream_interval_s (default 0.1 s). The
-        first and the last tokens never wait.
+        first and the last tokens never wait. A replica decodes limits.max_concurrent_streams
+        (default 32) sequences at once (a baseline is a second one); a request that finds them
+        all busy waits its turn, behind at most limits.max_waiting_streams (default 64) others
+        and for at most limits.max_stream_wait_s (default 30) seconds, else
+        RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
