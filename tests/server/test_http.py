@@ -8,6 +8,8 @@ the field named; a client that leaves a stream stops its generation.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -201,3 +203,37 @@ def test_a_client_that_leaves_a_stream_stops_its_generation(
         before, "ray_saeserve_tokens_generated_total"
     )
     assert generated < 240
+
+
+def test_more_streams_than_serves_default_run_at_once(server: Server) -> None:
+    """Eight HTTP streams all get their first token before any of them ends (Serve's
+    proxy would otherwise hold all but 5 requests per ingress replica until others end)."""
+    body = {
+        "model": "demo",
+        "prompt": "Once",
+        "sampling": {"max_new_tokens": 120, "temperature": 0, "ignore_eos": True},
+    }
+    firsts: list[float] = []
+    ends: list[float] = []
+
+    def stream() -> None:
+        with (
+            httpx.Client(base_url=server.http_url, timeout=120) as client,
+            client.stream(
+                "POST", "/v1/generate", json=body, headers={"authorization": f"Bearer {KEY}"}
+            ) as response,
+        ):
+            seen = False
+            for line in response.iter_lines():
+                if line.startswith("data: {") and not seen:
+                    firsts.append(time.monotonic())
+                    seen = True
+            ends.append(time.monotonic())
+
+    threads = [threading.Thread(target=stream) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert len(firsts) == len(ends) == 8
+    assert max(firsts) < min(ends)

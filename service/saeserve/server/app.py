@@ -48,6 +48,9 @@ def build_app(settings: ServerSettings) -> Application:
         name="SaeserveIngress",
         num_replicas=settings.ingress_replicas,
         ray_actor_options={"num_cpus": 0, "resources": dict(settings.ingress_resources)},
+        # HTTP requests reach the ingress through Serve's proxy, which would hold all but
+        # Serve's default 5 at a time: an asyncio ingress serves every one of its queue
+        max_ongoing_requests=settings.limits.max_queue_length,
     )
     return ingress.bind(_settings_for_replicas(settings), models)
 
