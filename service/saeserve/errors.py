@@ -31,13 +31,16 @@ class NotFound(SaeserveError, KeyError):
 
 class ResourceExhausted(SaeserveError):
     """A queue, capacity or rate limit was hit (gRPC RESOURCE_EXHAUSTED); ``retry_after_s``
-    says when a retry may succeed, when known."""
+    says when a retry may succeed, when known; ``reason`` labels the refusal in metrics."""
 
     code = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, reason: str = "queue_full"
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 class FailedPrecondition(SaeserveError):

@@ -91,9 +91,9 @@ class KeyLimiter:
 
     @staticmethod
     def _refuse(name: str, what: str, rate: float, wait_s: float) -> None:
-        metrics.REJECTED.labels(reason="rate_limited").inc()
         raise ResourceExhausted(
             f"rate limit: API key {name!r} is over its {what} limit ({rate:g}/s); "
             f"retry in {wait_s:.1f} s",
             retry_after_s=wait_s,
+            reason="rate_limited",
         )

@@ -44,7 +44,7 @@ from saeserve.server.convert import (
 )
 from saeserve.server.key_limits import KeyLimiter
 from saeserve.server.settings import ServerSettings
-from saeserve.server.status import RpcStatus, status_for
+from saeserve.server.status import RpcStatus, original, status_for
 from saeserve.v1 import saeserve_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ class Operations:
             failed = status_for(e, rpc=rpc)
             code = failed.code
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                metrics.REJECTED.labels(reason="queue_full").inc()
+                reason = getattr(original(e), "reason", "queue_full")  # Ray's back-pressure too
+                metrics.REJECTED.labels(reason=reason).inc()
         finally:
             metrics.observe_request(rpc, caller.transport, code.name, time.perf_counter() - start)
         if failed is not None:
