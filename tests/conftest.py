@@ -95,7 +95,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     import ray
     from ray import serve
 
-    from saeserve.server.app import start
+    from saeserve.server.app import local_ray_options, start
 
     root = tmp_path_factory.mktemp("served")
     model, saes = build_assets(root)
@@ -108,22 +108,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         ],
         grpc_port=free_port(),
         http_port=free_port(),
+        metrics_port=free_port(),
         api_keys=[KEY],
         limits=LIMITS,
     )
-    metrics_port = free_port()
     ray.init(
         num_cpus=4,
-        include_dashboard=False,
-        _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 500},
+        **local_ray_options(settings),
     )
     try:
         start(settings)
         target = f"127.0.0.1:{settings.grpc_port}"
         channel = grpc.insecure_channel(target)  # start() waited until it answers SERVING
         yield Server(
-            target, settings, model, saes, channel, f"http://127.0.0.1:{metrics_port}/metrics"
+            target,
+            settings,
+            model,
+            saes,
+            channel,
+            f"http://127.0.0.1:{settings.metrics_port}/metrics",
         )
         channel.close()
     finally:

@@ -64,3 +64,33 @@ def test_the_http_port_never_answers_500(server: Server, path: str) -> None:
 def test_the_http_api_needs_the_key(server: Server) -> None:
     response = httpx.post(server.http_url + "/v1/decompose", json={"texts": ["a"]}, timeout=30)
     assert response.status_code == 401
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on ``port`` (from /proc/net/tcp{,6})."""
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                host, port_hex = local.rsplit(":", 1)
+                if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                    addresses.add(host)
+    return addresses
+
+
+def test_with_a_loopback_host_the_api_ports_listen_on_loopback_only(server: Server) -> None:
+    """The settings' host (127.0.0.1 here, the default) is where gRPC and HTTP listen.
+    Ray's metrics port is not covered: Ray binds it on every interface (failure 8, open)."""
+    loopback = {
+        "0100007F",  # 127.0.0.1
+        "00000000000000000000000001000000",  # ::1
+        "0000000000000000FFFF00000100007F",  # ::ffff:127.0.0.1
+    }
+    ports = {
+        "grpc_port": server.settings.grpc_port,
+        "http_port": server.settings.http_port,
+    }
+    for name, port in ports.items():
+        addresses = _listening(port)
+        assert addresses and addresses <= loopback, (name, addresses)
