@@ -249,6 +249,11 @@ class FakeSaeserve(pb_grpc.SaeserveServicer):
                 pb.TokenEffect(token=" kitten", token_id=13, logit_effect=0.6),
             ],
             top_suppressed=[pb.TokenEffect(token=" dog", token_id=14, logit_effect=-0.5)],
+            decoder_neighbours=[
+                pb.FeatureNeighbour(feature=3, cosine=0.75),
+                pb.FeatureNeighbour(feature=9, cosine=0.5),
+            ],
+            encoder_neighbours=[pb.FeatureNeighbour(feature=4, cosine=0.25)],
         )
         if not sae.has_feature_index:
             return out
@@ -267,6 +272,9 @@ class FakeSaeserve(pb_grpc.SaeserveServicer):
         )
         out.explanation.text = "cats and kittens"
         out.explanation.source = pb.EXPLANATION_SOURCE_GENERATED
+        band = out.quantiles.add(min_activation=1.5, max_activation=2.5)
+        band.contexts.add(tokens=["A", " cat"], values=[0.0, 2.5], max_index=1, max_value=2.5)
+        band.contexts.add(tokens=[" cats", "!"], values=[1.5, 0.0], max_index=0, max_value=1.5)
         return out
 
     def SearchFeatures(

@@ -167,10 +167,15 @@ def test_feature(server: FakeServer) -> None:
     assert "9.500  The [[cat]] [[sat]]" in text  # activating tokens marked
     assert re.search(r'promotes\s+" cat" \+0\.800\s+" kitten" \+0\.600', text)
     assert re.search(r'suppresses\s+" dog" -0\.500', text)
+    assert "sampled, max activation 1.500 … 2.500" in text and "2.500  A [[cat]]" in text
+    assert "decoder neighbours  3 0.750  9 0.500" in text
+    assert "encoder neighbours  4 0.250" in text
     coloured = ok(server, "feature", "resid_post.0", "7", "--color", "always")
     assert "[[" not in coloured and "\x1b[1;30;43mcat" in coloured
     data = as_json(server, "feature", "resid_post.0", "7")
     assert data["density"] == 0.0125 and data["top_contexts"][0]["max_index"] == 1
+    assert data["quantiles"][0]["contexts"][1]["tokens"] == [" cats", "!"]
+    assert data["decoder_neighbours"][0] == {"feature": 3, "cosine": 0.75}
     assert data["explanation"] == {"text": "cats and kittens", "source": "generated"}
 
 

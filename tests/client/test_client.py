@@ -16,6 +16,7 @@ import pytest
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve_client import (
     NO_RETRY,
+    FeatureNeighbour,
     RetryPolicy,
     SaeserveClient,
     SaeserveError,
@@ -196,12 +197,19 @@ def test_get_feature_converts_everything(client: SaeserveClient) -> None:
         "cats and kittens",
         "generated",
     )
+    (band,) = feature.quantiles
+    assert (band.min_activation, band.max_activation) == (1.5, 2.5)
+    assert [c.tokens for c in band.contexts] == [["A", " cat"], [" cats", "!"]]
+    assert band.contexts[1].max_index == 0 and band.contexts[0].values.tolist() == [0.0, 2.5]
+    assert feature.decoder_neighbours == [FeatureNeighbour(3, 0.75), FeatureNeighbour(9, 0.5)]
+    assert feature.encoder_neighbours == [FeatureNeighbour(4, 0.25)]
 
 
 def test_get_feature_without_index_has_no_statistics(client: SaeserveClient) -> None:
     feature = client.get_feature("mlp_out.1", 3)
     assert not feature.has_statistics
     assert feature.histogram is None and feature.explanation is None and feature.top_contexts == []
+    assert feature.quantiles == [] and [n.feature for n in feature.decoder_neighbours] == [3, 9]
     assert len(feature.top_promoted) == 2
 
 

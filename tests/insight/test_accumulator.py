@@ -46,16 +46,20 @@ def test_running_top_contexts_across_batches() -> None:
     stats = acc.finish()
     assert stats.n_contexts == 4 and stats.n_tokens == 8
     # feature 0: per-context max 2.0 (ctx 0), 5.0 (ctx 1), 3.0 (ctx 2), 4.5 (ctx 3)
-    assert stats.top_context[0].tolist() == [1, 3]
-    assert stats.top_max_value[0].tolist() == [5.0, 4.5]
-    assert stats.top_max_pos[0].tolist() == [0, 1]
-    assert stats.top_context[1].tolist() == [0, -1]  # fired once: one slot empty
+    assert stats.top.context[0].tolist() == [1, 3]
+    assert stats.top.max_value[0].tolist() == [5.0, 4.5]
+    assert stats.top.max_pos[0].tolist() == [0, 1]
+    assert stats.top.context[1].tolist() == [0, -1]  # fired once: one slot empty
     n = 2
     rows = [
         dict(
             zip(
-                stats.value_pos[stats.value_offsets[s] : stats.value_offsets[s + 1]].tolist(),
-                stats.value[stats.value_offsets[s] : stats.value_offsets[s + 1]].tolist(),
+                stats.top.value_pos[
+                    stats.top.value_offsets[s] : stats.top.value_offsets[s + 1]
+                ].tolist(),
+                stats.top.value[
+                    stats.top.value_offsets[s] : stats.top.value_offsets[s + 1]
+                ].tolist(),
                 strict=True,
             )
         )
@@ -75,7 +79,7 @@ def test_equal_values_keep_the_earlier_context() -> None:
     acc = make(n_top=1)
     acc.add(*batch([(0, 0, 3, 2.0)], n_rows=1))
     acc.add(*batch([(0, 1, 3, 2.0), (1, 2, 3, 2.0)], n_rows=2))
-    assert acc.finish().top_context[3].tolist() == [0]
+    assert acc.finish().top.context[3].tolist() == [0]
 
 
 def test_histogram_merges_fine_bins_and_handles_under_and_overflow() -> None:

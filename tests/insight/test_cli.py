@@ -35,9 +35,12 @@ def test_index_command_writes_a_loadable_index(
     argv += ["--corpus", str(tmp_path / "corpus.txt"), "--out", str(out)]
     argv += ["--explanations", str(tmp_path / "e.jsonl"), "--max-tokens", "100"]
     argv += ["--context-length", "16", "--no-progress", "--device", "cpu"]
+    argv += ["--quantile-bands", "2", "--samples-per-band", "3", "--sample-seed", "9"]
     assert main(argv) == 0
     index = FeatureIndex.load(out)
     assert index.meta.n_tokens == 100 and index.meta.hook_point == "resid_post.0"
+    assert (index.meta.quantile_bands, index.meta.samples_per_band) == (2, 3)
+    assert index.meta.sample_seed == 9 and index.sample_context.shape == (index.d_sae, 6)
     assert index.feature(1).explanation == "fog"
     assert index.explanation_sources.count("imported") == 1
 

@@ -9,7 +9,7 @@ import pytest
 
 from saeserve.errors import InvalidArgument
 from saeserve.insight.search import search
-from saeserve.insight.store import FeatureIndex, IndexMeta
+from saeserve.insight.store import FeatureIndex, IndexMeta, empty_samples
 
 
 @dataclass
@@ -67,6 +67,7 @@ def make_index(specs: list[Spec], sae_id: str = "s") -> FeatureIndex:
         value_offsets=np.array(offsets, dtype=np.int64),
         value_pos=np.zeros(len(values), dtype=np.int16),
         value=np.array(values, dtype=np.float32),
+        **empty_samples(d),
         context_tokens=np.array(context_tokens, dtype=np.uint16).reshape(-1, 1),
         context_lengths=np.ones(len(context_tokens), dtype=np.int16),
         promoted_ids=promoted,

@@ -39,8 +39,8 @@ def test_round_trip_is_equal(index: FeatureIndex, tmp_path: Path) -> None:
 
 
 def test_contexts_are_stored_once_and_token_strings_once(index: FeatureIndex) -> None:
-    rows = index.top_context[index.top_context >= 0]
-    assert index.context_tokens.shape[0] == len(np.unique(rows))  # only referenced contexts
+    rows = np.concatenate([index.top_context.ravel(), index.sample_context.ravel()])
+    assert index.context_tokens.shape[0] == len(np.unique(rows[rows >= 0]))  # only referenced
     assert index.context_tokens.dtype == np.uint16  # vocabulary < 65536
     ids = set(index.promoted_ids.ravel().tolist()) | set(index.suppressed_ids.ravel().tolist())
     for row, length in enumerate(index.context_lengths.tolist()):

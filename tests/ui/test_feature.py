@@ -1,6 +1,7 @@
-"""The feature page shows the GetFeature answer: its contexts with the max token marked,
-the histogram's bins, the logit effects; finds the model by SAE id when the URL names
-none; and links to its neighbours, the playground and the inspector."""
+"""The feature page shows the GetFeature answer: its top contexts and quantile bands' sampled
+contexts with the max token marked, the histogram's bins, the logit effects, the decoder-
+and encoder-cosine neighbours as links; finds the model by SAE id when the URL names none;
+and links to the previous and next features, the playground and the inspector."""
 
 from __future__ import annotations
 
@@ -19,17 +20,26 @@ def test_feature_page_shows_the_api_answer(browser: Browser, server: Server) -> 
     status, info = call_api(server, "/v1/saes/resid_post.2/features/1224?model=demo")
     assert status == 200
     browser.open("/saes/resid_post.2/features/1224")  # no ?model=: demo has resid_post.2
-    contexts = browser.js(
-        """return Array.from(document.querySelectorAll('.context .tokens'), row => ({
-             tokens: Array.from(row.children, t => t.textContent),
-             values: Array.from(row.children, t => Number(t.dataset.value)),
-             max: Array.from(row.children).findIndex(t => t.classList.contains('max'))}))"""
-    )
-    assert len(contexts) == len(info["top_contexts"])
-    for shown, context in zip(contexts, info["top_contexts"], strict=True):
-        assert shown["values"] == pytest.approx(context["values"], abs=1e-6)
-        assert shown["max"] == context["max_index"]
-        assert len(shown["tokens"]) == len(context["tokens"])
+    assert_contexts_shown(browser, "#top-contexts", info["top_contexts"])
+    bands = browser.driver.find_elements("css selector", "#quantiles .band")
+    assert info["quantiles"] and len(bands) == len(info["quantiles"])
+    for i, band in enumerate(info["quantiles"]):
+        heading = bands[i].find_element("css selector", "h3").get_attribute("textContent")
+        assert heading.startswith(f"Band {i + 1} of {len(bands)}: max activation")
+        assert_contexts_shown(browser, f"#quantiles .band:nth-child({i + 1})", band["contexts"])
+    for kind in ("decoder", "encoder"):
+        expected = info[f"{kind}_neighbours"]
+        shown = browser.js(
+            "return Array.from(document.querySelectorAll('#neighbours .card')[arguments[0]]"
+            ".querySelectorAll('li'), li => [li.querySelector('a').getAttribute('href'),"
+            " Number(li.querySelector('.num').textContent)])",
+            0 if kind == "decoder" else 1,
+        )
+        assert len(expected) == 10 and len(shown) == len(expected)
+        for (href, cosine), neighbour in zip(shown, expected, strict=True):
+            link = urlsplit(href)
+            assert link.path == f"/saes/resid_post.2/features/{neighbour['feature']}"
+            assert cosine == pytest.approx(neighbour["cosine"], abs=5e-3)  # shown rounded
     bars = browser.js("return document.querySelectorAll('svg.hist .bar').length")
     assert bars == len(info["histogram"]["counts"])
     promoted = browser.js(
@@ -60,6 +70,22 @@ def test_feature_page_shows_the_api_answer(browser: Browser, server: Server) -> 
     assert focused == str(info["top_contexts"][0]["max_index"] + 1)
     assert "activation" in browser.js("return document.querySelector('.readout').textContent")
     assert browser.console_errors() == []
+
+
+def assert_contexts_shown(browser: Browser, section: str, contexts: list[dict]) -> None:
+    """The context rows under the CSS selector ``section`` are ``contexts`` (API JSON)."""
+    shown = browser.js(
+        """return Array.from(document.querySelectorAll(arguments[0] + ' .context .tokens'),
+             row => ({values: Array.from(row.children, t => Number(t.dataset.value)),
+                      n: row.children.length,
+                      max: Array.from(row.children).findIndex(t => t.classList.contains('max'))}))""",
+        section,
+    )
+    assert len(shown) == len(contexts) > 0
+    for row, context in zip(shown, contexts, strict=True):
+        assert row["values"] == pytest.approx(context["values"], abs=1e-6)
+        assert row["max"] == context["max_index"]
+        assert row["n"] == len(context["tokens"])
 
 
 def test_unknown_feature_shows_the_api_message(browser: Browser, server: Server) -> None:

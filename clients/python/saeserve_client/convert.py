@@ -21,9 +21,11 @@ from saeserve_client.results import (
     Explanation,
     Feature,
     FeatureMatch,
+    FeatureNeighbour,
     GenerateChunk,
     Histogram,
     ModelInfo,
+    QuantileSamples,
     SaeDecomposition,
     SaeInfo,
     Steer,
@@ -193,19 +195,37 @@ def feature(msg: pb.GetFeatureResponse) -> Feature:
         )
         if msg.HasField("histogram")
         else None,
-        top_contexts=[
-            ActivatingContext(
-                tokens=list(c.tokens),
-                values=np.asarray(c.values, dtype=np.float32),
-                max_index=c.max_index,
-                max_value=f32(c.max_value),
-            )
-            for c in msg.top_contexts
-        ],
+        top_contexts=_contexts(msg.top_contexts),
         top_promoted=_effects(msg.top_promoted),
         top_suppressed=_effects(msg.top_suppressed),
         explanation=explanation(msg.explanation) if msg.HasField("explanation") else None,
+        quantiles=[
+            QuantileSamples(
+                min_activation=f32(q.min_activation),
+                max_activation=f32(q.max_activation),
+                contexts=_contexts(q.contexts),
+            )
+            for q in msg.quantiles
+        ],
+        decoder_neighbours=_neighbours(msg.decoder_neighbours),
+        encoder_neighbours=_neighbours(msg.encoder_neighbours),
     )
+
+
+def _contexts(contexts: Iterable[pb.ActivatingContext]) -> list[ActivatingContext]:
+    return [
+        ActivatingContext(
+            tokens=list(c.tokens),
+            values=np.asarray(c.values, dtype=np.float32),
+            max_index=c.max_index,
+            max_value=f32(c.max_value),
+        )
+        for c in contexts
+    ]
+
+
+def _neighbours(neighbours: Iterable[pb.FeatureNeighbour]) -> list[FeatureNeighbour]:
+    return [FeatureNeighbour(feature=n.feature, cosine=f32(n.cosine)) for n in neighbours]
 
 
 def feature_matches(msg: pb.SearchFeaturesResponse) -> list[FeatureMatch]:

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from saeserve_client.results import (
+    ActivatingContext,
     Feature,
     FeatureMatch,
     Generation,
@@ -213,19 +214,33 @@ def feature_view(
         lines.append(style.dim("no feature index for this SAE: logit effects only"))
     if feature.top_contexts:
         lines += ["", style.bold("top contexts")]
-        for ctx in feature.top_contexts[:contexts]:
-            text = "".join(
-                style.mark(flat(tok)) if value > 0 else flat(tok)
-                for tok, value in zip(ctx.tokens, ctx.values.tolist(), strict=True)
-            )
-            lines.append(f"  {ctx.max_value:8.3f}  {text}")
+        lines += [_context_line(ctx, style) for ctx in feature.top_contexts[:contexts]]
+    for band in feature.quantiles:
+        title = f"sampled, max activation {band.min_activation:.3f} … {band.max_activation:.3f}"
+        lines += ["", style.bold(title)]
+        lines += [_context_line(ctx, style) for ctx in band.contexts[:contexts]]
     if feature.top_promoted or feature.top_suppressed:
         lines.append("")
     for name, items in (("promotes", feature.top_promoted), ("suppresses", feature.top_suppressed)):
         if items:
             shown = "  ".join(f"{quoted(e.token)} {e.logit_effect:+.3f}" for e in items[:effects])
             lines.append(f"{style.bold(name):<10}  {shown}")
+    for name, neighbours in (
+        ("decoder neighbours", feature.decoder_neighbours),
+        ("encoder neighbours", feature.encoder_neighbours),
+    ):
+        if neighbours:
+            shown = "  ".join(f"{n.feature} {n.cosine:.3f}" for n in neighbours)
+            lines.append(f"{style.bold(name)}  {shown}")
     return lines
+
+
+def _context_line(ctx: ActivatingContext, style: Style) -> str:
+    text = "".join(
+        style.mark(flat(tok)) if value > 0 else flat(tok)
+        for tok, value in zip(ctx.tokens, ctx.values.tolist(), strict=True)
+    )
+    return f"  {ctx.max_value:8.3f}  {text}"
 
 
 def matches_view(query: str, matches: Sequence[FeatureMatch], style: Style) -> list[str]:

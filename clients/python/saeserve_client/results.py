@@ -232,6 +232,23 @@ class ActivatingContext:
     max_value: float
 
 
+@dataclass(frozen=True, eq=False)
+class QuantileSamples:
+    """Contexts sampled from one band of a feature's activations, below the top ones."""
+
+    min_activation: float
+    max_activation: float
+    contexts: list[ActivatingContext]  # strongest first
+
+
+@dataclass(frozen=True)
+class FeatureNeighbour:
+    """Another feature of the same SAE and its cosine similarity with this one."""
+
+    feature: int
+    cosine: float
+
+
 @dataclass(frozen=True)
 class TokenEffect:
     token: str
@@ -259,6 +276,12 @@ class Feature:
     top_promoted: list[TokenEffect]
     top_suppressed: list[TokenEffect]
     explanation: Explanation | None
+    quantiles: list[QuantileSamples]
+    """Sampled contexts below the top ones, highest band first (empty without an index)."""
+    decoder_neighbours: list[FeatureNeighbour]
+    """Nearest features by decoder-row cosine, largest first."""
+    encoder_neighbours: list[FeatureNeighbour]
+    """Nearest features by encoder-column cosine, largest first."""
 
 
 @dataclass(frozen=True)

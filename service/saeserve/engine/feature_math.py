@@ -1,7 +1,11 @@
-"""Feature math on the weights alone: the tokens a feature promotes and suppresses.
+"""Feature math on the weights alone: the tokens a feature promotes and suppresses, and
+its nearest features.
 
 GetFeature (server/feature_view.py) and the feature index (insight/index.py) both call
-``logit_effects``; nothing else computes them.
+``logit_effects``; nothing else computes them. ``nearest_features`` (GetFeature's
+neighbours) ranks every other feature by the cosine of its decoder row, and of its encoder
+column, with the feature's own, exactly, in chunks of latents: memory O(chunk * d_in),
+never a [d_sae x d_sae] matrix.
 
 **Direction in the model's space.** One unit of feature f's activation adds ``u_f`` to the
 activation at the SAE's hook point, where d_f = W_dec[f] is mapped out of the SAE's space
@@ -39,13 +43,14 @@ An SAE whose width is not the model's (e.g. MLP neurons) has no such path and ge
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from saeserve.engine.types import LogitEffects, TokenEffect
+from saeserve.engine.types import FeatureNeighbour, FeatureNeighbours, LogitEffects, TokenEffect
 from saeserve.model.architectures import NormDirectionMap
 from saeserve.sae.base import InputNorm, Sae
 
@@ -56,6 +61,8 @@ EFFECTS_PER_CHUNK = 2**26
 """Most effect values [features x vocab] held at once (256 MB of float32)."""
 VOCAB_BLOCK = 2**15
 """Rows of W_U converted to float32 at a time, so a bf16 model never gets a float32 copy."""
+LATENTS_PER_CHUNK = 2**16
+"""Decoder rows / encoder columns compared at a time by ``nearest_features``."""
 
 
 def feature_directions(sae: Sae, features: Tensor | None = None) -> Tensor:
@@ -132,3 +139,43 @@ def feature_token_effects(
         rows(effects.promoted_ids[0].tolist(), effects.promoted[0].tolist()),
         rows(effects.suppressed_ids[0].tolist(), effects.suppressed[0].tolist()),
     )
+
+
+def nearest_features(
+    sae: Sae, feature: int, n: int, *, chunk: int = LATENTS_PER_CHUNK
+) -> FeatureNeighbours:
+    """The n features of ``sae`` nearest to ``feature`` by decoder-row cosine and by
+    encoder-column cosine, the feature itself excluded (see ``FeatureNeighbours``).
+
+    Cosines are float32 over the stored weights (the decoder's scaling by an SAE's input
+    norm is one factor for all rows and changes no cosine); a zero vector has cosine 0
+    with every other.
+    """
+    with torch.no_grad():
+        return FeatureNeighbours(
+            decoder=_nearest_by_cosine(sae.W_dec.detach(), feature, n, chunk),
+            encoder=_nearest_by_cosine(sae.W_enc.detach().T, feature, n, chunk),
+        )
+
+
+def _nearest_by_cosine(vectors: Tensor, feature: int, n: int, chunk: int) -> list[FeatureNeighbour]:
+    """Top n rows of ``vectors`` [d_sae, d] by cosine with row ``feature``, which is left out."""
+    tiny = torch.finfo(torch.float32).tiny
+    query = vectors[feature].float()
+    query = query / query.norm().clamp_min(tiny)
+    best = torch.empty(0, device=vectors.device)
+    best_ids = torch.empty(0, dtype=torch.int64, device=vectors.device)
+    for start in range(0, int(vectors.shape[0]), chunk):
+        block = vectors[start : start + chunk].float()  # [c, d]
+        cosine = (block @ query) / block.norm(dim=1).clamp_min(tiny)
+        ids = torch.arange(start, start + block.shape[0], device=vectors.device)
+        cosine = cosine.masked_fill(ids == feature, -math.inf)
+        # kept ones first, all with lower ids: a stable sort puts the lower id first on ties
+        cosine, ids = torch.cat([best, cosine]), torch.cat([best_ids, ids])
+        order = torch.sort(cosine, descending=True, stable=True).indices[:n]
+        best, best_ids = cosine[order], ids[order]
+    kept = best > -math.inf
+    return [
+        FeatureNeighbour(int(i), float(c))
+        for i, c in zip(best_ids[kept].tolist(), best[kept].tolist(), strict=True)
+    ]

@@ -294,3 +294,20 @@ class LogitEffects:
     """[F, n] int64 token ids, most negative effect first."""
     suppressed: np.ndarray
     """[F, n] float32 effects of ``suppressed_ids``."""
+
+
+class FeatureNeighbour(NamedTuple):
+    """Another feature of the same SAE and its cosine similarity with the one asked about."""
+
+    feature: int
+    cosine: float
+
+
+@dataclass
+class FeatureNeighbours:
+    """A feature's nearest features by decoder-row and by encoder-column cosine."""
+
+    decoder: list[FeatureNeighbour]
+    """By cosine of ``W_dec[g]`` with ``W_dec[f]``, largest first (ties: lower id first)."""
+    encoder: list[FeatureNeighbour]
+    """By cosine of ``W_enc[:, g]`` with ``W_enc[:, f]``, the same order."""

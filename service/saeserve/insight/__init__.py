@@ -9,13 +9,21 @@ Importing this package does not import the model code; ``build_index`` does on c
 from saeserve.insight.explanations import read_explanations
 from saeserve.insight.index import build_index
 from saeserve.insight.search import SearchHit, search
-from saeserve.insight.store import ContextExample, FeatureIndex, FeatureInfo, IndexMeta, TokenEffect
+from saeserve.insight.store import (
+    ContextExample,
+    FeatureIndex,
+    FeatureInfo,
+    IndexMeta,
+    QuantileBand,
+    TokenEffect,
+)
 
 __all__ = [
     "ContextExample",
     "FeatureIndex",
     "FeatureInfo",
     "IndexMeta",
+    "QuantileBand",
     "SearchHit",
     "TokenEffect",
     "build_index",

@@ -48,6 +48,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--histogram-bins", type=int, default=32, help="max histogram bins per feature"
     )
+    parser.add_argument(
+        "--quantile-bands", type=int, default=3, help="bands of sampled contexts (0: none)"
+    )
+    parser.add_argument(
+        "--samples-per-band", type=int, default=5, help="sampled contexts kept per band"
+    )
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the context sample")
     parser.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass")
     parser.add_argument(
         "--dense-top-k", type=int, default=64, help="latents read per token of a non-TopK SAE"
@@ -136,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
             n_top_contexts=args.top_contexts,
             n_logit_tokens=args.logit_tokens,
             histogram_bins=args.histogram_bins,
+            quantile_bands=args.quantile_bands,
+            samples_per_band=args.samples_per_band,
+            sample_seed=args.sample_seed,
             batch_size=args.batch_size,
             dense_top_k=args.dense_top_k,
             max_tokens=args.max_tokens,

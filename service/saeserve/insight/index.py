@@ -5,7 +5,7 @@ tokens, runs the model only up to the SAE's hook point, encodes each batch spars
 (``Sae.encode_sparse``: a TopK SAE's k latents; the ``dense_top_k`` largest latents
 per token otherwise) and folds it into a ``FeatureAccumulator`` on the model's device.
 Nothing of size [tokens x d_sae] is ever built; per-feature state is
-O(d_sae * (n_top_contexts * context_length + histogram grid)).
+O(d_sae * ((n_top_contexts + quantile samples) * context_length + histogram grid)).
 
 Definitions (all over indexed tokens: padding and special tokens such as BOS excluded):
 - density: fraction of tokens where the feature is active (> 0);
@@ -18,6 +18,11 @@ Definitions (all over indexed tokens: padding and special tokens such as BOS exc
 - top contexts: the contexts with the highest per-context max activation, kept by a
   running merge (stable sort over the kept N plus this batch's candidates, per touched
   feature), with the feature's value at every token of each kept context;
+- quantile samples: a uniform random sample of ``quantile_bands * samples_per_band``
+  of the contexts the feature fired in (a seeded reservoir, ``kept_contexts``: the same
+  seed and corpus give the same sample), less those among its top contexts, ordered by
+  per-context max; ``FeatureIndex.quantiles`` splits them by rank into bands, so band j
+  holds the sample between its j/B and (j+1)/B quantiles of per-context max activation;
 - promoted / suppressed tokens: the largest / smallest direct logit effects of one unit
   of the feature, from ``saeserve.engine.feature_math`` (the same numbers GetFeature gives
   for an SAE without an index; ``logit_lens="plain"`` leaves the final norm out).
@@ -38,8 +43,12 @@ from saeserve.engine.feature_math import logit_effects
 from saeserve.engine.padding import pad_token_ids
 from saeserve.errors import require
 from saeserve.insight.explanations import attach_explanations
+from saeserve.insight.kept_contexts import ContextPairs, KeptArrays, KeptContexts, sample_keys
 from saeserve.insight.store import FeatureIndex, IndexMeta
 from saeserve.sae.base import Sae
+
+FEATURES_PER_CHUNK = 2**16
+"""Features compared at a time when dropping samples that are also top contexts."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +89,10 @@ class AccumulatedStats:
     hist_edges: np.ndarray
     hist_counts: np.ndarray
     hist_n_bins: np.ndarray
-    top_context: np.ndarray
-    """[d_sae, N] global context ids (order of ``add`` calls), -1 for empty slots."""
-    top_max_pos: np.ndarray
-    top_max_value: np.ndarray
-    value_offsets: np.ndarray
-    value_pos: np.ndarray
-    value: np.ndarray
+    top: KeptArrays
+    """The top contexts, strongest first; context ids in order of ``add`` calls."""
+    samples: KeptArrays
+    """The sampled contexts outside the top ones, largest max value first."""
 
 
 class FeatureAccumulator:
@@ -99,11 +105,14 @@ class FeatureAccumulator:
         n_top_contexts: int,
         context_length: int,
         histogram_bins: int,
+        n_samples: int = 0,
+        sample_seed: int = 0,
         grid: LogBins | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.d_sae, self.n_top, self.length = d_sae, n_top_contexts, context_length
+        self.d_sae, self.length = d_sae, context_length
         self.histogram_bins = histogram_bins
+        self.sample_seed = sample_seed
         self.grid = grid or LogBins()
         self.device = torch.device(device)
         dev = self.device
@@ -112,11 +121,8 @@ class FeatureAccumulator:
         self.sums = torch.zeros(d_sae, dtype=torch.float64, device=dev)
         self.maxes = torch.zeros(d_sae, dtype=torch.float32, device=dev)
         self.fine_hist = torch.zeros(d_sae, self.grid.n_fine, dtype=torch.int32, device=dev)
-        n = n_top_contexts
-        self.top_val = torch.full((d_sae, n), -math.inf, device=dev)
-        self.top_ctx = torch.full((d_sae, n), -1, dtype=torch.int64, device=dev)
-        self.top_pos = torch.zeros(d_sae, n, dtype=torch.int64, device=dev)
-        self.top_rows = torch.zeros(d_sae, n, context_length, device=dev)  # per-token values
+        self.top = KeptContexts(d_sae, n_top_contexts, context_length, dev)
+        self.samples = KeptContexts(d_sae, n_samples, context_length, dev)
         self.n_tokens = 0
         self.n_contexts = 0
 
@@ -143,71 +149,32 @@ class FeatureAccumulator:
             0, f * self.grid.n_fine + fine, torch.ones_like(fine, dtype=torch.int32)
         )
         if f.numel():
-            self._merge_top(f, v, b, t, n_rows)
+            pairs = ContextPairs.from_tokens(f, v, b, t, n_rows, self.n_contexts, self.length)
+            self.top.merge(pairs, pairs.max_value)
+            if self.samples.n:
+                self.samples.merge(
+                    pairs, sample_keys(self.sample_seed, pairs.feature, pairs.context_id)
+                )
         self.n_tokens += int(values.shape[0])
         self.n_contexts += n_rows
 
-    def _merge_top(self, f: Tensor, v: Tensor, b: Tensor, t: Tensor, n_rows: int) -> None:
-        """Merge this batch's best (feature, context) pairs into the running top-N."""
-        n, length = self.n_top, self.length
-        key = f * n_rows + b  # one key per (feature, context) pair
-        uniq, inv = torch.unique(key, return_inverse=True)
-        seg_max = torch.zeros(uniq.numel(), device=v.device)
-        seg_max.scatter_reduce_(0, inv, v, "amax", include_self=False)
-        at_max = torch.where(v == seg_max[inv], t, length)  # earliest max position wins
-        seg_pos = torch.full_like(uniq, length).scatter_reduce_(0, inv, at_max, "amin")
-        cand_f, cand_b = uniq // n_rows, uniq % n_rows
-
-        feats, finv = torch.unique(cand_f, return_inverse=True)  # touched features [F]
-        n_f = feats.numel()
-        cand_val = torch.full((n_f, n + n_rows), -math.inf, device=v.device)
-        cand_val[:, :n] = self.top_val[feats]
-        cand_val[finv, n + cand_b] = seg_max
-        cand_pos = torch.zeros(n_f, n + n_rows, dtype=torch.int64, device=v.device)
-        cand_pos[:, :n] = self.top_pos[feats]
-        cand_pos[finv, n + cand_b] = seg_pos
-        new_ids = self.n_contexts + torch.arange(n_rows, device=v.device)
-        cand_ctx = torch.cat([self.top_ctx[feats], new_ids.expand(n_f, n_rows)], dim=1)
-
-        # stable: among equal values the earlier context (already kept) stays first
-        order = torch.sort(cand_val, dim=1, descending=True, stable=True).indices[:, :n]  # [F, N]
-        top_val = cand_val.gather(1, order)
-        top_ctx = cand_ctx.gather(1, order).masked_fill(top_val == -math.inf, -1)
-        top_pos = cand_pos.gather(1, order)
-        self.top_val[feats] = top_val
-        self.top_ctx[feats] = top_ctx
-        self.top_pos[feats] = top_pos
-
-        # only features whose kept set changed need their per-token rows rewritten
-        changed = (order >= n).any(dim=1)
-        feats, order = feats[changed], order[changed]
-        if feats.numel() == 0:
-            return
-        kept = order.clamp(max=n - 1).unsqueeze(-1).expand(-1, -1, length)
-        top_rows = self.top_rows[feats].gather(1, kept)  # [F', N, T]
-        fi, ri = (order >= n).nonzero(as_tuple=True)  # slots filled from this batch
-        slot_key = feats[fi] * n_rows + (order[fi, ri] - n)
-        sorted_key, perm = torch.sort(slot_key)
-        j = torch.searchsorted(sorted_key, key).clamp(max=sorted_key.numel() - 1)
-        hit = sorted_key[j] == key  # batch entries whose (feature, context) was kept
-        fresh = torch.zeros(fi.numel(), length, device=v.device)
-        fresh[perm[j[hit]], t[hit]] = v[hit]
-        top_rows[fi, ri] = fresh
-        self.top_rows[feats] = top_rows
-
     def finish(self) -> AccumulatedStats:
-        """Host arrays of everything accumulated (see ``FeatureIndex`` for the layout)."""
-        d, n = self.d_sae, self.n_top
+        """Host arrays of everything accumulated (see ``FeatureIndex`` for the layout).
+
+        Samples that are also top contexts of their feature are dropped; the rest are
+        ordered by max value.
+        """
         counts = self.counts
         mean = torch.where(counts > 0, self.sums / counts.clamp(min=1), 0).float()
         edges, hist_counts, n_bins = self._histograms()
-        rows = self.top_rows.reshape(d * n, self.length)
-        nz = rows > 0
-        offsets = torch.cat(
-            [torch.zeros(1, dtype=torch.int64, device=nz.device), nz.sum(1).cumsum(0)]
-        )
-        slot, pos = nz.nonzero(as_tuple=True)  # row-major: slot-major order, as CSR needs
-        top_val = self.top_val.masked_fill(self.top_ctx < 0, 0)
+        in_top = torch.zeros_like(self.samples.context, dtype=torch.bool)
+        for start in range(0, self.d_sae, FEATURES_PER_CHUNK):  # [c, S, N] at a time
+            sampled = self.samples.context[start : start + FEATURES_PER_CHUNK]
+            top = self.top.context[start : start + FEATURES_PER_CHUNK]
+            in_top[start : start + FEATURES_PER_CHUNK] = (
+                sampled[:, :, None] == top[:, None, :]
+            ).any(-1) & (sampled >= 0)
+        self.samples.drop_and_sort_by_value(in_top)
         return AccumulatedStats(
             n_tokens=self.n_tokens,
             n_contexts=self.n_contexts,
@@ -217,12 +184,8 @@ class FeatureAccumulator:
             hist_edges=edges.cpu().numpy(),
             hist_counts=hist_counts.cpu().numpy(),
             hist_n_bins=n_bins.to(torch.int32).cpu().numpy(),
-            top_context=self.top_ctx.cpu().numpy(),
-            top_max_pos=self.top_pos.to(torch.int16).cpu().numpy(),
-            top_max_value=top_val.cpu().numpy(),
-            value_offsets=offsets.cpu().numpy(),
-            value_pos=pos.to(torch.int16).cpu().numpy(),
-            value=rows[slot, pos].cpu().numpy(),
+            top=self.top.to_host(),
+            samples=self.samples.to_host(),
         )
 
     def _histograms(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -299,6 +262,9 @@ def build_index(
     n_top_contexts: int = 20,
     n_logit_tokens: int = 10,
     histogram_bins: int = 32,
+    quantile_bands: int = 3,
+    samples_per_band: int = 5,
+    sample_seed: int = 0,
     batch_size: int = 16,
     dense_top_k: int = 64,
     max_tokens: int | None = None,
@@ -326,6 +292,8 @@ def build_index(
     require(n_top_contexts > 0, f"n_top_contexts: {n_top_contexts} must be >= 1")
     require(n_logit_tokens > 0, f"n_logit_tokens: {n_logit_tokens} must be >= 1")
     require(histogram_bins > 0, f"histogram_bins: {histogram_bins} must be >= 1")
+    require(quantile_bands >= 0, f"quantile_bands: {quantile_bands} must be >= 0")
+    require(samples_per_band >= 0, f"samples_per_band: {samples_per_band} must be >= 0")
     require(batch_size > 0, f"batch_size: {batch_size} must be >= 1")
     require(dense_top_k > 0, f"dense_top_k: {dense_top_k} must be >= 1")
     require(max_tokens is None or max_tokens > 0, f"max_tokens: {max_tokens} must be >= 1")
@@ -343,6 +311,8 @@ def build_index(
         n_top_contexts=n_top_contexts,
         context_length=context_length,
         histogram_bins=histogram_bins,
+        n_samples=quantile_bands * samples_per_band,
+        sample_seed=sample_seed,
         grid=grid,
         device=device,
     )
@@ -395,6 +365,9 @@ def build_index(
         n_logit_tokens=int(effects.promoted_ids.shape[1]),
         histogram_bins=histogram_bins,
         latents_per_token=int(k or 0),
+        quantile_bands=quantile_bands,
+        samples_per_band=samples_per_band,
+        sample_seed=sample_seed,
         logit_lens=logit_lens,
     )
     index = assemble_index(
@@ -427,10 +400,17 @@ def assemble_index(
     corpus_tokens [n_contexts, T] and corpus_lengths [n_contexts] are every context in
     global id order; ``decode`` maps token ids to their texts. Explanations start empty.
     """
-    used = np.unique(stats.top_context[stats.top_context >= 0])
-    top_context = np.full(stats.top_context.shape, -1, dtype=np.int32)
-    filled = stats.top_context >= 0
-    top_context[filled] = np.searchsorted(used, stats.top_context[filled])
+    top, samples = stats.top, stats.samples
+    used = np.unique(
+        np.concatenate([top.context[top.context >= 0], samples.context[samples.context >= 0]])
+    )
+
+    def rows_of(context: np.ndarray) -> np.ndarray:  # global ids -> rows of context_tokens
+        out = np.full(context.shape, -1, dtype=np.int32)
+        filled = context >= 0
+        out[filled] = np.searchsorted(used, context[filled])
+        return out
+
     token_dtype = np.uint16 if vocab_size <= 65536 else np.int32
     context_tokens = corpus_tokens[used].astype(token_dtype)
     context_lengths = corpus_lengths[used].astype(np.int16)
@@ -447,12 +427,18 @@ def assemble_index(
         hist_edges=stats.hist_edges.astype(np.float32),
         hist_counts=stats.hist_counts.astype(np.int64),
         hist_n_bins=stats.hist_n_bins.astype(np.int32),
-        top_context=top_context,
-        top_max_pos=stats.top_max_pos.astype(np.int16),
-        top_max_value=stats.top_max_value.astype(np.float32),
-        value_offsets=stats.value_offsets.astype(np.int64),
-        value_pos=stats.value_pos.astype(np.int16),
-        value=stats.value.astype(np.float32),
+        top_context=rows_of(top.context),
+        top_max_pos=top.max_pos.astype(np.int16),
+        top_max_value=top.max_value.astype(np.float32),
+        value_offsets=top.value_offsets.astype(np.int64),
+        value_pos=top.value_pos.astype(np.int16),
+        value=top.value.astype(np.float32),
+        sample_context=rows_of(samples.context),
+        sample_max_pos=samples.max_pos.astype(np.int16),
+        sample_max_value=samples.max_value.astype(np.float32),
+        sample_value_offsets=samples.value_offsets.astype(np.int64),
+        sample_value_pos=samples.value_pos.astype(np.int16),
+        sample_value=samples.value.astype(np.float32),
         context_tokens=context_tokens,
         context_lengths=context_lengths,
         promoted_ids=promoted[0].astype(np.int32),

@@ -14,8 +14,10 @@ is a folder, compact and free of pickles::
 Top contexts are stored by reference: each distinct context's token ids once
 (``context_tokens``), each (feature, rank) slot as a context row, the max position and
 value, and the feature's per-token values as a CSR list of the non-zero positions (most
-tokens of a context do not fire a sparse feature). ``feature(f)`` assembles one
-``FeatureInfo`` from these arrays.
+tokens of a context do not fire a sparse feature). Quantile samples are stored the same
+way in the ``sample_*`` arrays, ordered by max value and split into bands on reading
+(``quantiles``). An index written before samples existed loads with none.
+``feature(f)`` assembles one ``FeatureInfo`` from these arrays.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ class IndexMeta:
     """Upper bound on histogram bins per feature."""
     latents_per_token: int
     """Latents read per token: the SAE's k for TopK SAEs, else ``dense_top_k``."""
+    quantile_bands: int = 0
+    """Bands the quantile samples are split into (0: none kept)."""
+    samples_per_band: int = 0
+    """Sampled contexts per band, before removing those among the top contexts."""
+    sample_seed: int = 0
+    """Seed of the sample's keys (``saeserve.insight.kept_contexts.sample_keys``)."""
     logit_lens: str = "final_norm_gain"
     """How W_dec[f] reaches the unembedding (``saeserve.engine.feature_math``):
     ``final_norm_gain`` (through the final norm's centring and gain), ``plain`` (no norm)
@@ -73,7 +81,7 @@ class IndexMeta:
 
 @dataclass
 class ContextExample:
-    """One top activating context of a feature."""
+    """One activating context of a feature."""
 
     token_ids: list[int]
     tokens: list[str]
@@ -82,6 +90,18 @@ class ContextExample:
     max_pos: int
     """Index of the token with the highest activation."""
     max_value: float
+
+
+@dataclass
+class QuantileBand:
+    """Contexts sampled from one band of a feature's per-context max activations."""
+
+    low: float
+    """Smallest max activation among the band's contexts."""
+    high: float
+    """Largest max activation among them."""
+    contexts: list[ContextExample]
+    """Strongest first."""
 
 
 @dataclass
@@ -100,6 +120,8 @@ class FeatureInfo:
     """Active tokens per bin; sums to density * n_tokens."""
     contexts: list[ContextExample]
     """Top activating contexts, strongest first."""
+    quantiles: list[QuantileBand]
+    """Sampled contexts below the top ones, highest band first (empty bands left out)."""
     promoted: list[TokenEffect]
     """Tokens whose logits rise most per unit activation, largest first."""
     suppressed: list[TokenEffect]
@@ -124,6 +146,12 @@ ARRAY_FIELDS = (
     "value_offsets",  # [d_sae * N + 1] int64: CSR row pointers of slot f * N + r
     "value_pos",  # [nnz] int16: positions where the feature fired in that context
     "value",  # [nnz] float32: its activations there
+    "sample_context",  # [d_sae, S] int32, S = quantile_bands * samples_per_band; as top_*
+    "sample_max_pos",  # [d_sae, S] int16
+    "sample_max_value",  # [d_sae, S] float32, largest first
+    "sample_value_offsets",  # [d_sae * S + 1] int64
+    "sample_value_pos",  # [nnz'] int16
+    "sample_value",  # [nnz'] float32
     "context_tokens",  # [n_ctx, T] uint16 or int32 token ids, 0-padded
     "context_lengths",  # [n_ctx] int16
     "promoted_ids",  # [d_sae, L] int32
@@ -131,6 +159,30 @@ ARRAY_FIELDS = (
     "suppressed_ids",  # [d_sae, L] int32
     "suppressed_effects",  # [d_sae, L] float32
 )
+
+
+_NOT_PER_FEATURE = {
+    "value_offsets",
+    "value_pos",
+    "value",
+    "sample_value_offsets",
+    "sample_value_pos",
+    "sample_value",
+    "context_tokens",
+    "context_lengths",
+}
+
+
+def empty_samples(d_sae: int) -> dict[str, np.ndarray]:
+    """The ``sample_*`` arrays of an index without quantile samples."""
+    return {
+        "sample_context": np.zeros((d_sae, 0), dtype=np.int32),
+        "sample_max_pos": np.zeros((d_sae, 0), dtype=np.int16),
+        "sample_max_value": np.zeros((d_sae, 0), dtype=np.float32),
+        "sample_value_offsets": np.zeros(1, dtype=np.int64),
+        "sample_value_pos": np.zeros(0, dtype=np.int16),
+        "sample_value": np.zeros(0, dtype=np.float32),
+    }
 
 
 @dataclass(eq=False)
@@ -150,6 +202,12 @@ class FeatureIndex:
     value_offsets: np.ndarray
     value_pos: np.ndarray
     value: np.ndarray
+    sample_context: np.ndarray
+    sample_max_pos: np.ndarray
+    sample_max_value: np.ndarray
+    sample_value_offsets: np.ndarray
+    sample_value_pos: np.ndarray
+    sample_value: np.ndarray
     context_tokens: np.ndarray
     context_lengths: np.ndarray
     promoted_ids: np.ndarray
@@ -167,7 +225,7 @@ class FeatureIndex:
         d_sae = self.meta.d_sae
         for name in ARRAY_FIELDS:
             arr = getattr(self, name)
-            if name in ("value_offsets", "value_pos", "value", "context_tokens", "context_lengths"):
+            if name in _NOT_PER_FEATURE:
                 continue
             if arr.shape[0] != d_sae:
                 raise InvalidArgument(
@@ -224,6 +282,7 @@ class FeatureIndex:
             histogram_edges=[float(e) for e in self.hist_edges[f, : n_bins + 1]] if n_bins else [],
             histogram_counts=[int(c) for c in self.hist_counts[f, :n_bins]],
             contexts=self.contexts(f),
+            quantiles=self.quantiles(f),
             promoted=self._effects(self.promoted_ids[f], self.promoted_effects[f]),
             suppressed=self._effects(self.suppressed_ids[f], self.suppressed_effects[f]),
             explanation=self.explanations[f],
@@ -233,24 +292,66 @@ class FeatureIndex:
     def contexts(self, feature: int) -> list[ContextExample]:
         """The feature's top activating contexts, strongest first."""
         self.check_feature(feature)
-        n = self.meta.n_top_contexts
+        return self._slots(
+            feature,
+            self.top_context,
+            self.top_max_pos,
+            self.top_max_value,
+            (self.value_offsets, self.value_pos, self.value),
+        )
+
+    def quantiles(self, feature: int) -> list[QuantileBand]:
+        """The feature's sampled contexts, split by rank into at most ``quantile_bands``
+        bands of near-equal size (``numpy.array_split``), highest band first."""
+        self.check_feature(feature)
+        sampled = self._slots(
+            feature,
+            self.sample_context,
+            self.sample_max_pos,
+            self.sample_max_value,
+            (self.sample_value_offsets, self.sample_value_pos, self.sample_value),
+        )
+        if not sampled:
+            return []
+        bands = np.array_split(np.arange(len(sampled)), self.meta.quantile_bands)
+        return [
+            QuantileBand(
+                low=sampled[int(band[-1])].max_value,
+                high=sampled[int(band[0])].max_value,
+                contexts=[sampled[int(i)] for i in band],
+            )
+            for band in bands
+            if band.size
+        ]
+
+    def _slots(
+        self,
+        feature: int,
+        context: np.ndarray,
+        max_pos: np.ndarray,
+        max_value: np.ndarray,
+        csr: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> list[ContextExample]:
+        """The filled slots of one feature in one family of kept contexts."""
+        offsets, positions, activations = csr
+        n = context.shape[1]
         out: list[ContextExample] = []
         for r in range(n):
-            row = int(self.top_context[feature, r])
+            row = int(context[feature, r])
             if row < 0:
                 break
             length = int(self.context_lengths[row])
             ids = [int(t) for t in self.context_tokens[row, :length]]
             values = np.zeros(length, dtype=np.float32)
-            lo, hi = self.value_offsets[feature * n + r], self.value_offsets[feature * n + r + 1]
-            values[self.value_pos[lo:hi].astype(np.int64)] = self.value[lo:hi]
+            lo, hi = offsets[feature * n + r], offsets[feature * n + r + 1]
+            values[positions[lo:hi].astype(np.int64)] = activations[lo:hi]
             out.append(
                 ContextExample(
                     token_ids=ids,
                     tokens=[self.token_text(t) for t in ids],
                     values=[float(v) for v in values],
-                    max_pos=int(self.top_max_pos[feature, r]),
-                    max_value=float(self.top_max_value[feature, r]),
+                    max_pos=int(max_pos[feature, r]),
+                    max_value=float(max_value[feature, r]),
                 )
             )
         return out
@@ -309,6 +410,8 @@ class FeatureIndex:
         known = {f.name for f in fields(IndexMeta)}
         meta = IndexMeta(**{k: v for k, v in raw.items() if k in known})
         arrays = load_file(src / ARRAYS_FILE)
+        if "sample_context" not in arrays:  # written before quantile samples existed
+            arrays.update(empty_samples(meta.d_sae))
         missing = [n for n in ARRAY_FIELDS if n not in arrays]
         if missing:
             raise InvalidArgument(f"index {src}: {ARRAYS_FILE} lacks {', '.join(missing)}")

@@ -1,9 +1,10 @@
 """GetFeature and SearchFeatures answers from the replica's feature indexes.
 
-An SAE with an index (``saeserve index``) answers with its statistics, top contexts and
-explanation. One without still answers GetFeature with what the weights alone tell: the
-promoted and suppressed tokens (``saeserve.engine.feature_math``, the same numbers the index
-stores), with ``has_statistics`` false.
+An SAE with an index (``saeserve index``) answers with its statistics, top contexts,
+quantile samples and explanation. One without still answers GetFeature with what the
+weights alone tell: the promoted and suppressed tokens (``saeserve.engine.feature_math``,
+the same numbers the index stores), with ``has_statistics`` false. Either way the
+decoder- and encoder-cosine neighbours are computed from the weights on each request.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from saeserve.engine.feature_math import feature_token_effects
+from saeserve.engine.feature_math import feature_token_effects, nearest_features
 from saeserve.engine.served_model import ServedModel
-from saeserve.engine.types import TokenEffect
+from saeserve.engine.types import FeatureNeighbour, TokenEffect
 from saeserve.errors import InvalidArgument, NotFound
 from saeserve.insight.search import search
-from saeserve.insight.store import FeatureIndex, FeatureInfo
+from saeserve.insight.store import ContextExample, FeatureIndex, FeatureInfo
 from saeserve.v1 import saeserve_pb2 as pb
 
 log = logging.getLogger(__name__)
 N_LOGIT_TOKENS = 10
+N_NEIGHBOURS = 10
 _SOURCES = {
     "imported": pb.EXPLANATION_SOURCE_IMPORTED,
     "generated": pb.EXPLANATION_SOURCE_GENERATED,
@@ -53,6 +55,9 @@ class FeatureView:
                 f"get_feature.feature: {feature} is not in [0, {d_sae}) of SAE {sae_id!r}"
             )
         out = pb.GetFeatureResponse(feature=pb.FeatureRef(sae=sae_id, feature=feature))
+        neighbours = nearest_features(hooked.sae, feature, N_NEIGHBOURS)
+        out.decoder_neighbours.extend(_neighbours(neighbours.decoder))
+        out.encoder_neighbours.extend(_neighbours(neighbours.encoder))
         index = self.indexes.get(sae_id)
         if index is None:
             promoted, suppressed = feature_token_effects(
@@ -96,9 +101,10 @@ def _fill(out: pb.GetFeatureResponse, info: FeatureInfo, n_tokens: int) -> None:
     out.tokens_indexed = n_tokens
     out.histogram.bin_edges.extend(info.histogram_edges)
     out.histogram.counts.extend(info.histogram_counts)
-    for c in info.contexts:
-        out.top_contexts.add(
-            tokens=c.tokens, values=c.values, max_index=c.max_pos, max_value=c.max_value
+    out.top_contexts.extend(_contexts(info.contexts))
+    for band in info.quantiles:
+        out.quantiles.add(
+            min_activation=band.low, max_activation=band.high, contexts=_contexts(band.contexts)
         )
     out.top_promoted.extend(_token_effects(info.promoted))
     out.top_suppressed.extend(_token_effects(info.suppressed))
@@ -109,6 +115,19 @@ def _fill(out: pb.GetFeatureResponse, info: FeatureInfo, n_tokens: int) -> None:
                 source=_SOURCES.get(info.explanation_source, pb.EXPLANATION_SOURCE_UNSPECIFIED),
             )
         )
+
+
+def _contexts(contexts: Iterable[ContextExample]) -> list[pb.ActivatingContext]:
+    return [
+        pb.ActivatingContext(
+            tokens=c.tokens, values=c.values, max_index=c.max_pos, max_value=c.max_value
+        )
+        for c in contexts
+    ]
+
+
+def _neighbours(neighbours: Iterable[FeatureNeighbour]) -> list[pb.FeatureNeighbour]:
+    return [pb.FeatureNeighbour(feature=n.feature, cosine=n.cosine) for n in neighbours]
 
 
 def _token_effects(effects: Iterable[TokenEffect]) -> list[pb.TokenEffect]:

@@ -332,7 +332,7 @@ class GetFeatureRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., sae: _Optional[str] = ..., feature: _Optional[int] = ...) -> None: ...
 
 class GetFeatureResponse(_message.Message):
-    __slots__ = ("feature", "has_statistics", "density", "max_activation", "mean_activation", "tokens_indexed", "histogram", "top_contexts", "top_promoted", "top_suppressed", "explanation")
+    __slots__ = ("feature", "has_statistics", "density", "max_activation", "mean_activation", "tokens_indexed", "histogram", "top_contexts", "top_promoted", "top_suppressed", "explanation", "quantiles", "decoder_neighbours", "encoder_neighbours")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     HAS_STATISTICS_FIELD_NUMBER: _ClassVar[int]
     DENSITY_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +344,9 @@ class GetFeatureResponse(_message.Message):
     TOP_PROMOTED_FIELD_NUMBER: _ClassVar[int]
     TOP_SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    DECODER_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     feature: FeatureRef
     has_statistics: bool
     density: float
@@ -355,7 +358,28 @@ class GetFeatureResponse(_message.Message):
     top_promoted: _containers.RepeatedCompositeFieldContainer[TokenEffect]
     top_suppressed: _containers.RepeatedCompositeFieldContainer[TokenEffect]
     explanation: Explanation
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., has_statistics: _Optional[bool] = ..., density: _Optional[float] = ..., max_activation: _Optional[float] = ..., mean_activation: _Optional[float] = ..., tokens_indexed: _Optional[int] = ..., histogram: _Optional[_Union[Histogram, _Mapping]] = ..., top_contexts: _Optional[_Iterable[_Union[ActivatingContext, _Mapping]]] = ..., top_promoted: _Optional[_Iterable[_Union[TokenEffect, _Mapping]]] = ..., top_suppressed: _Optional[_Iterable[_Union[TokenEffect, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ...) -> None: ...
+    quantiles: _containers.RepeatedCompositeFieldContainer[QuantileSamples]
+    decoder_neighbours: _containers.RepeatedCompositeFieldContainer[FeatureNeighbour]
+    encoder_neighbours: _containers.RepeatedCompositeFieldContainer[FeatureNeighbour]
+    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., has_statistics: _Optional[bool] = ..., density: _Optional[float] = ..., max_activation: _Optional[float] = ..., mean_activation: _Optional[float] = ..., tokens_indexed: _Optional[int] = ..., histogram: _Optional[_Union[Histogram, _Mapping]] = ..., top_contexts: _Optional[_Iterable[_Union[ActivatingContext, _Mapping]]] = ..., top_promoted: _Optional[_Iterable[_Union[TokenEffect, _Mapping]]] = ..., top_suppressed: _Optional[_Iterable[_Union[TokenEffect, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., quantiles: _Optional[_Iterable[_Union[QuantileSamples, _Mapping]]] = ..., decoder_neighbours: _Optional[_Iterable[_Union[FeatureNeighbour, _Mapping]]] = ..., encoder_neighbours: _Optional[_Iterable[_Union[FeatureNeighbour, _Mapping]]] = ...) -> None: ...
+
+class QuantileSamples(_message.Message):
+    __slots__ = ("min_activation", "max_activation", "contexts")
+    MIN_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    min_activation: float
+    max_activation: float
+    contexts: _containers.RepeatedCompositeFieldContainer[ActivatingContext]
+    def __init__(self, min_activation: _Optional[float] = ..., max_activation: _Optional[float] = ..., contexts: _Optional[_Iterable[_Union[ActivatingContext, _Mapping]]] = ...) -> None: ...
+
+class FeatureNeighbour(_message.Message):
+    __slots__ = ("feature", "cosine")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    feature: int
+    cosine: float
+    def __init__(self, feature: _Optional[int] = ..., cosine: _Optional[float] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("bin_edges", "counts")

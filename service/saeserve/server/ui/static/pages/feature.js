@@ -1,8 +1,10 @@
 // Feature page (/saes/{sae}/features/{id}?model=): explanation, density, histogram, top
-// activating contexts as heat maps (the max token outlined, values on hover and focus),
-// promoted and suppressed tokens, previous/next and jump-to-id, and links that open the
-// playground and the inspector with this feature filled in. Without ?model= the page
-// uses the first model that has an SAE of this id.
+// activating contexts and the quantile bands' sampled contexts as heat maps (the max token
+// outlined, values on hover and focus, one colour scale up to the feature's max),
+// promoted and suppressed tokens, the nearest features by decoder and encoder cosine as
+// links, previous/next and jump-to-id, and links that open the playground and the
+// inspector with this feature filled in. Without ?model= the page uses the first model
+// that has an SAE of this id.
 
 import { getJson, listModels } from "../api.js";
 import { featureUrl, fmt, h, initPage, markRendered, percent, pickModel, showError, tokenLabel } from "../dom.js";
@@ -84,7 +86,18 @@ function render(info, model) {
     );
   }
   main.append(h("section", { class: "effects" }, effects("Promoted tokens", info.top_promoted), effects("Suppressed tokens", info.top_suppressed)));
-  if (info.has_statistics) main.append(contexts(info.top_contexts, info.max_activation));
+  if (info.has_statistics) {
+    const scale = info.max_activation > 0 ? info.max_activation : Math.max(0, ...info.top_contexts.map((c) => c.max_value));
+    main.append(topContexts(info.top_contexts, scale), quantileSamples(info.quantiles || [], scale));
+  }
+  main.append(
+    h(
+      "section",
+      { class: "effects", id: "neighbours" },
+      neighbours("Nearest by decoder cosine", "what it writes", info.decoder_neighbours || [], model),
+      neighbours("Nearest by encoder cosine", "what it reads", info.encoder_neighbours || [], model),
+    ),
+  );
 }
 
 function stat(name, value, detail) {
@@ -102,9 +115,21 @@ function effects(title, rows) {
   );
 }
 
-function contexts(list, max) {
-  const scale = max > 0 ? max : Math.max(0, ...list.map((c) => c.max_value));
-  const readout = h("p", { class: "readout", "aria-live": "polite" }, "Hover or focus a token (arrow keys move) to read its activation.");
+function neighbours(title, detail, rows, model) {
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, title),
+    h("p", { class: "note" }, `Other features of ${saeId} by cosine similarity (${detail}).`),
+    rows.length
+      ? h("ol", { class: "effects-list neighbour-list" }, rows.map((r) => h("li", {}, h("a", { href: featureUrl(saeId, r.feature, model) }, String(r.feature)), h("span", { class: "num" }, fmt(r.cosine)))))
+      : h("p", { class: "note" }, "none"),
+  );
+}
+
+// Context rows (one per context, its max on the left) inside a container whose tokens
+// read out their value on hover and focus.
+function contextRows(list, scale, readout) {
   const body = h("div", { class: "contexts" });
   const fragment = document.createDocumentFragment();
   for (const c of list) {
@@ -117,13 +142,45 @@ function contexts(list, max) {
     const max = tok.classList.contains("max") ? " (this context's maximum)" : "";
     readout.textContent = `${JSON.stringify(tok.textContent)}  activation ${fmt(tok.dataset.value)}${max}`;
   });
+  return body;
+}
+
+function readoutLine() {
+  return h("p", { class: "readout", "aria-live": "polite" }, "Hover or focus a token (arrow keys move) to read its activation.");
+}
+
+function topContexts(list, scale) {
+  const readout = readoutLine();
   return h(
     "section",
-    { class: "card" },
+    { class: "card", id: "top-contexts" },
     h("h2", {}, `Top activating contexts (${list.length})`),
     legend(scale, "activation"),
-    list.length ? body : h("p", { class: "note" }, "No contexts recorded."),
+    list.length ? contextRows(list, scale, readout) : h("p", { class: "note" }, "No contexts recorded."),
     readout,
     h("p", { class: "note" }, `The outlined token is each context's maximum. Token text shown with ${tokenLabel("\n")} for newlines.`),
+  );
+}
+
+function quantileSamples(bands, scale) {
+  const readout = readoutLine();
+  const body = h("div", { class: "bands" });
+  bands.forEach((band, i) => {
+    body.append(
+      h(
+        "div",
+        { class: "band" },
+        h("h3", {}, `Band ${i + 1} of ${bands.length}: max activation ${fmt(band.min_activation)} – ${fmt(band.max_activation)}`),
+        contextRows(band.contexts, scale, readout),
+      ),
+    );
+  });
+  return h(
+    "section",
+    { class: "card", id: "quantiles" },
+    h("h2", {}, "Samples from the rest of the distribution"),
+    h("p", { class: "note" }, "Contexts drawn at random from those where the feature fired outside the top ones, split by their max activation into bands of equal size, highest first. Same colour scale as above."),
+    bands.length ? body : h("p", { class: "note" }, "No samples: the feature fired in no contexts beyond its top ones, or the index keeps none."),
+    bands.length ? readout : null,
   );
 }
