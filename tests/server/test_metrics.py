@@ -28,6 +28,7 @@ REQUIRED = {
     "saeserve_request_bytes",
     "saeserve_prompt_tokens_total",
     "saeserve_time_to_first_token_seconds",
+    "saeserve_inter_token_seconds",
     "saeserve_waiting_requests",
     "saeserve_queue_wait_seconds",
     "saeserve_interventions_total",

@@ -83,6 +83,7 @@ def test_counters_move(server: Server) -> None:
             > value(before, "ray_saeserve_requests_total", rpc="Decompose", code="OK")
             and delta(before, now, "ray_saeserve_prompt_tokens_total") >= 1
             and delta(before, now, "ray_saeserve_time_to_first_token_seconds_count") >= 1
+            and delta(before, now, "ray_saeserve_inter_token_seconds_count") >= 2
             and delta(before, now, "ray_saeserve_request_bytes_count", rpc="Decompose") >= 1
         )
 

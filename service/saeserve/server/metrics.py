@@ -90,6 +90,7 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("saeserve_prompt_tokens_total", "counter", "Generate prompt tokens (after chat templating)."),
     MetricSpec("saeserve_waiting_requests", "gauge", "Requests waiting for a batch, by rpc (Decompose: in this ingress; Generate: in this model replica).", ("rpc",)),
     MetricSpec("saeserve_queue_wait_seconds", "histogram", "Time a request waited for a batch, by rpc.", ("rpc",), SECONDS_BUCKETS),
+    MetricSpec("saeserve_inter_token_seconds", "histogram", "Generate: time between a model replica's decode steps while sequences run (each running sequence gets one token a step).", (), ENCODE_BUCKETS),
     MetricSpec("saeserve_time_to_first_token_seconds", "histogram", "Generate: from the request's arrival to its first token leaving the ingress, by transport.", ("transport",), SECONDS_BUCKETS),
     MetricSpec("saeserve_tokens_decomposed_total", "counter", "Tokens run through the model and SAEs by Decompose."),
     MetricSpec("saeserve_tokens_generated_total", "counter", "Tokens generated, by variant (steered or baseline).", ("variant",)),
@@ -271,6 +272,7 @@ KEY_TOKENS = _BY_NAME["saeserve_key_tokens_total"]
 REQUEST_BYTES = _BY_NAME["saeserve_request_bytes"]
 PROMPT_TOKENS = _BY_NAME["saeserve_prompt_tokens_total"]
 TIME_TO_FIRST_TOKEN = _BY_NAME["saeserve_time_to_first_token_seconds"]
+INTER_TOKEN = _BY_NAME["saeserve_inter_token_seconds"]
 WAITING = _BY_NAME["saeserve_waiting_requests"]
 QUEUE_WAIT = _BY_NAME["saeserve_queue_wait_seconds"]
 TOKENS_DECOMPOSED = _BY_NAME["saeserve_tokens_decomposed_total"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -71,6 +72,8 @@ class ModelReplica:
         )
         self.lock = threading.Lock()
         self._max_tokens = self.limits.tokens_per_text(self.served.lm.max_positions)
+        self._last_step: float | None = None
+        """time.monotonic() of the last decode step while sequences were running."""
         self.loop = GenerationLoop(
             BatchGenerator(
                 self.served,
@@ -83,7 +86,7 @@ class ModelReplica:
             max_waiting=self.limits.max_waiting_streams,
             max_wait_s=self.limits.max_stream_wait_s,
             on_step=self._on_generate_step,
-            on_active=metrics.ACTIVE_SEQUENCES.set,
+            on_active=self._on_active,
             on_cancel=metrics.CANCELLED_GENERATIONS.inc,
             on_waiting=metrics.WAITING.labels(rpc="Generate").set,
             on_admitted=metrics.QUEUE_WAIT.labels(rpc="Generate").observe,
@@ -181,7 +184,18 @@ class ModelReplica:
         except SaeserveError as e:
             yield e
 
+    def _on_active(self, sequences: int) -> None:
+        metrics.ACTIVE_SEQUENCES.set(sequences)
+        if not sequences:  # idle: the next step's wait is no sequence's inter-token time
+            self._last_step = None
+
     def _on_generate_step(self, events: list[TokenEvent]) -> None:
+        """Metrics of one step (on the generation thread): each running sequence got one
+        token, so the time since the previous step is their inter-token latency."""
+        now = time.monotonic()
+        if self._last_step is not None:
+            metrics.INTER_TOKEN.observe(now - self._last_step)
+        self._last_step = now
         metrics.BATCH_SIZE.labels(rpc="Generate").observe(len(events))
         for variant, n in Counter(str(ev.variant) for ev in events).items():
             metrics.TOKENS_GENERATED.labels(variant=variant).inc(n)
