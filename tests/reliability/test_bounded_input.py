@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from bench.memory_worker import proc_status_mib
+from bench.server import replica_pid
 
 from saeserve.v1 import saeserve_pb2 as pb
 from tests.conftest import AUTH, LIMITS, Server
-from tests.reliability.replicas import replica_pid, rss_bytes
 
 BIG = 50 * 1024 * 1024
 MEDIUM = 1024 * 1024  # under max_request_bytes, far over what 48 tokens can cover
@@ -53,13 +54,13 @@ def _calls(server: Server, text: str) -> dict[str, Callable[[], object]]:
 
 def test_a_50_mib_request_is_refused_unparsed_and_leaves_no_memory(server: Server) -> None:
     ingress = replica_pid("SaeserveIngress")
-    before = rss_bytes(ingress)
+    before = proc_status_mib("VmRSS", ingress)
     limit = server.settings.max_request_bytes
     for call in _calls(server, "a" * BIG).values():
         details = _refusal(call)
         assert details.startswith("request: ") and f"> limit {limit} (max_request_bytes)" in details
-    growth = rss_bytes(ingress) - before
-    assert growth < 200 * 1024 * 1024, f"ingress RSS grew {growth / 2**20:.0f} MiB"
+    growth = proc_status_mib("VmRSS", ingress) - before
+    assert growth < 200, f"ingress RSS grew {growth:.0f} MiB"
 
 
 def test_a_text_too_long_for_its_token_limit_is_refused_by_its_size(server: Server) -> None:

@@ -13,11 +13,11 @@ import threading
 import time
 
 import grpc
+from bench.server import replica_pid
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from saeserve.v1 import saeserve_pb2 as pb
 from tests.conftest import AUTH, Server
-from tests.reliability.replicas import replica_pid
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
 
