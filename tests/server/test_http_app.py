@@ -53,3 +53,12 @@ def test_a_body_over_the_limit_is_413_and_one_under_it_reaches_the_route() -> No
     assert over.status_code == 413 and "2048" in over.json()["error"]["message"]
     under = client.post("/v1/tokenize", json={"text": "hi"})
     assert under.status_code == 401  # it got past the limit, to the operation's key check
+
+
+def test_a_feature_page_answers_for_sae_ids_with_slashes() -> None:
+    """Gemma Scope ids read like layer_12/width_16k/average_l0_82; the browser sends the
+    slashes encoded, the server decodes them before routing."""
+    client = _client()
+    for path in ("/saes/resid_post.2/features/3", "/saes/layer_12%2Fwidth_16k%2Favg/features/3"):
+        page = client.get(path)
+        assert page.status_code == 200 and "pages/feature.js" in page.text

@@ -26,14 +26,17 @@ def render_page(page: str, title: str) -> HTMLResponse:
 
 
 def mount_ui(app: FastAPI) -> None:
-    """Add ``/``, ``/saes/{sae}/features/{feature}``, ``/inspect``, ``/search``,
-    ``/steer``, ``/favicon.ico`` and the static files under ``/ui`` to ``app``."""
+    """Add ``/``, ``/saes/{sae}/features/{feature}`` (SAE ids may contain "/"),
+    ``/inspect``, ``/search``, ``/steer``, ``/favicon.ico`` and the static files under
+    ``/ui`` to ``app``."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> HTMLResponse:
         return render_page("home", "saeserve")
 
-    @app.get("/saes/{sae}/features/{feature}", response_class=HTMLResponse, include_in_schema=False)
+    @app.get(
+        "/saes/{sae:path}/features/{feature}", response_class=HTMLResponse, include_in_schema=False
+    )
     def feature(sae: str, feature: str) -> HTMLResponse:
         return render_page("feature", f"{sae} / {feature} · saeserve")
 
