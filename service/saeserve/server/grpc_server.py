@@ -1,8 +1,8 @@
-"""The gRPC transport: the saeserve.v1 servicer over ``Operations``, and the grpc.aio server
-an ingress replica runs with it, grpc.health.v1 and reflection.
+"""The gRPC transport: saeserve.v1's methods over ``Operations``, and the grpc.aio server an
+ingress replica runs with them, grpc.health.v1 and reflection.
 
-The servicer only translates: it hands each request message and the call's metadata to
-the operation and sends the operation's status on failure. Requests are parsed here rather
+Each method only translates: it hands the request message and the call's metadata to its
+operation and sends the operation's status on failure. Requests are parsed here rather
 than by grpc's generated deserializers, so a malformed message (truncated, garbage, a
 string that is not UTF-8) is INVALID_ARGUMENT, not an UNKNOWN naming a Python class.
 ``SO_REUSEPORT`` is on only when several ingress replicas are configured (those on one node
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -25,11 +25,9 @@ from saeserve.server.health import SERVICE_NAME as SAESERVE_SERVICE
 from saeserve.server.operations import Caller, OperationFailed, Operations
 from saeserve.server.status import RpcStatus
 from saeserve.v1 import saeserve_pb2 as pb
-from saeserve.v1 import saeserve_pb2_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Saeserve"]
 
-R = TypeVar("R")
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 SERVICE_NAMES = (
@@ -43,49 +41,26 @@ def _caller(context: Context) -> Caller:
     return Caller("grpc", context.invocation_metadata())
 
 
-class SaeserveServicer(saeserve_pb2_grpc.SaeserveServicer):
-    """saeserve.v1.Saeserve as a thin adapter over ``Operations``: a failure leaves as the
-    operation's ``OperationFailed``, which the method handler (``_answering``) sends."""
+def _generate(ops: Operations) -> Handler:
+    """Generate, written with ``context.write`` rather than as an async generator: when the
+    client cancels (or its deadline passes), grpc cancels this coroutine wherever it
+    waits, and ``aclosing`` then closes the operation's stream, which stops generation."""
 
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
-
-    async def ListModels(  # type: ignore[override]
-        self, request: pb.ListModelsRequest, context: Context
-    ) -> pb.ListModelsResponse:
-        return await self.ops.list_models(_caller(context))
-
-    async def Tokenize(  # type: ignore[override]
-        self, request: pb.TokenizeRequest, context: Context
-    ) -> pb.TokenizeResponse:
-        return await self.ops.tokenize(request, _caller(context))
-
-    async def Decompose(  # type: ignore[override]
-        self, request: pb.DecomposeRequest, context: Context
-    ) -> pb.DecomposeResponse:
-        return await self.ops.decompose(request, _caller(context))
-
-    async def GetFeature(  # type: ignore[override]
-        self, request: pb.GetFeatureRequest, context: Context
-    ) -> pb.GetFeatureResponse:
-        return await self.ops.get_feature(request, _caller(context))
-
-    async def SearchFeatures(  # type: ignore[override]
-        self, request: pb.SearchFeaturesRequest, context: Context
-    ) -> pb.SearchFeaturesResponse:
-        return await self.ops.search_features(request, _caller(context))
-
-    async def Generate(  # type: ignore[override]
-        self, request: pb.GenerateRequest, context: Context
-    ) -> None:
-        """Written with ``context.write`` rather than as an async generator: when the client
-        cancels (or its deadline passes), grpc cancels this coroutine wherever it waits,
-        and ``aclosing`` then closes the operation's stream, which stops the generation."""
-        groups = self.ops.generate(request, _caller(context))
+    async def generate(request: pb.GenerateRequest, context: Context) -> None:
+        groups = ops.generate(request, _caller(context))
         async with contextlib.aclosing(groups):
             async for group in groups:
                 for chunk in group:
                     await context.write(chunk)
+
+    return generate
+
+
+def _unary(operation: Callable[[Any, Caller], Awaitable[Any]]) -> Handler:
+    async def call(request: Any, context: Context) -> Any:
+        return await operation(request, _caller(context))
+
+    return call
 
 
 Handler = Callable[[Any, Context], Awaitable[Any]]
@@ -129,13 +104,23 @@ def _answering(method: Handler, request_type: type[Message], max_bytes: int) -> 
     return handler
 
 
-def method_handlers(servicer: SaeserveServicer, max_request_bytes: int) -> grpc.GenericRpcHandler:
-    """saeserve.v1.Saeserve's methods, each parsing its own request."""
+def method_handlers(ops: Operations, max_request_bytes: int) -> grpc.GenericRpcHandler:
+    """saeserve.v1.Saeserve: each method parses its own request, calls its operation and
+    sends the operation's failure as its status (a thin adapter: ``OperationFailed``
+    carries the status)."""
+    methods: dict[str, Handler] = {
+        "ListModels": _unary(ops.list_models),
+        "Tokenize": _unary(ops.tokenize),
+        "Decompose": _unary(ops.decompose),
+        "GetFeature": _unary(ops.get_feature),
+        "SearchFeatures": _unary(ops.search_features),
+        "Generate": _generate(ops),
+    }
     handlers = {}
     for m in SERVICE.methods:
         request_type = getattr(pb, m.input_type.name)
         respond = getattr(pb, m.output_type.name).SerializeToString
-        answering = _answering(getattr(servicer, m.name), request_type, max_request_bytes)
+        answering = _answering(methods[m.name], request_type, max_request_bytes)
         make = (
             grpc.unary_stream_rpc_method_handler
             if m.server_streaming
@@ -153,7 +138,7 @@ def bind_address(host: str, port: int) -> str:
 
 
 def build_grpc_server(
-    servicer: SaeserveServicer,
+    ops: Operations,
     health_servicer: health_pb2_grpc.HealthServicer,
     *,
     host: str,
@@ -162,7 +147,7 @@ def build_grpc_server(
     max_request_bytes: int,
     reuse_port: bool,
 ) -> grpc.aio.Server:
-    """A server with both servicers bound to ``host:port``, not yet started.
+    """A server with saeserve.v1 and health bound to ``host:port``, not yet started.
 
     RuntimeError if the port cannot be bound (grpc reports that as port 0), e.g. when
     another process holds it and ``reuse_port`` is off.
@@ -174,7 +159,7 @@ def build_grpc_server(
             ("grpc.max_send_message_length", max_message_bytes),
         ]
     )
-    server.add_generic_rpc_handlers((method_handlers(servicer, max_request_bytes),))
+    server.add_generic_rpc_handlers((method_handlers(ops, max_request_bytes),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
     address = bind_address(host, port)

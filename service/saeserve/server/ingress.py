@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from grpc_health.v1 import health_pb2
 from ray.serve.handle import DeploymentHandle
 
-from saeserve.server.grpc_server import SaeserveServicer, build_grpc_server
+from saeserve.server.grpc_server import build_grpc_server
 from saeserve.server.health import Health
 from saeserve.server.http.app import build_http_app
 from saeserve.server.operations import Operations
@@ -31,7 +31,7 @@ class SaeserveIngress:
         self.settings = ServerSettings.model_validate(settings)
         self.ops = Operations(self.settings, models)
         self.server = build_grpc_server(
-            SaeserveServicer(self.ops),
+            self.ops,
             Health(self._serving_status),
             host=self.settings.host,
             port=self.settings.grpc_port,

@@ -196,7 +196,9 @@ class Operations:
         )
 
     # --- operations ------------------------------------------------------------------------
-    async def list_models(self, caller: Caller) -> pb.ListModelsResponse:
+    async def list_models(
+        self, request: pb.ListModelsRequest, caller: Caller
+    ) -> pb.ListModelsResponse:
         async with self._serving("ListModels", caller):
             infos = await asyncio.gather(*(h.info.remote() for h in self.models.values()))
             return pb.ListModelsResponse(models=infos)

@@ -24,19 +24,20 @@ RETRY_AFTER_S = 1
 """Seconds a client is told to wait after a 429 or a 503 when the status gives no time."""
 
 _HTTP_STATUS: dict[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "conflict_error"),
-    grpc.StatusCode.ABORTED: (409, "conflict_error"),
-    grpc.StatusCode.CANCELLED: (499, "cancelled"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    grpc.StatusCode.UNIMPLEMENTED: (501, "server_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable_error"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error"),
+    code: (http, type_)
+    for codes, http, type_ in [
+        (("INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE"), 400, "invalid_request_error"),
+        (("UNAUTHENTICATED",), 401, "authentication_error"),
+        (("PERMISSION_DENIED",), 403, "permission_error"),
+        (("NOT_FOUND",), 404, "not_found_error"),
+        (("ALREADY_EXISTS", "ABORTED"), 409, "conflict_error"),
+        (("CANCELLED",), 499, "cancelled"),
+        (("RESOURCE_EXHAUSTED",), 429, "rate_limit_error"),
+        (("UNIMPLEMENTED",), 501, "server_error"),
+        (("UNAVAILABLE",), 503, "service_unavailable_error"),
+        (("DEADLINE_EXCEEDED",), 504, "timeout_error"),
+    ]
+    for code in (grpc.StatusCode[name] for name in codes)
 }
 """gRPC code -> (HTTP status, OpenAI error type); anything else is 500 server_error."""
 

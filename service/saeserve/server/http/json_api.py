@@ -10,7 +10,7 @@ servicer calls.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Path, Query, Request
@@ -69,30 +69,38 @@ def _answers(message: type[Message]) -> dict[int | str, dict[str, Any]]:
     return {200: {"content": {"application/json": {"schema": ref(message.DESCRIPTOR)}}}}
 
 
+Operation = Callable[[Any, Caller], Awaitable[Message]]
+
+
+def _posted(request_type: type[Message], operation: Operation, field: str) -> Callable[..., Any]:
+    """A route answering ``operation`` for a JSON body of ``request_type``."""
+
+    async def endpoint(request: Request, body: RawBody) -> dict[str, Any]:
+        msg = from_json(body, request_type(), field)
+        return to_json(await operation(msg, http_caller(request)))
+
+    return endpoint
+
+
 def json_router(ops: Operations) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["saeserve JSON API"])
 
-    @router.post(
-        "/tokenize",
-        name="Tokenize",
-        summary="Tokenize a text: ids, token strings, UTF-8 byte offsets",
-        openapi_extra=_body(pb.TokenizeRequest),
-        responses=_answers(pb.TokenizeResponse),
-    )
-    async def tokenize(request: Request, body: RawBody) -> dict[str, Any]:
-        msg = from_json(body, pb.TokenizeRequest(), "tokenize")
-        return to_json(await ops.tokenize(msg, http_caller(request)))
-
-    @router.post(
-        "/decompose",
-        name="Decompose",
-        summary="Per-token SAE features of one or more texts",
-        openapi_extra=_body(pb.DecomposeRequest),
-        responses=_answers(pb.DecomposeResponse),
-    )
-    async def decompose(request: Request, body: RawBody) -> dict[str, Any]:
-        msg = from_json(body, pb.DecomposeRequest(), "decompose")
-        return to_json(await ops.decompose(msg, http_caller(request)))
+    unary: list[tuple[str, str, type[Message], type[Message], Operation]] = [
+        ("Tokenize", "Tokenize a text: ids, token strings, UTF-8 byte offsets",
+         pb.TokenizeRequest, pb.TokenizeResponse, ops.tokenize),
+        ("Decompose", "Per-token SAE features of one or more texts",
+         pb.DecomposeRequest, pb.DecomposeResponse, ops.decompose),
+    ]  # fmt: skip
+    for name, summary, request_type, response_type, operation in unary:
+        router.add_api_route(
+            f"/{name.lower()}",
+            _posted(request_type, operation, name.lower()),
+            methods=["POST"],
+            name=name,
+            summary=summary,
+            openapi_extra=_body(request_type),
+            responses=_answers(response_type),
+        )
 
     @router.post(
         "/generate",

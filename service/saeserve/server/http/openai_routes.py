@@ -288,7 +288,7 @@ def openai_router(ops: Operations) -> APIRouter:
 
     @router.get("/models", name="ListModels", summary="The served models (OpenAI shape)")
     async def list_models(request: Request) -> dict[str, Any]:
-        models = await ops.list_models(http_caller(request))
+        models = await ops.list_models(pb.ListModelsRequest(), http_caller(request))
         return {
             "object": "list",
             "data": [
