@@ -6,14 +6,12 @@ cache (``DynamicCache``), argmax, no hooks, no steering, no text (``plain_greedy
 ``engine_greedy`` runs the same n prompts through the engine's ``BatchGenerator`` (its KV
 cache, hooks and sampling, detokenized text and events), unsteered, submitted together so
 they share one prefill, as concurrent streams do in the replica. ``measure_engine_step``
-times both, interleaved, at 8 rows; ``plain_rates`` gives the plain loop's tokens/s at
+times both, interleaved, at 8 rows; ``plain_rate`` gives the plain loop's tokens/s at
 each stream count for the service rows (``bench.streams``).
 Target: the engine's 8-row decode >= 0.9x the plain batch-8 decode.
 """
 
 from __future__ import annotations
-
-import statistics
 
 import torch
 from transformers import DynamicCache
@@ -61,18 +59,10 @@ def engine_greedy(served: ServedModel, ids: list[int], n_rows: int, new_tokens: 
     return made
 
 
-def plain_rates(
-    served: ServedModel, levels: tuple[int, ...], new_tokens: int, repeats: int
-) -> dict[int, float]:
-    """Median tokens/s of the plain batch-n greedy decode for each n, levels interleaved."""
+def plain_rate(served: ServedModel, n_rows: int, new_tokens: int) -> float:
+    """Tokens/s of one plain batch-``n_rows`` greedy decode of the streams' prompt."""
     ids = prompt_ids(served)
-    plain_greedy(served, ids, max(levels), 4)  # warm-up
-    seen: dict[int, list[float]] = {n: [] for n in levels}
-    for _ in range(repeats):
-        for n in levels:
-            seconds = time_once(lambda n=n: plain_greedy(served, ids, n, new_tokens))  # type: ignore[misc]
-            seen[n].append(n * new_tokens / seconds)
-    return {n: statistics.median(v) for n, v in seen.items()}
+    return n_rows * new_tokens / time_once(lambda: plain_greedy(served, ids, n_rows, new_tokens))
 
 
 def measure_engine_step(ctx: Context, new_tokens: int, repeats: int) -> list[Row]:

@@ -15,6 +15,7 @@ Target: >= 0.95x the bare minimum.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 
@@ -39,9 +40,11 @@ class _Stop(Exception):
 def hook_block(lm: LoadedModel, hook_point: str) -> torch.nn.Module:
     """The GPT-2 block whose output is ``resid_post.L`` (the bench's models are GPT-2)."""
     kind, _, layer = hook_point.partition(".")
-    if kind != "resid_post" or lm.model.config.model_type != "gpt2":
+    model: Any = lm.model
+    if kind != "resid_post" or model.config.model_type != "gpt2":
         raise ValueError(f"the bare minimum is written for GPT-2 resid_post, not {hook_point}")
-    return lm.model.transformer.h[int(layer)]
+    block: torch.nn.Module = model.transformer.h[int(layer)]
+    return block
 
 
 def bare_minimum(

@@ -1,8 +1,8 @@
 """Measurements 3, 4, 6, 7 (replica) and 9: everything that runs through the real service.
 
-First, in this process and before the service starts, the baselines these rows compare
-against: the engine's Decompose throughput on the load's batches (3) and the plain
-model's batch-n greedy decode (6). Then it starts one local Ray Serve instance with the
+First, in this process and before the service starts, the engine's Decompose throughput
+on the load's batches (the baseline of 3); the plain model's batch-n greedy decode (the
+baseline of 6) runs next to each streams run. Then it starts one local Ray Serve instance with the
 app ``saeserve`` (``bench.server``) and runs, in this order: the service overhead (4),
 the 16-client Decompose load (3), the concurrent Generate streams (6), HTTP against gRPC
 (9) and the replica's memory under mixed load (7). A measurement that fails gets "not
@@ -59,12 +59,11 @@ def measure(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     loads: dict[str, LoadResult] = {}
 
-    print("bench: in-process baselines (engine Decompose batches, plain batch-n decode)")
+    print("bench: in-process baseline (engine Decompose batches)", flush=True)
     engine_rps = {
         b: batching.inprocess_rate(served, texts, sae_id, b, ctx.count(9, 3, 2, realistic=5))
         for b in (8, batching.N_CLIENTS)
     }
-    plain = decode.plain_rates(served, streams.LEVELS, stream_tokens, stream_repeats)
 
     def batching_load() -> list[Row]:
         loads["on"] = batching.run_load(server.target, texts, sae_id, load_s)
@@ -85,7 +84,13 @@ def measure(ctx: Context) -> list[Row]:
         rows += _guarded(["batching_rps", "batching_tail"], batching_load)
         rows += _guarded(
             [f"streams_{n}" for n in streams.LEVELS],
-            lambda: streams.measure(server.target, sae_id, stream_tokens, stream_repeats, plain),
+            lambda: streams.measure(
+                server.target,
+                sae_id,
+                stream_tokens,
+                stream_repeats,
+                lambda n: decode.plain_rate(served, n, stream_tokens),
+            ),
         )
         http_url = f"http://127.0.0.1:{server.settings.http_port}"
         rows += _guarded(
