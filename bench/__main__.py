@@ -67,8 +67,8 @@ TARGETS = {
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
-    "in well under an hour on a 2-core CPU: Decompose 7 rounds (demo 15), SAELens 5 (11), "
-    "Generate 5 pairs (9), the 8-row decode 32 tokens x 5 pairs (64 x 7), streams 32 tokens "
+    "in well under an hour on a 2-core CPU: Decompose 9 rounds (demo 15), SAELens 5 (11), "
+    "Generate 7 pairs (9), the 8-row decode 32 tokens x 5 pairs (64 x 7), streams 32 tokens "
     "per stream (64), 200 overhead calls (300), 40 HTTP pairs (100), 40 s replica memory "
     "load (60); the service loads keep their 20 s. Each row's note gives its count."
 )

@@ -5,8 +5,8 @@ generator), Ray's gRPC proxy, the ingress replica, the model replica, and Ray's
 controller, raylet and GCS. ``snapshot`` reads user + system CPU time of this process and
 every descendant, per process; ``used`` takes the difference of two snapshots process by
 process and groups it by process title (``ray::ProxyActor``, ...; a Ray replica retitles
-itself with the method it runs, ``...Model_bench.handle_request``, so that suffix is
-dropped); ``per_call`` turns it into CPU milliseconds per request for each group, which
+itself with the method it runs, ``...Model_bench.handle_request``, as do Ray's other
+actors, so that suffix is dropped); ``per_call`` turns it into CPU milliseconds per request for each group, which
 says where a request's cost goes when the model's forward is only a small part of it.
 """
 
@@ -26,9 +26,8 @@ def _title(pid: str) -> str:
     if not first:
         return "(exited or no command line)"
     if first.startswith("ray::"):
-        title = first.split(" ")[0]
-        # a replica retitles itself while it runs a method: ...:Model_bench.handle_request
-        return title.split(".", 1)[0] if title.startswith("ray::ServeReplica") else title
+        # an actor retitles itself while it runs a method: ...:Model_bench.handle_request
+        return first.split(" ")[0].split(".", 1)[0]
     if int(pid) == os.getpid():
         return "bench (load generator)"
     name = Path(first).name

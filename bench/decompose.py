@@ -116,7 +116,7 @@ def measure(ctx: Context) -> list[Row]:
     )
     k = ours_values.shape[1]
     diff = float((bare_minimum(lm, sae, hook, ids, mask)[0][:, :k] - ours_values).abs().max())
-    repeats = ctx.count(15, 7, 3, realistic=7)
+    repeats = ctx.count(15, 7, 3, realistic=9)
     base, ours, full = interleaved(
         [minimum, engine_decompose, plain_forward], warmup=ctx.count(2, 1, 1), repeats=repeats
     )

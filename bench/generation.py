@@ -138,7 +138,7 @@ def _measure(
     reference, ours_tokens = hf_tokens(), engine_tokens(served, plain)
     assert len(reference) == len(ours_tokens) == new_tokens, (len(reference), len(ours_tokens))
     same = reference == ours_tokens
-    warmup, repeats = ctx.count(2, 1, 1, realistic=1), ctx.count(9, 5, 2, realistic=5)
+    warmup, repeats = ctx.count(2, 1, 1, realistic=1), ctx.count(9, 5, 2, realistic=7)
 
     hf_s, ours_s = paired(
         hf_tokens, lambda: engine_tokens(served, plain), warmup=warmup, repeats=repeats

@@ -90,7 +90,8 @@ def measure(
 
     def text(n: int) -> str:
         lo, hi = min(spread[n]), max(spread[n])
-        return f"{n} streams: {medians[n]:.1f} tok/s (range {lo:.1f}-{hi:.1f})"
+        streams = "stream" if n == 1 else "streams"
+        return f"{n} {streams}: {medians[n]:.1f} tok/s (range {lo:.1f}-{hi:.1f})"
 
     note = (
         f"greedy, unsteered, {new_tokens} new tokens per stream; {repeats} run(s) per level, "
