@@ -85,7 +85,7 @@ def measure(
                     baseline=f"in-process p50 {ms_text(inproc.p50)}, p99 {ms_text(inproc.p99)}",
                     saeserve=f"gRPC p50 {ms_text(served_.p50)}, p99 {ms_text(served_.p99)}",
                     ratio=added,
-                    ratio_text=f"+{added:.2f} ms (p99 +{1000 * (served_.p99 - inproc.p99):.2f} ms)",
+                    ratio_text=f"{added:+.2f} ms (p99 {1000 * (served_.p99 - inproc.p99):+.2f} ms)",
                     target=f"added p50 <= {TARGET_MS:.0f} ms",
                     met=added <= TARGET_MS,
                     note=note,
