@@ -1,6 +1,8 @@
-"""What the benchmarks run on: the demo model and SAE, or a generated stand-in of similar size.
+"""What the benchmarks run on: the realistic profile, the demo, or a generated stand-in.
 
-``resolve_assets`` prefers an explicit ``--model``/``--sae``, then the built-in demo
+``resolve_assets`` prefers an explicit ``--model``/``--sae``; the realistic profile is the
+GPT-2-small-shaped model and 32k SAE that ``bench.realistic`` builds and caches; the demo
+profile is the built-in demo
 (``saeserve/demo/data/model`` with its SAEs under ``saes/<id>``), and otherwise writes a
 random GPT-2 of the demo's shape (4 layers, d_model 256, vocab 4096) with a random TopK SAE
 (k=32, 4096 latents) at a middle layer, saying so in ``description``. ``bench_texts``
@@ -15,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from bench.realistic import GPT2_SMALL, build
 from saeserve.model.tiny import TRAINING_TEXT, build_tiny_model, tiny_config
 from saeserve.sae.base import Sae, SaeConfig
 from saeserve.sae.formats import load_sae, write_sae
@@ -50,12 +53,29 @@ class BenchAssets:
 
 
 def resolve_assets(
-    workdir: Path, *, model: Path | None = None, sae: Path | None = None, tiny: bool = False
+    workdir: Path,
+    *,
+    model: Path | None = None,
+    sae: Path | None = None,
+    tiny: bool = False,
+    realistic: bool = False,
 ) -> BenchAssets:
     if (model is None) != (sae is None):
         raise ValueError("--model and --sae go together")
     if model is not None and sae is not None:
         return _describe(model, sae, f"given: model {model}, SAE {sae}")
+    if realistic and not tiny:
+        s = GPT2_SMALL
+        model_path, sae_path = build(s)
+        n_vocab = len(AutoTokenizer.from_pretrained(model_path))
+        return _describe(
+            model_path,
+            sae_path,
+            f"realistic: random GPT-2-small shape ({s.n_layers} layers, d_model {s.d_model}, "
+            f"vocab {s.vocab_size}, {s.n_positions} positions, std-{s.init_std} init; "
+            f"~{_n_params(model_path) / 1e6:.0f}M parameters), byte-level BPE tokenizer "
+            f"trained by the bench ({n_vocab} tokens), cached at {model_path.parent}",
+        )
     if not tiny:
         demo_saes = _demo_saes()
         if demo_saes:
@@ -70,6 +90,17 @@ def resolve_assets(
         f"{shape.d_model}, vocab {shape.vocab_size}; random TopK SAE k={shape.k}, "
         f"{shape.d_sae} latents",
     )
+
+
+def _n_params(model_path: Path) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    for f in model_path.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for name in st.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                n += math.prod(st.get_slice(name).get_shape())
+    return n
 
 
 def _demo_saes() -> list[Path]:

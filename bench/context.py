@@ -2,9 +2,13 @@
 
 ``Mode`` scales the work: ``full`` is what docs/BENCHMARKS.md records, ``quick`` shortens
 every repeat count and load duration for a look in a minute or two, ``smoke`` is the
-seconds-long run the test suite does on a tiny model. ``Context.served`` loads the model
-and SAE into a ``ServedModel`` on first use, so measurements that only talk to a server
-never pay for it.
+seconds-long run the test suite does on a tiny model. ``Profile`` is what runs: the
+realistic GPT-2-small-shaped model with a 32k SAE (``bench.realistic``) or the demo. A full
+run of the realistic profile on a 2-core CPU would take hours at the demo's repeat counts,
+so ``Context.count``/``pick`` take a separate, smaller ``realistic`` figure for full runs
+(the notes say how many repeats each row had). ``Context.served`` loads the model and SAE
+into a ``ServedModel`` on first use, so measurements that only talk to a server never pay
+for it.
 """
 
 from __future__ import annotations
@@ -23,11 +27,17 @@ class Mode(StrEnum):
     SMOKE = "smoke"
 
 
+class Profile(StrEnum):
+    REALISTIC = "realistic"
+    DEMO = "demo"
+
+
 @dataclass
 class Context:
     assets: BenchAssets
     mode: Mode
     workdir: Path
+    profile: Profile = Profile.DEMO
     notes: list[str] = field(default_factory=list)
     """Run-wide notes for the report (what was skipped and why, profiles)."""
     _served: ServedModel | None = None
@@ -38,9 +48,13 @@ class Context:
             self._served = ServedModel.load(self.assets.model_path, [self.assets.sae_path])
         return self._served
 
-    def pick(self, full: float, quick: float, smoke: float) -> float:
-        """A count or duration for the current mode."""
+    def pick(
+        self, full: float, quick: float, smoke: float, realistic: float | None = None
+    ) -> float:
+        """A count or duration for the current mode (``realistic``: a full realistic run)."""
+        if self.mode is Mode.FULL and self.profile is Profile.REALISTIC and realistic is not None:
+            return realistic
         return {Mode.FULL: full, Mode.QUICK: quick, Mode.SMOKE: smoke}[self.mode]
 
-    def count(self, full: int, quick: int, smoke: int) -> int:
-        return int(self.pick(full, quick, smoke))
+    def count(self, full: int, quick: int, smoke: int, realistic: int | None = None) -> int:
+        return int(self.pick(full, quick, smoke, realistic))

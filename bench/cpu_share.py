@@ -3,9 +3,11 @@
 The service on one machine is several processes: the benchmark's own (the load
 generator), Ray's gRPC proxy, the ingress replica, the model replica, and Ray's
 controller, raylet and GCS. ``snapshot`` reads user + system CPU time of this process and
-every descendant, grouped by process title (``ray::ProxyActor``, ...); ``per_call``
-turns two snapshots into CPU milliseconds per request for each group, which says where
-a request's cost goes when the model's forward is only a small part of it.
+every descendant, per process; ``used`` takes the difference of two snapshots process by
+process and groups it by process title (``ray::ProxyActor``, ...; a Ray replica retitles
+itself with the method it runs, ``...Model_bench.handle_request``, as do Ray's other
+actors, so that suffix is dropped); ``per_call`` turns it into CPU milliseconds per request for each group, which
+says where a request's cost goes when the model's forward is only a small part of it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def _title(pid: str) -> str:
     if not first:
         return "(exited or no command line)"
     if first.startswith("ray::"):
-        return first.split(" ")[0]
+        # an actor retitles itself while it runs a method: ...:Model_bench.handle_request
+        return first.split(" ")[0].split(".", 1)[0]
     if int(pid) == os.getpid():
         return "bench (load generator)"
     name = Path(first).name
@@ -35,10 +38,14 @@ def _title(pid: str) -> str:
     )
 
 
-def snapshot() -> dict[str, float]:
-    """CPU seconds (user + system) so far, per process title, for this process tree."""
+Snapshot = dict[int, tuple[str, float]]
+"""pid -> (process title, CPU seconds so far)."""
+
+
+def snapshot() -> Snapshot:
+    """CPU seconds (user + system) so far of this process and every descendant."""
     me = os.getpid()
-    out: dict[str, float] = {}
+    out: Snapshot = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -50,16 +57,32 @@ def snapshot() -> dict[str, float]:
             title = _title(entry.name)
         except (OSError, ValueError, IndexError):
             continue
-        out[title] = out.get(title, 0.0) + seconds
+        out[int(entry.name)] = (title, seconds)
     return out
 
 
-def per_call(before: dict[str, float], after: dict[str, float], calls: int) -> str:
+def used(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by process title."""
+    out: dict[str, float] = {}
+    for pid, (title, seconds) in after.items():
+        spent = seconds - before.get(pid, (title, 0.0))[1]
+        out[title] = out.get(title, 0.0) + spent
+    return out
+
+
+def add(total: dict[str, float], more: dict[str, float]) -> dict[str, float]:
+    return {k: total.get(k, 0.0) + more.get(k, 0.0) for k in total.keys() | more.keys()}
+
+
+def per_call_text(spent: dict[str, float], calls: int) -> str:
     """'ray::ProxyActor 4.1 ms, ...': CPU ms per call by process, heaviest first."""
     if calls <= 0:
         return "no calls"
-    used = {k: after[k] - before.get(k, 0.0) for k in after}
-    ranked = sorted(((v, k) for k, v in used.items() if v > 0.005), reverse=True)
+    ranked = sorted(((v, k) for k, v in spent.items() if v > 0.005), reverse=True)
     total = sum(v for v, _ in ranked)
     parts = [f"{k} {1000 * v / calls:.1f} ms" for v, k in ranked[:7]]
     return f"{1000 * total / calls:.1f} ms CPU per request in all: " + ", ".join(parts)
+
+
+def per_call(before: Snapshot, after: Snapshot, calls: int) -> str:
+    return per_call_text(used(before, after), calls)

@@ -73,7 +73,7 @@ def measure_latency(target: str, http_url: str, calls: int) -> Row:
         baseline=f"gRPC Generate p50 {ms_text(g.p50)}, p99 {ms_text(g.p99)}",
         saeserve=f"HTTP /v1/completions p50 {ms_text(h.p50)}, p99 {ms_text(h.p99)}",
         ratio=added,
-        ratio_text=f"+{added:.2f} ms (p99 {1000 * (h.p99 - g.p99):+.2f} ms)",
+        ratio_text=f"{added:+.2f} ms (p99 {1000 * (h.p99 - g.p99):+.2f} ms)",
         target=f"added p50 <= {TARGET_ADDED_MS:.0f} ms",
         met=added <= TARGET_ADDED_MS,
         note=f"{calls} sequential pairs, interleaved; 8 greedy tokens each. The floor of "

@@ -2,11 +2,14 @@
 
 ``python -m bench.pyspy_profile service`` starts the service on the bench assets and
 records the model replica and the ingress replica (which serves gRPC) with py-spy during a
-12 s, 16-client Decompose load, then prints each process's heaviest frames (self and
-inclusive). ``python -m bench.pyspy_profile generate`` records the engine's ``generate``
-(128 greedy tokens, 8 times) in this process and prints the inclusive share of the
-saeserve and transformers frames. Needs ``py-spy`` (``pip install py-spy``) and ptrace
-rights (root, or ``kernel.yama.ptrace_scope=0``).
+12 s load, then prints each process's heaviest frames (self and inclusive). The load is
+``--load decompose`` (16 Decompose clients, row 3), ``overhead`` (one client calling a
+1-token Decompose in a loop, row 4) or ``streams`` (8 unsteered greedy streams again and
+again, row 6). ``python -m bench.pyspy_profile generate`` records the engine's
+``generate`` (128 greedy tokens, 8 times) in this process and prints the inclusive share of
+the saeserve and transformers frames. ``--profile`` picks the realistic assets (default)
+or the demo. Needs ``py-spy`` on PATH (``pip install py-spy``) and ptrace rights (root, or
+``kernel.yama.ptrace_scope=0``).
 """
 
 from __future__ import annotations
@@ -52,8 +55,35 @@ def summarize_raw(path: Path, *, keep: str = "", top: int = 12) -> str:
     return "\n".join(lines)
 
 
-def profile_service(workdir: Path, seconds: float) -> None:
-    assets = resolve_assets(workdir)
+def _run_load(kind: str, target: str, texts: list[str], sae_id: str, seconds: float) -> str:
+    """Drive the service with one of the loads for ``seconds``; a line saying what it did."""
+    import asyncio
+    import time
+
+    from bench import streams
+    from saeserve_client import NO_RETRY, SaeserveClient
+
+    if kind == "decompose":
+        load = batching.run_load(target, texts, sae_id, seconds)
+        return f"16 Decompose clients: {load.rate:.1f} requests/s; {load.cpu}"
+    stop_at = time.perf_counter() + seconds
+    n = 0
+    if kind == "overhead":
+        with SaeserveClient(target, retry=NO_RETRY, timeout=60.0) as client:
+            while time.perf_counter() < stop_at:
+                client.decompose("The", saes=[sae_id])
+                n += 1
+        return f"{n} sequential 1-token Decompose calls in {seconds:.0f} s"
+    tokens = 0
+    while time.perf_counter() < stop_at:
+        made, _ = asyncio.run(streams.run_streams(target, sae_id, 8, 32, steer=False))
+        tokens += made
+        n += 1
+    return f"{n} rounds of 8 unsteered streams x 32 tokens, {tokens} tokens in {seconds:.0f} s"
+
+
+def profile_service(workdir: Path, seconds: float, kind: str, realistic: bool) -> None:
+    assets = resolve_assets(workdir, realistic=realistic)
     from saeserve.engine.served_model import ServedModel
 
     served = ServedModel.load(assets.model_path, [assets.sae_path])
@@ -73,29 +103,30 @@ def profile_service(workdir: Path, seconds: float) -> None:
             )
             for name, pid in pids.items()
         ]
-        load = batching.run_load(server.target, texts, assets.sae_id, seconds)
+        what = _run_load(kind, server.target, texts, assets.sae_id, seconds)
         for spy in spies:
             spy.wait()
-    print(f"{assets.description}\n{load.rate:.1f} requests/s; {load.cpu}")
+    print(f"{assets.description}\n{what}")
     for name, out in outs.items():
         print(f"== {name} (pid {pids[name]})")
         print(summarize_raw(out) if out.is_file() else "  no profile written")
 
 
-def profile_generate(workdir: Path) -> None:
+def profile_generate(workdir: Path, realistic: bool) -> None:
     out = workdir / "pyspy-generate.txt"
     cmd = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", str(out), "--"]
     cmd += [sys.executable, "-m", "bench.pyspy_profile", "_generate", "--workdir", str(workdir)]
+    cmd += ["--profile", "realistic" if realistic else "demo"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(summarize_raw(out, keep="engine_tokens"))
 
 
-def _generate_workload(workdir: Path) -> None:
+def _generate_workload(workdir: Path, realistic: bool) -> None:
     from bench.generation import PROMPT, engine_tokens
     from saeserve.engine.served_model import ServedModel
     from saeserve.engine.types import GenerateRequest, SamplingParams
 
-    assets = resolve_assets(workdir)
+    assets = resolve_assets(workdir, realistic=realistic)
     served = ServedModel.load(assets.model_path, [assets.sae_path])
     served.lm = replace(served.lm, stop_token_ids=())
     prompt = list(served.lm.tokenizer(PROMPT)["input_ids"])
@@ -108,17 +139,20 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.pyspy_profile", description=__doc__)
     p.add_argument("what", choices=["service", "generate", "_generate"])
     p.add_argument("--seconds", type=float, default=12.0, help="service load duration")
+    p.add_argument("--load", choices=["decompose", "overhead", "streams"], default="decompose")
+    p.add_argument("--profile", choices=["realistic", "demo"], default="realistic")
     p.add_argument("--workdir", type=Path, help="where stand-in assets and profiles go")
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="saeserve-pyspy-") as tmp:
         workdir = args.workdir or Path(tmp)
+        realistic = args.profile == "realistic"
         if args.what == "service":
-            profile_service(workdir, args.seconds)
+            profile_service(workdir, args.seconds, args.load, realistic)
         elif args.what == "generate":
-            profile_generate(workdir)
+            profile_generate(workdir, realistic)
         else:
-            _generate_workload(workdir)
+            _generate_workload(workdir, realistic)
 
 
 if __name__ == "__main__":

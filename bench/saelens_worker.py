@@ -1,9 +1,9 @@
-"""Child process of the SAELens comparison, run by the bench environment's Python.
+"""Child process of the SAELens comparison, run by a Python that has SAELens.
 
-SAELens and TransformerLens live only in the bench environment (``.bench-venv``, which
-sees the main environment's packages through a ``.pth`` file), so this worker runs
-there, imports saeserve from the repository's ``service/`` folder, and measures both
-sides interleaved in one process. The model's GPT-2 weights are converted into a
+That is the main environment when sae-lens is installed there (the dev extra), else the
+bench environment ``.bench-venv``. The worker imports saeserve from the repository's
+``service/`` folder and measures all three calls (SAELens as usually called, saeserve,
+SAELens tuned) interleaved in one process. The model's GPT-2 weights are converted into a
 ``HookedSAETransformer`` with TransformerLens' own converter, without any weight
 processing (folding or centering would change the residual basis the SAE reads), and
 the SAE folder is loaded with ``SAE.load_from_disk``: nothing touches the hub.
@@ -28,7 +28,7 @@ from sae_lens import SAE, HookedSAETransformer  # noqa: E402
 from transformer_lens import HookedTransformerConfig  # noqa: E402
 from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights  # noqa: E402
 
-from bench.stats import paired, repeat  # noqa: E402
+from bench.stats import interleaved  # noqa: E402
 from saeserve.engine.decompose import decompose  # noqa: E402
 from saeserve.engine.served_model import ServedModel  # noqa: E402
 from saeserve.engine.tokenize import tokenize  # noqa: E402
@@ -119,8 +119,9 @@ def main() -> None:
         n_tokens += len(rows[i])
 
     warmup, repeats = int(args["warmup"]), int(args["repeats"])
-    theirs_s, ours_s = paired(saelens_call, saeserve_call, warmup=warmup, repeats=repeats)
-    tuned_s = repeat(saelens_tuned, warmup=1, repeats=repeats)
+    theirs_s, ours_s, tuned_s = interleaved(
+        [saelens_call, saeserve_call, saelens_tuned], warmup=warmup, repeats=repeats
+    )
     print(
         json.dumps(
             {

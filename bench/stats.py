@@ -101,6 +101,21 @@ def paired(
     return base, cand
 
 
+def interleaved(
+    fns: Sequence[Callable[[], object]], *, warmup: int, repeats: int
+) -> list[list[float]]:
+    """Seconds per call of each function, called in turn (rotating who goes first)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    seconds: list[list[float]] = [[] for _ in fns]
+    for i in range(repeats):
+        for j in range(len(fns)):
+            at = (i + j) % len(fns)
+            seconds[at].append(time_once(fns[at]))
+    return seconds
+
+
 def rates(seconds: Sequence[float], units: float) -> list[float]:
     """Units per second for each timed call that processed ``units`` units."""
     return [units / s for s in seconds]

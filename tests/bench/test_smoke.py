@@ -1,8 +1,9 @@
 """Smoke run of the benchmark harness: ``python -m bench smoke`` on a tiny model, in seconds.
 
 Benchmarks are not tests; this only checks that the harness runs end to end, that the
-table has a row for every measurement of issue 6, that every row that ran has a finite
-ratio, and that the markdown report names the machine, the command and the date.
+table has a row for every measurement, that every row that ran has a finite ratio, that
+the markdown report names the machine, the command and the date, that it can be rendered
+again from its JSON, and that it flags an analysis written for another run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from bench.__main__ import parse_args, run
-from bench.report import EXPECTED_ROWS, Status, text_table, write_markdown
+from bench.report import (
+    EXPECTED_ROWS,
+    Status,
+    read_run,
+    render_markdown,
+    text_table,
+    write_markdown,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,7 +36,9 @@ def test_smoke_run_fills_every_row(tmp_path: Path) -> None:
 
     assert list(report.rows) == list(EXPECTED_ROWS)
     ran = {k: r for k, r in report.rows.items() if r.status is not Status.NOT_RUN}
-    assert {"decompose", "generate", "generate_steered", "memory_engine"} <= set(ran)
+    assert {"decompose", "generate", "generate_steered", "engine_step_8", "memory_engine"} <= set(
+        ran
+    )
     for key, row in ran.items():
         assert math.isfinite(row.ratio), (key, row)
     for row in report.rows.values():
@@ -36,10 +46,13 @@ def test_smoke_run_fills_every_row(tmp_path: Path) -> None:
 
     table = text_table(report.ordered())
     out = tmp_path / "BENCHMARKS.md"
-    write_markdown(report, out, "python -m bench smoke")
+    write_markdown([report], out, "python -m bench smoke")
     text = out.read_text()
+    command, again = read_run(out.with_suffix(".json"))
+    assert render_markdown(again, command) == text
+    assert "older than the tables above" in text  # analysis.md names another run
     for measurement in EXPECTED_ROWS.values():
         assert measurement in table
         assert measurement in text
     assert "`python -m bench smoke`" in text
-    assert "- Date: " in text and "- CPU: " in text and "transformers " in text
+    assert "- Run: " in text and "- CPU: " in text and "transformers " in text
