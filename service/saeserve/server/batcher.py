@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Generic, TypeVar
 
 from saeserve.errors import ResourceExhausted
@@ -37,31 +37,23 @@ class _Pending(Generic[Req, Res]):
     since: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
 
+@dataclass(eq=False)
 class Batcher(Generic[Req, Res]):
-    def __init__(
-        self,
-        send: Send[Req, Res],
-        *,
-        max_batch_size: int,
-        max_in_flight: int,
-        max_queue_length: int,
-        wait_s: float = 0.0,
-        on_queue: Callable[[int], None] | None = None,
-        on_sent: Callable[[float], None] | None = None,
-    ) -> None:
-        """``on_queue``: requests queued, when it changes; ``on_sent``: seconds a request
-        waited before its batch left."""
-        self.send = send
-        self.max_batch_size = max_batch_size
-        self.max_in_flight = max_in_flight
-        self.max_queue_length = max_queue_length
-        self.wait_s = wait_s
-        self.on_queue = on_queue
-        self.on_sent = on_sent
-        self._queue: deque[_Pending[Req, Res]] = deque()
-        self._in_flight = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+    """``on_queue``: requests queued, when it changes; ``on_sent``: seconds a request
+    waited before its batch left."""
+
+    send: Send[Req, Res]
+    _: KW_ONLY
+    max_batch_size: int
+    max_in_flight: int
+    max_queue_length: int
+    wait_s: float = 0.0
+    on_queue: Callable[[int], None] | None = None
+    on_sent: Callable[[float], None] | None = None
+    _queue: deque[_Pending[Req, Res]] = field(default_factory=deque, init=False)
+    _in_flight: int = field(default=0, init=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     @property
     def queued(self) -> int:
