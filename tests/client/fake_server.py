@@ -224,6 +224,8 @@ class FakeSaeserve(pb_grpc.SaeserveServicer):
                     chunk.logprob = -0.1 * (i + 1)
                 for t in range(request.top_logprobs):
                     chunk.top_logprobs.add(token_id=t, token=f"t{t}", logprob=-0.5 * (t + 1))
+                if request.kl_from_baseline and variant == pb.VARIANT_STEERED:
+                    chunk.kl_from_baseline = 0.25 * i
                 if i == n - 1:
                     chunk.finish_reason = pb.FINISH_REASON_LENGTH
                     chunk.usage.prompt_tokens = prompt_tokens

@@ -108,6 +108,7 @@ def test_generate_streams_typed_chunks(client: SaeserveClient, fake: FakeSaeserv
             track=[("resid_post.0", 5), ("mlp_out.1", 1)],
             logprobs=True,
             top_logprobs=2,
+            kl_from_baseline=True,
         )
     )
     assert [c.variant for c in chunks] == ["steered", "baseline"] * 3
@@ -131,7 +132,8 @@ def test_generate_streams_typed_chunks(client: SaeserveClient, fake: FakeSaeserv
 
     sent = fake.requests["Generate"]
     assert sent.prompt == "a b" and sent.include_baseline and sent.logprobs
-    assert sent.top_logprobs == 2
+    assert sent.top_logprobs == 2 and sent.kl_from_baseline
+    assert [c.kl_from_baseline for c in chunks] == [0.0, None, 0.25, None, 0.5, None]
     assert sent.sampling.HasField("temperature") and sent.sampling.temperature == 0.0
     assert not sent.sampling.HasField("top_p")
     assert sent.sampling.seed == 7 and list(sent.sampling.stop) == ["\n"]

@@ -312,3 +312,68 @@ def test_a_generator_dropped_mid_batch_takes_its_hooks_along(served: ServedModel
     del gen
     gc.collect()
     assert n_hooks() == n_before
+
+
+def _first_block(served: ServedModel) -> torch.nn.Module:
+    model = served.lm.model
+    layers = model.transformer.h if served.lm.layout.family == "gpt2" else model.model.layers
+    return layers[0]
+
+
+def test_kl_from_baseline_equals_two_manual_forwards(served: ServedModel) -> None:
+    """Each steered step's KL(steered || baseline) equals the one computed from a plain
+    forward of each variant's own context, the steered one with the VECTOR added to the
+    first block's output by hand; baseline events carry none."""
+    ids = _ids(served, PROMPTS[0])
+    direction = torch.randn(served.lm.layout.d_model, generator=torch.Generator().manual_seed(5))
+    steer = Intervention(
+        mode=InterventionMode.VECTOR,
+        value=4.0,
+        hook_point="resid_post.0",
+        vector=direction.tolist(),
+    )
+    sampling = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)
+    req = GenerateRequest(ids, sampling, [steer], include_baseline=True, kl_from_baseline=True)
+    events = _run(served, req)
+    steered = [e for e in events if e.variant is Variant.STEERED]
+    baseline = [e for e in events if e.variant is Variant.BASELINE]
+    assert all(e.kl_from_baseline is None for e in baseline)
+
+    def add_direction(_: object, __: object, out: object) -> object:
+        if isinstance(out, tuple):
+            return (out[0] + 4.0 * direction, *out[1:])
+        return out + 4.0 * direction  # type: ignore[operator]
+
+    def next_logprobs(context: list[int], steered_forward: bool) -> torch.Tensor:
+        handle = (
+            _first_block(served).register_forward_hook(add_direction) if steered_forward else None
+        )
+        try:
+            with torch.no_grad():
+                logits = served.lm.model(torch.tensor([context])).logits[0, -1].double()
+        finally:
+            if handle is not None:
+                handle.remove()
+        return torch.log_softmax(logits, dim=-1)
+
+    kls = []
+    for i, event in enumerate(steered):
+        log_s = next_logprobs(ids + [e.token_id for e in steered[:i]], True)
+        log_b = next_logprobs(ids + [e.token_id for e in baseline[:i]], False)
+        want = float((log_s.exp() * (log_s - log_b)).sum())
+        assert event.kl_from_baseline is not None
+        assert abs(event.kl_from_baseline - want) < 1e-4 * max(1.0, want)
+        kls.append(want)
+    assert max(kls) > 1e-3  # the steering moved the distribution
+
+
+def test_kl_from_baseline_needs_the_baseline(served: ServedModel) -> None:
+    import pytest
+
+    from saeserve.errors import InvalidArgument
+
+    req = GenerateRequest(
+        _ids(served, "Hi"), SamplingParams(max_new_tokens=2), kl_from_baseline=True
+    )
+    with pytest.raises(InvalidArgument, match="kl_from_baseline: needs include_baseline"):
+        BatchGenerator(served).submit(req)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -207,3 +208,26 @@ def test_concurrent_streams_each_get_their_own_tokens(server: Server, engine: Se
             )
         ]
         assert results[p] == want
+
+
+def test_generate_reports_how_far_steering_moved_each_step(server: Server) -> None:
+    steer = pb.Intervention(mode=pb.INTERVENTION_MODE_ADD, sae="post0", feature=5, value=40.0)
+    req = pb.GenerateRequest(
+        prompt="The cat sat",
+        sampling=pb.SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True),
+        interventions=[steer],
+        include_baseline=True,
+        kl_from_baseline=True,
+    )
+    chunks = list(server.stub.Generate(req, metadata=AUTH))
+    steered = [c for c in chunks if c.variant == pb.VARIANT_STEERED]
+    baseline = [c for c in chunks if c.variant == pb.VARIANT_BASELINE]
+    assert len(steered) == len(baseline) == 5  # both run every step: every steered chunk has it
+    assert all(c.HasField("kl_from_baseline") and c.kl_from_baseline >= 0 for c in steered)
+    assert not any(c.HasField("kl_from_baseline") for c in baseline)
+    assert max(c.kl_from_baseline for c in steered) > 0
+    req.include_baseline = False
+    with pytest.raises(grpc.RpcError) as info:
+        list(server.stub.Generate(req, metadata=AUTH))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "generate.kl_from_baseline: needs include_baseline to be true"

@@ -121,6 +121,7 @@ class AsyncSaeserveClient:
         track: Sequence[tuple[str, int]] = (),
         logprobs: bool = False,
         top_logprobs: int = 0,
+        kl_from_baseline: bool = False,
         timeout: float | None = None,
     ) -> AsyncGenerateStream:
         request = convert.generate_request(
@@ -138,6 +139,7 @@ class AsyncSaeserveClient:
             track=track,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
+            kl_from_baseline=kl_from_baseline,
         )
         deadline = self.options.generate_timeout if timeout is None else timeout
         return AsyncGenerateStream(

@@ -175,6 +175,11 @@ def _generate(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="with --logprobs: also the N most likely tokens per step (--json)",
     )
+    parser.add_argument(
+        "--kl",
+        action="store_true",
+        help="with --baseline: KL(steered || baseline) per steered token (--json)",
+    )
 
 
 def _feature(parser: argparse.ArgumentParser) -> None:
@@ -292,6 +297,7 @@ def _run_generate(
         track=args.track,
         logprobs=args.logprobs,
         top_logprobs=args.top_logprobs,
+        kl_from_baseline=args.kl,
         timeout=args.timeout,
     )
     with stream:

@@ -147,6 +147,7 @@ class SaeserveClient:
         track: Sequence[tuple[str, int]] = (),
         logprobs: bool = False,
         top_logprobs: int = 0,
+        kl_from_baseline: bool = False,
         timeout: float | None = None,
     ) -> GenerateStream:
         """Stream a continuation of ``prompt`` (a string, or chat messages as
@@ -169,6 +170,7 @@ class SaeserveClient:
             track=track,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
+            kl_from_baseline=kl_from_baseline,
         )
         deadline = self.options.generate_timeout if timeout is None else timeout
         return GenerateStream(

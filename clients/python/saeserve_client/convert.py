@@ -167,6 +167,7 @@ def generate_chunk(msg: pb.GenerateChunk) -> GenerateChunk:
         if msg.HasField("usage")
         else None,
         top_logprobs=[TokenLogprob(t.token_id, t.token, f32(t.logprob)) for t in msg.top_logprobs],
+        kl_from_baseline=f32(msg.kl_from_baseline) if msg.HasField("kl_from_baseline") else None,
     )
 
 
@@ -324,6 +325,7 @@ def generate_request(
     track: Sequence[tuple[str, int]],
     logprobs: bool,
     top_logprobs: int,
+    kl_from_baseline: bool,
 ) -> pb.GenerateRequest:
     sampling = pb.SamplingParams(
         max_new_tokens=max_new_tokens, top_k=top_k, stop=list(stop), ignore_eos=ignore_eos
@@ -345,6 +347,7 @@ def generate_request(
         track=[pb.FeatureRef(sae=s, feature=int(f)) for s, f in track],
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        kl_from_baseline=kl_from_baseline,
     )
 
 

@@ -160,6 +160,9 @@ class GenerateChunk:
     finish_reason: str | None
     usage: Usage | None
     top_logprobs: list[TokenLogprob] = field(default_factory=list)
+    kl_from_baseline: float | None = None
+    """STEERED chunks with ``kl_from_baseline=True``: KL(steered || baseline) in nats at
+    this step, while the baseline still runs."""
 
     @property
     def is_final(self) -> bool:

@@ -5,17 +5,39 @@ finishes on the first of: an end-of-sequence token (unless ``ignore_eos``), a st
 completed in the decoded text (the text up to it is emitted, not the rest), or
 ``max_new_tokens`` generated. A finished row's last event carries its finish reason and
 flushes any text held back for an incomplete UTF-8 character or a possible stop string.
+A request that asks for ``kl_from_baseline`` gets, on its steered event, the KL divergence
+of its two rows' distributions at this step (``divergences``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+import torch
 from torch import Tensor
 
 from saeserve.engine.running_batch import RunningSequence
 from saeserve.engine.sampling import sample_next
-from saeserve.engine.types import FinishReason, TokenEvent
+from saeserve.engine.types import FinishReason, TokenEvent, Variant
+
+
+def divergences(rows: Sequence[RunningSequence], logits: Tensor) -> dict[int, float]:
+    """KL(steered || baseline) in nats, by request id, for each request that asks for it
+    and has both its rows in this step: sum_v p_s(v) (log p_s(v) - log p_b(v)) over the
+    model's own next-token distributions (logits [B, V], before temperature)."""
+    pairs: dict[int, dict[Variant, int]] = {}
+    for i, s in enumerate(rows):
+        if s.kl_from_baseline:
+            pairs.setdefault(s.request_id, {})[s.variant] = i
+    both = {rid: p for rid, p in pairs.items() if len(p) == 2}
+    if not both:
+        return {}
+    steered = [p[Variant.STEERED] for p in both.values()]
+    baseline = [p[Variant.BASELINE] for p in both.values()]
+    log_s = torch.log_softmax(logits[steered].float(), dim=-1)  # [R, V]
+    log_b = torch.log_softmax(logits[baseline].float(), dim=-1)
+    kl = (log_s.exp() * (log_s - log_b)).sum(dim=-1).clamp_min(0.0)  # [R]
+    return dict(zip(both, kl.tolist(), strict=True))
 
 
 def emit(
@@ -33,6 +55,7 @@ def emit(
         with_logprobs=any(s.logprobs for s in rows),
         top_n=max(s.top_logprobs for s in rows),
     )
+    kl = divergences(rows, logits)
     events = []
     per_row = zip(rows, sampled.tokens, sampled.logprobs, sampled.top, tracked, strict=True)
     for s, tok, lp, top, tr in per_row:
@@ -55,6 +78,7 @@ def emit(
                 list(tr),
                 s.finished,
                 top_logprobs=top[: s.top_logprobs],
+                kl_from_baseline=kl.get(s.request_id) if s.variant is Variant.STEERED else None,
             )
         )
     return events

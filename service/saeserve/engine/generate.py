@@ -148,6 +148,7 @@ class BatchGenerator:
                     tracked=prepared.tracked,
                     logprobs=req.logprobs,
                     top_logprobs=req.top_logprobs,
+                    kl_from_baseline=req.kl_from_baseline,
                     generator=gen,
                     stream=TextStream(lm.tokenizer, req.sampling.stop),
                 )

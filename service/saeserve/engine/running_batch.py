@@ -35,6 +35,7 @@ class RunningSequence:
     tracked: list[tuple[HookedSae, int]]
     logprobs: bool
     top_logprobs: int
+    kl_from_baseline: bool
     generator: torch.Generator
     stream: TextStream
     generated: list[int] = field(default_factory=list)

@@ -222,6 +222,9 @@ class GenerateRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     """With logprobs: also report this many most likely tokens per step."""
+    kl_from_baseline: bool = False
+    """With include_baseline: report at each step KL(steered || baseline) of the two
+    variants' next-token distributions (how far steering moved the model)."""
 
     def validate(self, limits: GenerateLimits, where: str = "") -> None:
         """Every check that needs no model; the prompt is the generator's to check."""
@@ -235,6 +238,10 @@ class GenerateRequest:
         at_most(self.top_logprobs, limits.max_top_logprobs, top_logprobs)
         if self.top_logprobs and not self.logprobs:
             raise InvalidArgument(f"{top_logprobs}: needs logprobs to be true")
+        if self.kl_from_baseline and not self.include_baseline:
+            raise InvalidArgument(
+                f"{_path(where, 'kl_from_baseline')}: needs include_baseline to be true"
+            )
         self.sampling.validate(limits, _path(where, "sampling"))
         for i, iv in enumerate(self.interventions):
             iv.validate(limits, _path(where, f"interventions[{i}]"))
@@ -267,6 +274,10 @@ class TokenEvent:
     """Set on the last event of the variant."""
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
     """The request's top_logprobs most likely (token id, logprob) at this step."""
+    kl_from_baseline: float | None = None
+    """STEERED events of a request asking for it, while its baseline also runs:
+    KL(steered || baseline) in nats of the two variants' next-token distributions at
+    this step (each given its own tokens so far; before temperature)."""
 
 
 # --- feature math -------------------------------------------------------------------

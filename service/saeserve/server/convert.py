@@ -122,6 +122,7 @@ class GenerateSpec:
     track: list[TrackedFeature] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0
+    kl_from_baseline: bool = False
 
     def request(self, prompt_ids: list[int]) -> GenerateRequest:
         """The engine's request, with the prompt (or the rendered messages) as ids."""
@@ -133,6 +134,7 @@ class GenerateSpec:
             track=self.track,
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
+            kl_from_baseline=self.kl_from_baseline,
         )
 
 
@@ -148,6 +150,7 @@ def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec
         track=[TrackedFeature(t.sae, t.feature) for t in msg.track],
         logprobs=msg.logprobs,
         top_logprobs=msg.top_logprobs,
+        kl_from_baseline=msg.kl_from_baseline,
     )
     spec.request(prompt_ids=[]).validate(limits, "generate")  # the prompt is checked later
     return spec
@@ -210,6 +213,8 @@ def chunk_to_proto(
         )
     if event.logprob is not None:
         chunk.logprob = event.logprob
+    if event.kl_from_baseline is not None:
+        chunk.kl_from_baseline = event.kl_from_baseline
     if event.finish_reason is not None:
         chunk.finish_reason = _FINISH[event.finish_reason]
         chunk.usage.CopyFrom(pb.Usage(prompt_tokens=prompt_tokens, generated_tokens=index + 1))

@@ -204,7 +204,7 @@ class SaeDecomposition(_message.Message):
     def __init__(self, sae: _Optional[str] = ..., hook_point: _Optional[str] = ..., top_k: _Optional[int] = ..., top_ids: _Optional[_Iterable[int]] = ..., top_values: _Optional[_Iterable[float]] = ..., dense_values: _Optional[_Iterable[float]] = ..., token_mse: _Optional[_Iterable[float]] = ..., explained_variance: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "sampling", "interventions", "include_baseline", "track", "logprobs", "top_logprobs")
+    __slots__ = ("model", "prompt", "messages", "sampling", "interventions", "include_baseline", "track", "logprobs", "top_logprobs", "kl_from_baseline")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,7 @@ class GenerateRequest(_message.Message):
     TRACK_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    KL_FROM_BASELINE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -223,7 +224,8 @@ class GenerateRequest(_message.Message):
     track: _containers.RepeatedCompositeFieldContainer[FeatureRef]
     logprobs: bool
     top_logprobs: int
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., include_baseline: _Optional[bool] = ..., track: _Optional[_Iterable[_Union[FeatureRef, _Mapping]]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
+    kl_from_baseline: bool
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., include_baseline: _Optional[bool] = ..., track: _Optional[_Iterable[_Union[FeatureRef, _Mapping]]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., kl_from_baseline: _Optional[bool] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -282,7 +284,7 @@ class FeatureRef(_message.Message):
     def __init__(self, sae: _Optional[str] = ..., feature: _Optional[int] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("variant", "index", "token_id", "text", "logprob", "tracked", "finish_reason", "usage", "top_logprobs")
+    __slots__ = ("variant", "index", "token_id", "text", "logprob", "tracked", "finish_reason", "usage", "top_logprobs", "kl_from_baseline")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +294,7 @@ class GenerateChunk(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    KL_FROM_BASELINE_FIELD_NUMBER: _ClassVar[int]
     variant: Variant
     index: int
     token_id: int
@@ -301,7 +304,8 @@ class GenerateChunk(_message.Message):
     finish_reason: FinishReason
     usage: Usage
     top_logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
-    def __init__(self, variant: _Optional[_Union[Variant, str]] = ..., index: _Optional[int] = ..., token_id: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ..., tracked: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., top_logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
+    kl_from_baseline: float
+    def __init__(self, variant: _Optional[_Union[Variant, str]] = ..., index: _Optional[int] = ..., token_id: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ..., tracked: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., top_logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., kl_from_baseline: _Optional[float] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token_id", "token", "logprob")
