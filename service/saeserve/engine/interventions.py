@@ -308,8 +308,10 @@ class _Entries:
         for e, (r, iv) in enumerate(entries):
             i = rows.index(r)
             c0[i][e], c1[i][e] = _C0_C1[iv.mode](iv.value)
-        self.c0 = torch.tensor(c0, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
-        self.c1 = torch.tensor(c1, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
+        # [R, 1, E] float32 each (an int value must not make an integer table)
+        dev = self.dirs.device
+        self.c0 = torch.tensor(c0, dtype=torch.float32, device=dev).unsqueeze(1)
+        self.c1 = torch.tensor(c1, dtype=torch.float32, device=dev).unsqueeze(1)
         self.reader = (
             None if sae is None else _FeatureReader(sae, [iv.feature for _, iv in entries])
         )
