@@ -4,8 +4,9 @@ Each row samples its next token with its own parameters and RNG (``sample_next``
 finishes on the first of: an end-of-sequence token (unless ``ignore_eos``), a stop string
 completed in the decoded text (the text up to it is emitted, not the rest), a stop
 condition that held at this step's input position (the lowest-indexed one is reported;
-the token sampled there is still emitted), or ``max_new_tokens`` generated. A finished row's last event carries its finish reason and
-flushes any text held back for an incomplete UTF-8 character or a possible stop string.
+the token sampled there is still emitted), or ``max_new_tokens`` generated. A finished
+row's last event carries its finish reason and flushes any text held back for an
+incomplete UTF-8 character or a possible stop string.
 A request that asks for ``kl_from_baseline`` gets, on its steered event, the KL divergence
 of its two rows' distributions at this step (``divergences``).
 """
@@ -42,6 +43,12 @@ def divergences(rows: Sequence[RunningSequence], logits: Tensor) -> dict[int, fl
     return dict(zip(both, kl.tolist(), strict=True))
 
 
+def _first_held(s: RunningSequence, stop_values: Sequence[float]) -> int | None:
+    """The index of the row's first stop condition that holds at this step, if any."""
+    pairs = zip(s.stop_conditions, stop_values, strict=True)
+    return next((j for j, (c, a) in enumerate(pairs) if c.holds(a)), None)
+
+
 def emit(
     rows: Sequence[RunningSequence],
     logits: Tensor,
@@ -70,14 +77,7 @@ def emit(
     )
     for s, tok, lp, top, tr, stop_values in per_row:
         s.generated.append(tok)
-        held = next(
-            (
-                j
-                for j, (c, a) in enumerate(zip(s.stop_conditions, stop_values, strict=True))
-                if c.holds(a)
-            ),
-            None,
-        )
+        held = _first_held(s, stop_values)
         if tok in stop_token_ids and not s.sampling.ignore_eos:
             s.finished, text = FinishReason.EOS, s.stream.flush()
         else:
@@ -88,7 +88,7 @@ def emit(
                 s.finished, text = FinishReason.CONDITION, text + s.stream.flush()
             elif len(s.generated) >= s.sampling.max_new_tokens:
                 s.finished, text = FinishReason.LENGTH, text + s.stream.flush()
-        by_condition = s.finished is FinishReason.CONDITION
+        condition = held if s.finished is FinishReason.CONDITION else None
         events.append(
             TokenEvent(
                 s.request_id,
@@ -100,8 +100,8 @@ def emit(
                 s.finished,
                 top_logprobs=top[: s.top_logprobs],
                 kl_from_baseline=kl.get(s.request_id) if s.variant is Variant.STEERED else None,
-                stop_condition=held if by_condition else None,
-                stop_activation=stop_values[held] if by_condition and held is not None else None,
+                stop_condition=condition,
+                stop_activation=None if condition is None else stop_values[condition],
             )
         )
     return events
