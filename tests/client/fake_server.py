@@ -226,7 +226,13 @@ class FakeSaeserve(pb_grpc.SaeserveServicer):
                     chunk.top_logprobs.add(token_id=t, token=f"t{t}", logprob=-0.5 * (t + 1))
                 if request.kl_from_baseline and variant == pb.VARIANT_STEERED:
                     chunk.kl_from_baseline = 0.25 * i
-                if i == n - 1:
+                if i == n - 1 and request.stop_conditions:  # the last one holds at the end
+                    chunk.finish_reason = pb.FINISH_REASON_CONDITION
+                    chunk.stop_condition = len(request.stop_conditions) - 1
+                    chunk.stop_activation = 2.5
+                    chunk.usage.prompt_tokens = prompt_tokens
+                    chunk.usage.generated_tokens = n
+                elif i == n - 1:
                     chunk.finish_reason = pb.FINISH_REASON_LENGTH
                     chunk.usage.prompt_tokens = prompt_tokens
                     chunk.usage.generated_tokens = n

@@ -8,6 +8,7 @@ first token is printed before the server has sent the last), and the error contr
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -16,8 +17,10 @@ import sys
 import time
 from typing import Any
 
-from saeserve_client import Steer
-from saeserve_client.cli import parse_feature_ref, parse_steer
+import pytest
+
+from saeserve_client import Condition, Steer
+from saeserve_client.cli import parse_condition, parse_feature_ref, parse_steer
 from tests.client.fake_server import FakeSaeserve, FakeServer
 
 ANSI = "\x1b["
@@ -119,6 +122,34 @@ def test_generate_labels_steered_and_baseline(server: FakeServer, fake: FakeSaes
         ("mlp_out.1", 2, 0.0),
     ]
     assert sent.include_baseline and sent.sampling.seed == 4
+
+
+def test_generate_with_conditions(server: FakeServer, fake: FakeSaeserve) -> None:
+    args = ["generate", "x", "--max-new-tokens", "2", "--steer", "post0:5:add:8@mid1:3>0.5"]
+    args += ["--stop-when", "post0:7<-1", "--stop-when", "resid_post.0:2>2.25"]
+    text = ok(server, *args)
+    assert "[condition 1 · 2 prompt + 2 generated tokens]" in text
+    sent = fake.requests["Generate"]
+    cond = sent.interventions[0].condition
+    assert (cond.sae, cond.feature, cond.threshold, cond.below) == ("mid1", 3, 0.5, False)
+    assert [(c.sae, c.feature, c.threshold, c.below) for c in sent.stop_conditions] == [
+        ("post0", 7, -1.0, True),
+        ("resid_post.0", 2, 2.25, False),
+    ]
+    last = json.loads(ok(server, *args, "--json").splitlines()[-1])
+    assert last["finish_reason"] == "condition" and last["stop_condition"] == 1
+    assert last["stop_activation"] == 2.5
+
+
+def test_parse_condition() -> None:
+    assert parse_condition("resid_post.2:1224>0.5") == Condition.above("resid_post.2", 1224, 0.5)
+    assert parse_condition("a/b:3<-2") == Condition.below("a/b", 3, -2.0)
+    assert parse_steer("s:1:clamp:4@t:2>0") == Steer.clamp("s", 1, 4.0).when(
+        Condition.above("t", 2)
+    )
+    for bad in ("s:1", "s:x>1", ":1>2", "s:1>", "s:1>nan?"):
+        with pytest.raises(argparse.ArgumentTypeError, match="condition"):
+            parse_condition(bad)
 
 
 def test_generate_json_lines(server: FakeServer) -> None:

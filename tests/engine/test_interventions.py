@@ -331,3 +331,16 @@ def test_features_at_the_topk_boundary_match_the_formulas(served: ServedModel) -
         )
     assert not np.allclose(out[0], h[0].double().numpy())  # the k-th one was scaled
     np.testing.assert_allclose(out[1], h[1].double().numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_an_integer_value_steers_as_its_float(served: ServedModel) -> None:
+    """Python callers may pass ``value=16``: a decode step (no position mask to promote the
+    coefficients) steers with the float tables all the same."""
+    h = torch.randn(1, 1, served.lm.layout.d_model, generator=torch.Generator().manual_seed(3))
+    point = served.hook_point("resid_post.0")
+    out = []
+    for value in (16, 16.0):
+        iv = Intervention(M.ADD, value, "post0", 2)
+        plan = SteeringPlan([resolve_interventions(served, [iv], PROMPT_LEN)])
+        out.append(plan.decode_hook_fns()[point](h.clone()))
+    torch.testing.assert_close(out[0], out[1])

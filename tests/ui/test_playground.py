@@ -3,6 +3,8 @@ from one /v1/generate call, and shows the API's own message for a bad interventi
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import Server
@@ -146,3 +148,51 @@ def test_an_intervention_without_a_feature_id_is_not_sent(browser: Browser) -> N
     shown = browser.js("return document.querySelector('.error').textContent")
     assert shown.startswith("Intervention 1: the feature must be an id")
     assert browser.js("return document.getElementById('output').dataset.state") is None
+
+
+def test_conditions_steer_where_a_feature_fires_and_stop_each_column(
+    browser: Browser, server: Server
+) -> None:
+    when = "resid_post.1:2485%3E1"  # fires on sentence-ending periods
+    browser.open(RUN.format(value=16).replace(":all&", f":all@{when}&", 1) + f"&stop_when={when}")
+    assert browser.js("return document.querySelector('.intervention .when').value") == (
+        "resid_post.1:2485>1"
+    )
+    browser.driver.find_element("id", "generate").click()
+    browser.wait_for("['done', 'error'].includes(document.getElementById('output').dataset.state)")
+    assert browser.js("return document.getElementById('output').dataset.state") == "done"
+    condition = {"sae": "resid_post.1", "feature": 2485, "threshold": 1}
+    status, body = call_api(
+        server,
+        "/v1/generate",
+        {
+            "model": "demo",
+            "prompt": PROMPT,
+            "sampling": {"max_new_tokens": 16, "temperature": 0, "seed": "1"},
+            "interventions": [
+                {
+                    "mode": "INTERVENTION_MODE_ADD",
+                    "sae": "resid_post.2",
+                    "feature": 1224,
+                    "value": 16,
+                    "condition": condition,
+                }
+            ],
+            "stop_conditions": [condition],
+            "include_baseline": True,
+        },
+    )
+    assert status == 200, body
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in body.splitlines()
+        if line.startswith("data: {")
+    ]
+    for column, variant in (("steered", "VARIANT_STEERED"), ("baseline", "VARIANT_BASELINE")):
+        chunks = [c for c in events if c["variant"] == variant]
+        shown = "".join(t["text"] for t in column_tokens(browser, column))
+        assert shown == "".join(c["text"] for c in chunks)
+        assert chunks[-1]["finish_reason"] == "FINISH_REASON_CONDITION"
+        finish = browser.js(f"return document.getElementById('{column}-finish').textContent")
+        assert finish.startswith("finished: condition (stop when #1: ")
+    assert browser.console_errors() == []

@@ -16,6 +16,7 @@ from saeserve_client.errors import SaeserveError
 from saeserve_client.options import DEFAULT_TARGET, NO_RETRY, ClientOptions, RetryPolicy
 from saeserve_client.results import (
     ActivatingContext,
+    Condition,
     Explanation,
     Feature,
     FeatureMatch,
@@ -43,6 +44,7 @@ __all__ = [
     "AsyncGenerateStream",
     "AsyncSaeserveClient",
     "ClientOptions",
+    "Condition",
     "Explanation",
     "Feature",
     "FeatureMatch",

@@ -32,6 +32,7 @@ from saeserve_client.convert import ChatInput
 from saeserve_client.errors import SaeserveError
 from saeserve_client.options import ClientOptions
 from saeserve_client.results import (
+    Condition,
     Feature,
     FeatureMatch,
     GenerateChunk,
@@ -122,6 +123,7 @@ class AsyncSaeserveClient:
         logprobs: bool = False,
         top_logprobs: int = 0,
         kl_from_baseline: bool = False,
+        stop_conditions: Sequence[Condition] = (),
         timeout: float | None = None,
     ) -> AsyncGenerateStream:
         request = convert.generate_request(
@@ -140,6 +142,7 @@ class AsyncSaeserveClient:
             logprobs=logprobs,
             top_logprobs=top_logprobs,
             kl_from_baseline=kl_from_baseline,
+            stop_conditions=stop_conditions,
         )
         deadline = self.options.generate_timeout if timeout is None else timeout
         return AsyncGenerateStream(

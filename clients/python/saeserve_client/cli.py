@@ -32,7 +32,7 @@ from saeserve_client.render import (
     models_view,
     tokens_view,
 )
-from saeserve_client.results import MODES, GenerateChunk, Steer, collect
+from saeserve_client.results import MODES, Condition, GenerateChunk, Steer, collect
 
 MULTI_COMMAND = True  # saeserve.cli passes the subcommand's name to configure()
 
@@ -50,8 +50,27 @@ HELP = {
 # flag parsing
 
 
+def parse_condition(spec: str) -> Condition:
+    """``SAE:FEATURE>THRESHOLD`` or ``SAE:FEATURE<THRESHOLD`` -> ``Condition``."""
+    op = ">" if ">" in spec else "<"
+    ref, _, threshold = spec.rpartition(op)
+    sae, _, feature = ref.rpartition(":")
+    try:
+        if not sae or not threshold:
+            raise ValueError("missing part")
+        value = float(threshold)
+        return Condition(sae, int(feature), value, "above" if op == ">" else "below")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"condition {spec!r}: expected SAE:FEATURE>THRESHOLD or SAE:FEATURE<THRESHOLD"
+        ) from None
+
+
 def parse_steer(spec: str) -> Steer:
-    """``SAE:FEATURE:MODE[:VALUE]`` (VALUE optional for ablate) -> ``Steer``."""
+    """``SAE:FEATURE:MODE[:VALUE][@CONDITION]`` (VALUE optional for ablate; CONDITION as
+    ``parse_condition`` reads it) -> ``Steer``."""
+    spec, at, when = spec.partition("@")
+    condition = parse_condition(when) if at else None
     parts = spec.rsplit(":", 3)
     if len(parts) == 4 and parts[2].lower() in MODES:
         sae, feature, mode, value = parts
@@ -67,7 +86,7 @@ def parse_steer(spec: str) -> Steer:
     if mode == "vector":
         raise argparse.ArgumentTypeError("--steer: vector steering needs the Python client")
     try:
-        return Steer(mode, sae, int(feature), float(value))
+        return Steer(mode, sae, int(feature), float(value), condition=condition)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--steer {spec!r}: {exc}") from None
 
@@ -143,8 +162,18 @@ def _generate(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=parse_steer,
         default=[],
-        metavar="SAE:FEATURE:MODE:VALUE",
-        help="steer a feature; MODE is add, clamp, scale or ablate (repeatable)",
+        metavar="SAE:FEATURE:MODE:VALUE[@SAE:FEATURE>T]",
+        help="steer a feature; MODE is add, clamp, scale or ablate (repeatable); with "
+        "@SAE:FEATURE>T (or <T) only at the tokens where that feature is above (below) T",
+    )
+    parser.add_argument(
+        "--stop-when",
+        action="append",
+        type=parse_condition,
+        default=[],
+        metavar="SAE:FEATURE>T",
+        help="end each variant at the first step where this feature is above T (or <T: "
+        "below); repeatable",
     )
     parser.add_argument(
         "--baseline", action="store_true", help="also generate without steering, for comparison"
@@ -298,6 +327,7 @@ def _run_generate(
         logprobs=args.logprobs,
         top_logprobs=args.top_logprobs,
         kl_from_baseline=args.kl,
+        stop_conditions=args.stop_when,
         timeout=args.timeout,
     )
     with stream:
@@ -330,9 +360,15 @@ def _describe(steers: Sequence[Steer]) -> str:
     if not steers:
         return "no steering"
     return ", ".join(
-        f"{s.sae}:{s.feature} {s.mode}" + ("" if s.mode == "ablate" else f" {s.value:g}")
+        f"{s.sae}:{s.feature} {s.mode}"
+        + ("" if s.mode == "ablate" else f" {s.value:g}")
+        + (f" when {_condition(s.condition)}" if s.condition else "")
         for s in steers
     )
+
+
+def _condition(c: Condition) -> str:
+    return f"{c.sae}:{c.feature}{'>' if c.op == 'above' else '<'}{c.threshold:g}"
 
 
 def _run_feature(

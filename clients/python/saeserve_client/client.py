@@ -32,6 +32,7 @@ from saeserve_client.convert import ChatInput
 from saeserve_client.errors import SaeserveError
 from saeserve_client.options import ClientOptions
 from saeserve_client.results import (
+    Condition,
     Feature,
     FeatureMatch,
     GenerateChunk,
@@ -148,12 +149,15 @@ class SaeserveClient:
         logprobs: bool = False,
         top_logprobs: int = 0,
         kl_from_baseline: bool = False,
+        stop_conditions: Sequence[Condition] = (),
         timeout: float | None = None,
     ) -> GenerateStream:
         """Stream a continuation of ``prompt`` (a string, or chat messages as
         ``{"role", "content"}`` dicts or ``(role, content)`` pairs), steered by
         ``interventions``. ``temperature=0`` is greedy; None leaves the server default.
         ``track`` lists ``(sae, feature)`` pairs whose activations come with each chunk.
+        ``stop_conditions`` end a variant (the baseline too) at the first step where a
+        ``Condition`` holds (finish_reason "condition").
         """
         request = convert.generate_request(
             model=model,
@@ -171,6 +175,7 @@ class SaeserveClient:
             logprobs=logprobs,
             top_logprobs=top_logprobs,
             kl_from_baseline=kl_from_baseline,
+            stop_conditions=stop_conditions,
         )
         deadline = self.options.generate_timeout if timeout is None else timeout
         return GenerateStream(

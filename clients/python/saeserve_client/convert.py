@@ -18,6 +18,7 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve_client.results import (
     ActivatingContext,
+    Condition,
     Explanation,
     Feature,
     FeatureMatch,
@@ -168,6 +169,8 @@ def generate_chunk(msg: pb.GenerateChunk) -> GenerateChunk:
         else None,
         top_logprobs=[TokenLogprob(t.token_id, t.token, f32(t.logprob)) for t in msg.top_logprobs],
         kl_from_baseline=f32(msg.kl_from_baseline) if msg.HasField("kl_from_baseline") else None,
+        stop_condition=msg.stop_condition if msg.HasField("stop_condition") else None,
+        stop_activation=f32(msg.stop_activation) if msg.HasField("stop_activation") else None,
     )
 
 
@@ -306,7 +309,15 @@ def intervention(steer: Steer) -> pb.Intervention:
     else:
         msg.positions = pb.POSITIONS_INDICES
         msg.indices.extend(steer.positions)
+    if steer.condition is not None:
+        msg.condition.CopyFrom(condition(steer.condition))
     return msg
+
+
+def condition(c: Condition) -> pb.FeatureCondition:
+    return pb.FeatureCondition(
+        sae=c.sae, feature=c.feature, threshold=c.threshold, below=c.op == "below"
+    )
 
 
 def generate_request(
@@ -326,6 +337,7 @@ def generate_request(
     logprobs: bool,
     top_logprobs: int,
     kl_from_baseline: bool,
+    stop_conditions: Sequence[Condition] = (),
 ) -> pb.GenerateRequest:
     sampling = pb.SamplingParams(
         max_new_tokens=max_new_tokens, top_k=top_k, stop=list(stop), ignore_eos=ignore_eos
@@ -348,6 +360,7 @@ def generate_request(
         logprobs=logprobs,
         top_logprobs=top_logprobs,
         kl_from_baseline=kl_from_baseline,
+        stop_conditions=[condition(c) for c in stop_conditions],
     )
 
 

@@ -265,7 +265,10 @@ def generation_footer(generation: Generation, style: Style) -> str:
         if usage
         else ""
     )
-    return style.dim(f"[{generation.finish_reason or 'unfinished'}{tokens}]")
+    reason = generation.finish_reason or "unfinished"
+    if generation.stop_condition is not None:
+        reason += f" {generation.stop_condition}"
+    return style.dim(f"[{reason}{tokens}]")
 
 
 def sparkline(counts: np.ndarray) -> str:

@@ -11,7 +11,7 @@ float32. Nothing here knows about gRPC; ``convert`` builds these from protobuf.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -145,8 +145,10 @@ class TokenLogprob:
 class GenerateChunk:
     """One streamed token of one variant ("steered" or "baseline").
 
-    ``finish_reason`` ("length", "stop", "eos", "cancelled") and ``usage`` are set on a
-    variant's last chunk only; a "cancelled" final chunk carries no token (id -1).
+    ``finish_reason`` ("length", "stop", "eos", "cancelled", "condition") and ``usage`` are
+    set on a variant's last chunk only; a "cancelled" final chunk carries no token (id -1);
+    a "condition" one says which of the request's ``stop_conditions`` held
+    (``stop_condition``, its index) and the feature's activation (``stop_activation``).
     ``tracked`` holds the tracked features' activations in request order;
     ``top_logprobs`` the step's most likely tokens when the request asked for them.
     """
@@ -163,6 +165,8 @@ class GenerateChunk:
     kl_from_baseline: float | None = None
     """STEERED chunks with ``kl_from_baseline=True``: KL(steered || baseline) in nats at
     this step, while the baseline still runs."""
+    stop_condition: int | None = None
+    stop_activation: float | None = None
 
     @property
     def is_final(self) -> bool:
@@ -180,6 +184,8 @@ class Generation:
     tracked: npt.NDArray[np.float32]  # [n_chunks, len(track)]
     finish_reason: str | None
     usage: Usage | None
+    stop_condition: int | None = None
+    """With finish_reason "condition": the index of the stop condition that held."""
 
 
 def collect(chunks: Iterable[GenerateChunk]) -> dict[str, Generation]:
@@ -203,6 +209,7 @@ def collect(chunks: Iterable[GenerateChunk]) -> dict[str, Generation]:
             tracked=tracked.astype(np.float32),
             finish_reason=final.finish_reason if final else None,
             usage=final.usage if final else None,
+            stop_condition=final.stop_condition if final else None,
         )
     return out
 
@@ -305,6 +312,36 @@ MODES = ("add", "clamp", "scale", "ablate", "vector")
 POSITION_NAMES = ("all", "prompt", "generated")
 
 
+CONDITION_OPS = ("above", "below")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A test on one feature at one token: its activation ``above`` (``>``) or ``below``
+    (``<``) ``threshold``. Steers only there (``Steer.when``), or stops a variant where it
+    holds (``stop_conditions=``). The activation is the SAE's own of the activation arriving
+    at its hook point (after steering at earlier points, before steering at its own)."""
+
+    sae: str
+    feature: int
+    threshold: float = 0.0
+    op: str = "above"
+
+    def __post_init__(self) -> None:
+        if self.op not in CONDITION_OPS:
+            raise ValueError(f"condition op must be 'above' or 'below', got {self.op!r}")
+
+    @classmethod
+    def above(cls, sae: str, feature: int, threshold: float = 0.0) -> Condition:
+        """Holds where the feature's activation is > threshold (0: wherever it is active)."""
+        return cls(sae, feature, threshold, "above")
+
+    @classmethod
+    def below(cls, sae: str, feature: int, threshold: float) -> Condition:
+        """Holds where the feature's activation is < threshold."""
+        return cls(sae, feature, threshold, "below")
+
+
 @dataclass(frozen=True)
 class Steer:
     """One intervention of a Generate call; build it with the class methods.
@@ -312,7 +349,9 @@ class Steer:
     ``positions`` is "all", "prompt", "generated", or a sequence of prompt token indices.
     Semantics (see DESIGN.md, "Steering semantics"): ``add`` h += value * d_f; ``clamp``
     pins the feature at value; ``scale`` multiplies it by value; ``ablate`` removes it;
-    ``vector`` adds value * a raw direction at a hook point.
+    ``vector`` adds value * a raw direction at a hook point. ``when(condition)`` limits it
+    to the tokens where a ``Condition`` holds (its SAE hooked at the steered point or an
+    earlier one).
     """
 
     mode: str
@@ -323,6 +362,7 @@ class Steer:
     direction: tuple[float, ...] = ()  # vector mode: the raw direction, d_model floats
     normalize: bool = False
     positions: str | tuple[int, ...] = "all"
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -334,6 +374,10 @@ class Steer:
                 )
         else:
             object.__setattr__(self, "positions", tuple(int(i) for i in self.positions))
+
+    def when(self, condition: Condition) -> Steer:
+        """This intervention, applied only at the tokens where ``condition`` holds."""
+        return replace(self, condition=condition)
 
     @classmethod
     def add(

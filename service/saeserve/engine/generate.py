@@ -36,8 +36,10 @@ from saeserve.engine.decode_hooks import DecodeHooks
 from saeserve.engine.detokenize import TextStream
 from saeserve.engine.emission import emit
 from saeserve.engine.interventions import (
+    ResolvedCondition,
     ResolvedIntervention,
     resolve_interventions,
+    resolve_stop_conditions,
     resolve_tracked,
 )
 from saeserve.engine.kv_cache import growing_cache
@@ -62,6 +64,7 @@ class PreparedRequest:
     request: GenerateRequest
     interventions: list[ResolvedIntervention]
     tracked: list[tuple[HookedSae, int]]
+    stop_conditions: list[ResolvedCondition]
 
     @property
     def sequences(self) -> int:
@@ -118,7 +121,12 @@ class BatchGenerator:
                 f"include_baseline: needs 2 sequences; this replica decodes {self.max_batch_size}"
             )
         interventions = resolve_interventions(self.served, req.interventions, len(req.prompt_ids))
-        return PreparedRequest(req, interventions, resolve_tracked(self.served, req.track))
+        return PreparedRequest(
+            req,
+            interventions,
+            resolve_tracked(self.served, req.track),
+            resolve_stop_conditions(self.served, req.stop_conditions),
+        )
 
     def fits(self, prepared: PreparedRequest) -> bool:
         """Whether the batch has room for the request's sequences now."""
@@ -149,6 +157,7 @@ class BatchGenerator:
                     logprobs=req.logprobs,
                     top_logprobs=req.top_logprobs,
                     kl_from_baseline=req.kl_from_baseline,
+                    stop_conditions=prepared.stop_conditions,  # the baseline's too
                     generator=gen,
                     stream=TextStream(lm.tokenizer, req.sampling.stop),
                 )
@@ -208,7 +217,7 @@ class BatchGenerator:
         prompt_lens = torch.tensor([len(s.prompt_ids) for s in seqs], device=lm.device)
         fns = batch.plan.hook_fns(token_pos, prompt_lens)
         logits = self._forward(ids, mask, token_pos.clamp_min(0), batch.cache, fns)
-        return batch, emit(seqs, logits, batch.plan.tracked, lm.stop_token_ids)
+        return batch, emit(seqs, logits, batch.plan, lm.stop_token_ids)
 
     def _decode(self, batch: RunningBatch) -> list[TokenEvent]:
         lm = self.served.lm
@@ -220,7 +229,7 @@ class BatchGenerator:
         self._decode_hooks.keep(batch.plan)
         with self._decode_hooks.decoding():
             logits = self._forward(ids, mask, position_ids, batch.cache, {})
-        return emit(batch.rows, logits, batch.plan.tracked, lm.stop_token_ids)
+        return emit(batch.rows, logits, batch.plan, lm.stop_token_ids)
 
     def _forward(
         self,

@@ -22,22 +22,55 @@ composition into one group per (hook point, SAE): [R, 1, E] tables of c0 and c1 
 R rows and E entries, and the [E, d] directions; a forward then costs, per group, one
 encode of the rows (none for ADD and VECTOR) and one [R, S, E] @ [E, d] product, and no
 row can change another.
+
+Conditions. An intervention may carry a ``FeatureCondition`` (SAE S, feature F, threshold
+t): it then applies only at the tokens where a_F > t (a_F < t with ``below``), decided per
+row and per position in every forward. a_F is S's exact activation (``encode_sparse``, so
+TopK membership included) of the activation *arriving* at S's hook point in that forward:
+after the interventions at earlier hook points (and, through attention, at earlier
+positions), before those at S's own point, which read their a_f from the same h, so a
+condition never sees its own effect. S may be hooked at the steered point or at one the
+forward reaches before it (``runs_no_later``); a later point is refused, as it would need
+the future of the same position. A request's stop conditions are read the same way at each
+step's input position (the one ``tracked`` reports), for its steered and baseline rows.
+Each (hook point, SAE) of conditions costs one encode of its rows per forward.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from saeserve.engine.served_model import HookedSae, ServedModel
-from saeserve.engine.types import Intervention, InterventionMode, PositionKind, TrackedFeature
+from saeserve.engine.types import (
+    FeatureCondition,
+    Intervention,
+    InterventionMode,
+    PositionKind,
+    TrackedFeature,
+)
 from saeserve.errors import InvalidArgument
-from saeserve.model.hookpoints import HookPoint
+from saeserve.model.hookpoints import HookPoint, runs_no_later
 from saeserve.sae.base import InputNorm, Sae
+
+
+@dataclass(frozen=True)
+class ResolvedCondition:
+    """A validated ``FeatureCondition`` bound to its SAE; ``threshold`` is rounded to
+    float32, the precision activations are compared in on host and device alike."""
+
+    sae: HookedSae
+    feature: int
+    threshold: float
+    below: bool
+
+    def holds(self, a: float) -> bool:
+        return a < self.threshold if self.below else a > self.threshold
 
 
 @dataclass(frozen=True)
@@ -53,6 +86,7 @@ class ResolvedIntervention:
     vector: Tensor | None = None  # [d_model], already unit-norm if normalize was asked
     normalize: bool = False
     indices: tuple[int, ...] = ()
+    condition: ResolvedCondition | None = None
 
 
 def resolve_interventions(
@@ -64,10 +98,36 @@ def resolve_interventions(
 ) -> list[ResolvedIntervention]:
     """Bind each intervention (already ``validate``d: mode, value, positions) to the
     model and its SAEs, checking what needs them; errors name the field."""
-    return [
-        _resolve_one(served, iv, prompt_len, f"{field_name}[{i}]")
-        for i, iv in enumerate(interventions)
-    ]
+    out = []
+    for i, iv in enumerate(interventions):
+        where = f"{field_name}[{i}]"
+        resolved = _resolve_one(served, iv, prompt_len, where)
+        if iv.condition is not None:
+            cond = resolve_condition(served, iv.condition, f"{where}.condition")
+            point = cond.sae.hook_point
+            if not runs_no_later(point, resolved.point):
+                raise InvalidArgument(
+                    f"{where}.condition.sae: {cond.sae.id!r} is hooked at {point}, which the "
+                    f"forward reaches after the steered point {resolved.point}; a condition "
+                    "must be read at or before the point it steers"
+                )
+            resolved = replace(resolved, condition=cond)
+        out.append(resolved)
+    return out
+
+
+def resolve_condition(served: ServedModel, cond: FeatureCondition, where: str) -> ResolvedCondition:
+    """Bind a (``validate``d) condition to its SAE, checking the id and feature range."""
+    hooked = served.sae(cond.sae_id, field_name=f"{where}.sae")
+    _check_feature(hooked, cond.feature, f"{where}.feature")
+    threshold = torch.tensor(cond.threshold, dtype=torch.float32).item()
+    return ResolvedCondition(hooked, cond.feature, threshold, cond.below)
+
+
+def resolve_stop_conditions(
+    served: ServedModel, conds: Sequence[FeatureCondition], *, field_name: str = "stop_conditions"
+) -> list[ResolvedCondition]:
+    return [resolve_condition(served, c, f"{field_name}[{i}]") for i, c in enumerate(conds)]
 
 
 def _resolve_one(
@@ -163,6 +223,55 @@ class _FeatureReader:
         return self.sae.normalize(h)[1].scale.float()
 
 
+class _ConditionReads:
+    """Conditions on features of one SAE, read at its hook point for the rows carrying them.
+
+    Item c is (row, j, condition): the row's j-th condition (of its interventions, or of
+    its stop conditions); ``read(h)`` sets ``values`` and ``holds`` [C, S] at every
+    position of h [B, S, d], the activation arriving at the point.
+    """
+
+    def __init__(self, items: list[tuple[int, int, ResolvedCondition]]) -> None:
+        self.items = items
+        self.reader = _FeatureReader(items[0][2].sae.sae, [c.feature for _, _, c in items])
+        dev = self.reader.features.device
+        rows = sorted({r for r, _, _ in items})
+        self.rows = torch.tensor(rows, device=dev)  # [R]
+        self.row_of = torch.tensor([rows.index(r) for r, _, _ in items], device=dev)  # [C]
+        self.column = torch.arange(len(items), device=dev)  # [C]
+        self.threshold = torch.tensor(
+            [[c.threshold] for _, _, c in items], dtype=torch.float32, device=dev
+        )  # [C, 1]
+        self.below = torch.tensor([[c.below] for _, _, c in items], device=dev)  # [C, 1]
+        self.values: Tensor | None = None
+        self.holds: Tensor | None = None
+
+    def read(self, h: Tensor) -> None:
+        a = self.reader.latents(h.index_select(0, self.rows))  # [R, S, C]
+        values = a[self.row_of, :, self.column]  # [C, S]: item c's feature on its row
+        self.values = values
+        self.holds = torch.where(self.below, values < self.threshold, values > self.threshold)
+
+
+def _condition_reads(
+    conditions: list[tuple[int, int, ResolvedCondition]],
+) -> tuple[dict[HookPoint, list[_ConditionReads]], list[tuple[_ConditionReads, int]]]:
+    """The (row, j, condition)s grouped per (point, SAE): the groups by point, and where
+    each condition landed (its group and its index there), in the order given."""
+    by_sae: dict[tuple[HookPoint, str], list[tuple[int, int, ResolvedCondition]]] = {}
+    where: list[tuple[tuple[HookPoint, str], int]] = []
+    for r, j, c in conditions:
+        key = (c.sae.hook_point, c.sae.id)
+        items = by_sae.setdefault(key, [])
+        where.append((key, len(items)))
+        items.append((r, j, c))
+    reads = {key: _ConditionReads(items) for key, items in by_sae.items()}
+    by_point: dict[HookPoint, list[_ConditionReads]] = defaultdict(list)
+    for (point, _), group in reads.items():
+        by_point[point].append(group)
+    return dict(by_point), [(reads[key], i) for key, i in where]
+
+
 # the coefficient of d_f is c0 + c1 * a_f
 _C0_C1: dict[InterventionMode, Callable[[float], tuple[float, float]]] = {
     InterventionMode.ADD: lambda v: (v, 0.0),
@@ -180,10 +289,16 @@ class _Entries:
     std * mask``; ``c0``, ``c1`` are [R, 1, E] tables over the R rows the group touches,
     zero where an entry is not on a row, so one [R, S, E] @ [E, d] product gives every
     row's change. With ``sae`` None (VECTOR, and ADD on SAEs without a per-token scale)
-    nothing depends on h and no encoder runs.
+    nothing depends on h and no encoder runs. ``conditions[e]`` is where entry e's
+    condition is read (None: unconditional); those reads have run when ``add_to`` does.
     """
 
-    def __init__(self, entries: list[tuple[int, ResolvedIntervention]], sae: Sae | None) -> None:
+    def __init__(
+        self,
+        entries: list[tuple[int, ResolvedIntervention]],
+        sae: Sae | None,
+        conditions: list[tuple[_ConditionReads, int] | None],
+    ) -> None:
         self.items = entries
         self.dirs = torch.stack([_direction(iv) for _, iv in entries])  # [E, d]
         rows = sorted({r for r, _ in entries})
@@ -193,12 +308,36 @@ class _Entries:
         for e, (r, iv) in enumerate(entries):
             i = rows.index(r)
             c0[i][e], c1[i][e] = _C0_C1[iv.mode](iv.value)
-        self.c0 = torch.tensor(c0, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
-        self.c1 = torch.tensor(c1, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
+        # [R, 1, E] float32 each (an int value must not make an integer table)
+        dev = self.dirs.device
+        self.c0 = torch.tensor(c0, dtype=torch.float32, device=dev).unsqueeze(1)
+        self.c1 = torch.tensor(c1, dtype=torch.float32, device=dev).unsqueeze(1)
         self.reader = (
             None if sae is None else _FeatureReader(sae, [iv.feature for _, iv in entries])
         )
         self.needs_latents = bool((self.c1 != 0).any())
+        # entry e's condition is row cond_index[e] of the reads' holds stacked in this
+        # order, then a row of ones for the unconditional entries
+        self.cond_reads = list({id(c[0]): c[0] for c in conditions if c is not None}.values())
+        offsets, n = {}, 0
+        for g in self.cond_reads:
+            offsets[id(g)], n = n, n + len(g.items)
+        self.cond_index = torch.tensor(
+            [n if c is None else offsets[id(c[0])] + c[1] for c in conditions],
+            device=self.dirs.device,
+        )  # [E]
+
+    def condition_mask(self) -> Tensor | None:
+        """[E, S] float: 1 where each entry's condition held in this forward (None when no
+        entry has one)."""
+        if not self.cond_reads:
+            return None
+        holds = []
+        for g in self.cond_reads:
+            assert g.holds is not None  # read at its point, earlier in this forward
+            holds.append(g.holds)
+        table = torch.cat([*holds, holds[0].new_ones(1, holds[0].shape[1])])  # [C + 1, S]
+        return table.index_select(0, self.cond_index).float()
 
     def add_to(self, out: Tensor, h: Tensor, mask: Tensor | None) -> Tensor:
         """out [B, S, d] float plus this group's change, read from the unsteered h [B, S, d];
@@ -211,6 +350,9 @@ class _Entries:
             std = self.reader.std(x)  # [R, S, 1] or None
             if std is not None:
                 coeff = coeff * std
+        conditions = self.condition_mask()
+        if conditions is not None:
+            mask = conditions if mask is None else mask * conditions
         if mask is not None:
             coeff = coeff * mask.T
         delta = coeff @ self.dirs  # [R, S or 1, d]
@@ -260,6 +402,14 @@ class _Tracked:
 HookFn = Callable[[Tensor], Tensor | None]
 
 
+class _Steering(NamedTuple):
+    """What one kind of forward (prefill, decode) does at each point: the conditions read
+    there first, then the groups' changes."""
+
+    groups: dict[HookPoint, list[_Entries]]
+    conditions: dict[HookPoint, list[_ConditionReads]]
+
+
 class SteeringPlan:
     """Hook functions applying each row's interventions and reading its tracked features.
 
@@ -270,19 +420,26 @@ class SteeringPlan:
     token is a generated one, so the PROMPT and INDICES interventions drop out and the rest
     apply without a mask. After the forward, ``tracked`` [B][n_tracked] holds the tracked
     activations at each row's last position (read after steering, so a clamp shows as its
-    value).
+    value), and ``stop_values`` [B][n_stop] each row's stop conditions' activations there
+    (read before the steering at their point, as every condition is).
     """
 
     def __init__(
         self,
         rows: Sequence[Sequence[ResolvedIntervention]],
         tracked: Sequence[Sequence[tuple[HookedSae, int]]] = (),
+        stops: Sequence[Sequence[ResolvedCondition]] = (),
     ) -> None:
         self.n_rows = len(rows)
         self.rows = [list(items) for items in rows]
         tracked = list(tracked) or [[] for _ in rows]
         self.n_tracked = [len(t) for t in tracked]
         self.tracked: list[list[float]] = [[0.0] * n for n in self.n_tracked]
+        stops = list(stops) or [[] for _ in rows]
+        self.stop_values: list[list[float]] = [[0.0] * len(s) for s in stops]
+        self._stops, _ = _condition_reads(
+            [(r, j, c) for r, cs in enumerate(stops) for j, c in enumerate(cs)]
+        )
         self._all = self._entries(lambda iv: True)
         self._decode_fns: dict[HookPoint, HookFn] | None = None
         by_sae: dict[tuple[HookPoint, str], list[tuple[int, int, HookedSae, int]]] = {}
@@ -293,39 +450,60 @@ class SteeringPlan:
         for (point, _), items in by_sae.items():
             self._tracked[point].append(_Tracked(items))
 
-    def _entries(
-        self, keep: Callable[[ResolvedIntervention], bool]
-    ) -> dict[HookPoint, list[_Entries]]:
+    def _entries(self, keep: Callable[[ResolvedIntervention], bool]) -> _Steering:
         """The kept interventions grouped per point: one group per SAE whose change
-        depends on h, and one for all the constant ones."""
+        depends on h, and one for all the constant ones; and their conditions' reads."""
+        kept = [
+            (r, j, iv)
+            for r, items in enumerate(self.rows)
+            for j, iv in enumerate(items)
+            if keep(iv)
+        ]
+        conditions, where = _condition_reads(
+            [(r, j, iv.condition) for r, j, iv in kept if iv.condition is not None]
+        )
+        landed = iter(where)
         groups: dict[HookPoint, dict[str, list[tuple[int, ResolvedIntervention]]]]
         groups = defaultdict(dict)
+        conds: dict[HookPoint, dict[str, list[tuple[_ConditionReads, int] | None]]]
+        conds = defaultdict(dict)
         saes: dict[str, Sae] = {}
-        for r, items in enumerate(self.rows):
-            for iv in items:
-                if not keep(iv):
-                    continue
-                key = ""  # the constant changes, one group per point
-                if iv.sae is not None and _needs_h(iv):
-                    key = iv.sae.id
-                    saes[key] = iv.sae.sae
-                groups[iv.point].setdefault(key, []).append((r, iv))
-        return {
-            point: [_Entries(entries, saes.get(key)) for key, entries in by_key.items()]
-            for point, by_key in groups.items()
-        }
+        for r, _, iv in kept:
+            key = ""  # the constant changes, one group per point
+            if iv.sae is not None and _needs_h(iv):
+                key = iv.sae.id
+                saes[key] = iv.sae.sae
+            groups[iv.point].setdefault(key, []).append((r, iv))
+            cond = next(landed) if iv.condition is not None else None
+            conds[iv.point].setdefault(key, []).append(cond)
+        return _Steering(
+            {
+                point: [
+                    _Entries(entries, saes.get(key), conds[point][key])
+                    for key, entries in by_key.items()
+                ]
+                for point, by_key in groups.items()
+            },
+            conditions,
+        )
 
     @property
     def points(self) -> set[HookPoint]:
-        return set(self._all) | set(self._tracked)
+        return (
+            set(self._all.groups)
+            | set(self._all.conditions)
+            | set(self._tracked)
+            | set(self._stops)
+        )
 
     def hook_fns(self, token_pos: Tensor, prompt_lens: Tensor) -> dict[HookPoint, HookFn]:
         """Hooks for any forward pass; see the class docstring."""
         fns = {}
         for point in self.points:
-            groups = self._all.get(point, [])
+            groups = self._all.groups.get(point, [])
             masks = [_entry_masks(g, token_pos, prompt_lens) for g in groups]
-            fns[point] = self._hook(point, list(zip(groups, masks, strict=True)))
+            reads = self._all.conditions.get(point, [])
+            fns[point] = self._hook(point, list(zip(groups, masks, strict=True)), reads)
         return fns
 
     def decode_hook_fns(self) -> dict[HookPoint, HookFn]:
@@ -335,17 +513,34 @@ class SteeringPlan:
             generated = (PositionKind.ALL, PositionKind.GENERATED)
             decode = self._entries(lambda iv: iv.positions in generated)
             self._decode_fns = {
-                point: self._hook(point, [(g, None) for g in decode.get(point, [])])
+                point: self._hook(
+                    point,
+                    [(g, None) for g in decode.groups.get(point, [])],
+                    decode.conditions.get(point, []),
+                )
                 for point in self.points
             }
         return self._decode_fns
 
-    def _hook(self, point: HookPoint, groups: list[tuple[_Entries, Tensor | None]]) -> HookFn:
-        """The hook at one point: each group's ``add_to`` under its mask, then the tracked
-        features."""
+    def _hook(
+        self,
+        point: HookPoint,
+        groups: list[tuple[_Entries, Tensor | None]],
+        conditions: list[_ConditionReads],
+    ) -> HookFn:
+        """The hook at one point: the conditions and stop conditions read there, each
+        group's ``add_to`` under its mask, then the tracked features."""
         tracked = self._tracked.get(point, [])
+        stops = self._stops.get(point, [])
 
         def fn(h: Tensor) -> Tensor | None:
+            for c in conditions:
+                c.read(h)
+            for s in stops:
+                s.read(h[:, -1:])
+                assert s.values is not None
+                for (r, j, _), value in zip(s.items, s.values[:, 0].tolist(), strict=True):
+                    self.stop_values[r][j] = value
             # every change is read from the unsteered h, then all are added at once
             out = None
             if groups:

@@ -18,7 +18,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from saeserve.engine.detokenize import TextStream
-from saeserve.engine.interventions import ResolvedIntervention, SteeringPlan
+from saeserve.engine.interventions import ResolvedCondition, ResolvedIntervention, SteeringPlan
 from saeserve.engine.served_model import HookedSae
 from saeserve.engine.types import FinishReason, SamplingParams, Variant
 
@@ -36,6 +36,7 @@ class RunningSequence:
     logprobs: bool
     top_logprobs: int
     kl_from_baseline: bool
+    stop_conditions: list[ResolvedCondition]
     generator: torch.Generator
     stream: TextStream
     generated: list[int] = field(default_factory=list)
@@ -66,7 +67,11 @@ class RunningBatch:
 
     @classmethod
     def of(cls, rows: list[RunningSequence], mask: Tensor, cache: DynamicCache) -> RunningBatch:
-        plan = SteeringPlan([s.interventions for s in rows], [s.tracked for s in rows])
+        plan = SteeringPlan(
+            [s.interventions for s in rows],
+            [s.tracked for s in rows],
+            [s.stop_conditions for s in rows],
+        )
         return cls(rows, mask, mask.shape[1], cache, plan)
 
     @property

@@ -90,6 +90,7 @@ class GenerateLimits(Protocol):
     max_abs_intervention_value: float
     max_tracked_features: int
     max_top_logprobs: int
+    max_stop_conditions: int
 
 
 @dataclass
@@ -103,6 +104,7 @@ class EngineLimits:
     max_abs_intervention_value: float = math.inf
     max_tracked_features: int = 256
     max_top_logprobs: int = 20
+    max_stop_conditions: int = 64
 
 
 def at_most(value: float, limit: float, where: str) -> None:
@@ -132,6 +134,22 @@ class PositionKind(StrEnum):
 
 
 @dataclass
+class FeatureCondition:
+    """Holds at a token when feature ``feature`` of SAE ``sae_id`` is above ``threshold``
+    there (below it with ``below``); the activation read is the SAE's own of the activation
+    arriving at its hook point in that forward (``engine.interventions``, "Conditions")."""
+
+    sae_id: str
+    feature: int
+    threshold: float
+    below: bool = False
+
+    def validate(self, where: str) -> None:
+        if not math.isfinite(self.threshold):
+            raise InvalidArgument(f"{where}.threshold: must be finite, got {self.threshold}")
+
+
+@dataclass
 class Intervention:
     mode: InterventionMode
     value: float
@@ -148,6 +166,8 @@ class Intervention:
     positions: PositionKind = PositionKind.ALL
     indices: list[int] = field(default_factory=list)
     """Prompt token indices when positions is INDICES."""
+    condition: FeatureCondition | None = None
+    """Apply only at the tokens (of those ``positions`` selects) where this holds."""
 
     def validate(self, limits: GenerateLimits, where: str) -> None:
         """The checks that need no model (``where`` is this intervention's field path)."""
@@ -168,6 +188,8 @@ class Intervention:
             raise InvalidArgument(
                 f"{where}.indices: only allowed with positions INDICES, got {positions}"
             )
+        if self.condition is not None:
+            self.condition.validate(f"{where}.condition")
 
 
 # --- generation -----------------------------------------------------------------------
@@ -225,6 +247,9 @@ class GenerateRequest:
     kl_from_baseline: bool = False
     """With include_baseline: report at each step KL(steered || baseline) of the two
     variants' next-token distributions (how far steering moved the model)."""
+    stop_conditions: list[FeatureCondition] = field(default_factory=list)
+    """Each variant (the baseline too) finishes (``FinishReason.CONDITION``) at the first
+    step whose input position satisfies any of these."""
 
     def validate(self, limits: GenerateLimits, where: str = "") -> None:
         """Every check that needs no model; the prompt is the generator's to check."""
@@ -242,9 +267,16 @@ class GenerateRequest:
             raise InvalidArgument(
                 f"{_path(where, 'kl_from_baseline')}: needs include_baseline to be true"
             )
+        at_most(
+            len(self.stop_conditions),
+            limits.max_stop_conditions,
+            _path(where, "stop_conditions (count)"),
+        )
         self.sampling.validate(limits, _path(where, "sampling"))
         for i, iv in enumerate(self.interventions):
             iv.validate(limits, _path(where, f"interventions[{i}]"))
+        for i, c in enumerate(self.stop_conditions):
+            c.validate(_path(where, f"stop_conditions[{i}]"))
 
 
 class Variant(StrEnum):
@@ -256,6 +288,7 @@ class FinishReason(StrEnum):
     LENGTH = "length"
     STOP = "stop"  # a stop string matched
     EOS = "eos"
+    CONDITION = "condition"  # a stop condition held
 
 
 @dataclass
@@ -278,6 +311,11 @@ class TokenEvent:
     """STEERED events of a request asking for it, while its baseline also runs:
     KL(steered || baseline) in nats of the two variants' next-token distributions at
     this step (each given its own tokens so far; before temperature)."""
+    stop_condition: int | None = None
+    """With finish reason CONDITION: the index in the request's stop_conditions of the
+    (first) one that held."""
+    stop_activation: float | None = None
+    """With finish reason CONDITION: that condition's feature activation."""
 
 
 # --- feature math -------------------------------------------------------------------

@@ -96,6 +96,27 @@ class HookPoint:
         return self.name
 
 
+def runs_no_later(a: HookPoint, b: HookPoint) -> bool:
+    """Whether, at one position of a forward pass, point ``a``'s activation is final when
+    point ``b``'s hooks run: ``a`` is ``b``, or ``a`` certainly runs first. Within block L
+    the points run resid_pre, attn_out, resid_mid, mlp_out, resid_post; a MODULE inside
+    block L runs somewhere after resid_pre.L and before resid_post.L, and one outside every
+    block (embedding, final norm) is ordered only against itself."""
+    return a == b or _span(a)[1] < _span(b)[0]
+
+
+def _span(p: HookPoint) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(earliest, latest) (layer, tick) at which a point's hooks may run; ticks are twice
+    ``_ORDER`` so a module inside a block fits strictly between its resid_pre and
+    resid_post."""
+    if p.kind is not HookKind.MODULE:
+        tick = (p.layer, 2 * _ORDER[p.kind])
+        return tick, tick
+    if p.layer >= 0:
+        return (p.layer, 1), (p.layer, 2 * _ORDER[HookKind.RESID_POST] - 1)
+    return (-1, 0), (_UNKNOWN_DEPTH_LAYER, 0)
+
+
 class StopForward(Exception):
     """Raised inside a hook to end the forward pass once the `stop_after` point has run."""
 

@@ -17,6 +17,7 @@ import numpy as np
 from saeserve.engine.types import (
     DecomposeRequest,
     DecomposeResult,
+    FeatureCondition,
     FinishReason,
     GenerateRequest,
     Intervention,
@@ -56,6 +57,7 @@ _FINISH = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.CONDITION: pb.FINISH_REASON_CONDITION,
 }
 
 
@@ -123,6 +125,7 @@ class GenerateSpec:
     logprobs: bool = False
     top_logprobs: int = 0
     kl_from_baseline: bool = False
+    stop_conditions: list[FeatureCondition] = field(default_factory=list)
 
     def request(self, prompt_ids: list[int]) -> GenerateRequest:
         """The engine's request, with the prompt (or the rendered messages) as ids."""
@@ -135,12 +138,17 @@ class GenerateSpec:
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
             kl_from_baseline=self.kl_from_baseline,
+            stop_conditions=self.stop_conditions,
         )
 
 
 def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec:
     if bool(msg.prompt) == bool(msg.messages):
         raise InvalidArgument("generate: exactly one of prompt and messages must be non-empty")
+    # before the list is copied (GenerateRequest.validate checks it again, for the engine)
+    at_most(
+        len(msg.stop_conditions), limits.max_stop_conditions, "generate.stop_conditions (count)"
+    )
     spec = GenerateSpec(
         prompt=msg.prompt,
         messages=[(m.role, m.content) for m in msg.messages],
@@ -151,6 +159,7 @@ def generate_from_proto(msg: pb.GenerateRequest, limits: Limits) -> GenerateSpec
         logprobs=msg.logprobs,
         top_logprobs=msg.top_logprobs,
         kl_from_baseline=msg.kl_from_baseline,
+        stop_conditions=[_condition(c) for c in msg.stop_conditions],
     )
     spec.request(prompt_ids=[]).validate(limits, "generate")  # the prompt is checked later
     return spec
@@ -188,7 +197,12 @@ def _intervention(msg: pb.Intervention, i: int, limits: Limits) -> Intervention:
         normalize=msg.normalize,
         positions=_POSITIONS[msg.positions],
         indices=list(msg.indices),
+        condition=_condition(msg.condition) if msg.HasField("condition") else None,
     )
+
+
+def _condition(msg: pb.FeatureCondition) -> FeatureCondition:
+    return FeatureCondition(msg.sae, msg.feature, msg.threshold, msg.below)
 
 
 TokenStrings = Callable[[Sequence[int]], list[str]]
@@ -215,6 +229,10 @@ def chunk_to_proto(
         chunk.logprob = event.logprob
     if event.kl_from_baseline is not None:
         chunk.kl_from_baseline = event.kl_from_baseline
+    if event.stop_condition is not None:
+        chunk.stop_condition = event.stop_condition
+    if event.stop_activation is not None:
+        chunk.stop_activation = event.stop_activation
     if event.finish_reason is not None:
         chunk.finish_reason = _FINISH[event.finish_reason]
         chunk.usage.CopyFrom(pb.Usage(prompt_tokens=prompt_tokens, generated_tokens=index + 1))

@@ -131,6 +131,8 @@ class Limits(BaseModel):
     """SearchFeatures: limit."""
     max_top_logprobs: int = Field(default=20, ge=0)
     """Generate: top_logprobs alternatives per token."""
+    max_stop_conditions: int = Field(default=8, ge=0)
+    """Generate: stop_conditions."""
     max_vector_values: int = Field(default=16384, ge=1)
     """Generate: values in one VECTOR intervention's vector (checked before it is read)."""
     max_queue_length: int = Field(default=256, ge=1)

@@ -44,6 +44,7 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_EOS: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
+    FINISH_REASON_CONDITION: _ClassVar[FinishReason]
 
 class ExplanationSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -73,6 +74,7 @@ FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
+FINISH_REASON_CONDITION: FinishReason
 EXPLANATION_SOURCE_UNSPECIFIED: ExplanationSource
 EXPLANATION_SOURCE_IMPORTED: ExplanationSource
 EXPLANATION_SOURCE_GENERATED: ExplanationSource
@@ -204,7 +206,7 @@ class SaeDecomposition(_message.Message):
     def __init__(self, sae: _Optional[str] = ..., hook_point: _Optional[str] = ..., top_k: _Optional[int] = ..., top_ids: _Optional[_Iterable[int]] = ..., top_values: _Optional[_Iterable[float]] = ..., dense_values: _Optional[_Iterable[float]] = ..., token_mse: _Optional[_Iterable[float]] = ..., explained_variance: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "sampling", "interventions", "include_baseline", "track", "logprobs", "top_logprobs", "kl_from_baseline")
+    __slots__ = ("model", "prompt", "messages", "sampling", "interventions", "include_baseline", "track", "logprobs", "top_logprobs", "kl_from_baseline", "stop_conditions")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +217,7 @@ class GenerateRequest(_message.Message):
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     KL_FROM_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    STOP_CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -225,7 +228,8 @@ class GenerateRequest(_message.Message):
     logprobs: bool
     top_logprobs: int
     kl_from_baseline: bool
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., include_baseline: _Optional[bool] = ..., track: _Optional[_Iterable[_Union[FeatureRef, _Mapping]]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., kl_from_baseline: _Optional[bool] = ...) -> None: ...
+    stop_conditions: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., include_baseline: _Optional[bool] = ..., track: _Optional[_Iterable[_Union[FeatureRef, _Mapping]]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., kl_from_baseline: _Optional[bool] = ..., stop_conditions: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -254,7 +258,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class Intervention(_message.Message):
-    __slots__ = ("mode", "sae", "feature", "value", "hook_point", "vector", "normalize", "positions", "indices")
+    __slots__ = ("mode", "sae", "feature", "value", "hook_point", "vector", "normalize", "positions", "indices", "condition")
     MODE_FIELD_NUMBER: _ClassVar[int]
     SAE_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +268,7 @@ class Intervention(_message.Message):
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
     mode: InterventionMode
     sae: str
     feature: int
@@ -273,7 +278,20 @@ class Intervention(_message.Message):
     normalize: bool
     positions: Positions
     indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, mode: _Optional[_Union[InterventionMode, str]] = ..., sae: _Optional[str] = ..., feature: _Optional[int] = ..., value: _Optional[float] = ..., hook_point: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., normalize: _Optional[bool] = ..., positions: _Optional[_Union[Positions, str]] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    condition: FeatureCondition
+    def __init__(self, mode: _Optional[_Union[InterventionMode, str]] = ..., sae: _Optional[str] = ..., feature: _Optional[int] = ..., value: _Optional[float] = ..., hook_point: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., normalize: _Optional[bool] = ..., positions: _Optional[_Union[Positions, str]] = ..., indices: _Optional[_Iterable[int]] = ..., condition: _Optional[_Union[FeatureCondition, _Mapping]] = ...) -> None: ...
+
+class FeatureCondition(_message.Message):
+    __slots__ = ("sae", "feature", "threshold", "below")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    BELOW_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    feature: int
+    threshold: float
+    below: bool
+    def __init__(self, sae: _Optional[str] = ..., feature: _Optional[int] = ..., threshold: _Optional[float] = ..., below: _Optional[bool] = ...) -> None: ...
 
 class FeatureRef(_message.Message):
     __slots__ = ("sae", "feature")
@@ -284,7 +302,7 @@ class FeatureRef(_message.Message):
     def __init__(self, sae: _Optional[str] = ..., feature: _Optional[int] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("variant", "index", "token_id", "text", "logprob", "tracked", "finish_reason", "usage", "top_logprobs", "kl_from_baseline")
+    __slots__ = ("variant", "index", "token_id", "text", "logprob", "tracked", "finish_reason", "usage", "top_logprobs", "kl_from_baseline", "stop_condition", "stop_activation")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +313,8 @@ class GenerateChunk(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     KL_FROM_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    STOP_CONDITION_FIELD_NUMBER: _ClassVar[int]
+    STOP_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     variant: Variant
     index: int
     token_id: int
@@ -305,7 +325,9 @@ class GenerateChunk(_message.Message):
     usage: Usage
     top_logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
     kl_from_baseline: float
-    def __init__(self, variant: _Optional[_Union[Variant, str]] = ..., index: _Optional[int] = ..., token_id: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ..., tracked: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., top_logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., kl_from_baseline: _Optional[float] = ...) -> None: ...
+    stop_condition: int
+    stop_activation: float
+    def __init__(self, variant: _Optional[_Union[Variant, str]] = ..., index: _Optional[int] = ..., token_id: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ..., tracked: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., top_logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., kl_from_baseline: _Optional[float] = ..., stop_condition: _Optional[int] = ..., stop_activation: _Optional[float] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token_id", "token", "logprob")

@@ -32,6 +32,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 is "off" for every parameter."""
 
 _INTERVENTION_SCHEMA = json_schema(pb.Intervention.DESCRIPTOR)
+_CONDITION_SCHEMA = json_schema(pb.FeatureCondition.DESCRIPTOR)
 _MODES = "add, clamp, scale, ablate, vector (or INTERVENTION_MODE_ADD, ...)"
 
 
@@ -46,6 +47,15 @@ class SteeringOptions(BaseModel):
         f"`mode` is one of {_MODES}; `positions` one of all, prompt, generated, indices.",
         json_schema_extra={"items": _INTERVENTION_SCHEMA["saeserve.v1.Intervention"]},
         examples=[[{"sae": "resid_post.2", "feature": 1224, "mode": "add", "value": 8}]],
+    )
+    stop_conditions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="saeserve.v1.FeatureCondition objects (same fields and limits as gRPC's "
+        "GenerateRequest.stop_conditions): a variant stops at the first step where one holds; "
+        'its `finish_reason` is then "stop" and its choice carries `saeserve: {"finish_reason": '
+        '"condition", "stop_condition": <index>, "stop_activation": <value>}`.',
+        json_schema_extra={"items": _CONDITION_SCHEMA["saeserve.v1.FeatureCondition"]},
+        examples=[[{"sae": "resid_post.2", "feature": 1224, "threshold": 5}]],
     )
     include_baseline: bool = Field(
         default=False,

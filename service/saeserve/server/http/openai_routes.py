@@ -6,8 +6,10 @@ A request becomes one saeserve.v1 GenerateRequest and runs through the same
 are gRPC's; this module only translates shapes. The steered continuation is
 ``choices[0]``; with ``include_baseline`` the unsteered one is ``saeserve.baseline`` (in a
 stream: chunks whose ``choices`` is empty and whose ``saeserve.baseline`` carries the
-delta, so clients that read ``choices[0]`` see only the steered text). Errors name the
-OpenAI parameter (``PARAMS``).
+delta, so clients that read ``choices[0]`` see only the steered text). A variant ended by
+one of ``saeserve.stop_conditions`` has the OpenAI ``finish_reason`` "stop", and its choice
+(its final chunk's, in a stream) says which condition in a ``saeserve`` object
+(``condition_stop``). Errors name the OpenAI parameter (``PARAMS``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ _COMMON_PARAMS = {
     "generate.sampling.top_k": "saeserve.top_k",
     "generate.interventions": "saeserve.interventions",
     "interventions": "saeserve.interventions",  # the engine's checks name fields unprefixed
+    "generate.stop_conditions": "saeserve.stop_conditions",
+    "stop_conditions": "saeserve.stop_conditions",
 }
 CHAT_PARAMS: ParamNames = {
     **_COMMON_PARAMS,
@@ -69,6 +73,7 @@ _FINISH = {
     pb.FINISH_REASON_STOP: "stop",
     pb.FINISH_REASON_EOS: "stop",
     pb.FINISH_REASON_CANCELLED: "stop",
+    pb.FINISH_REASON_CONDITION: "stop",  # the detail goes in the choice's ``saeserve``
 }
 
 
@@ -107,6 +112,10 @@ def generate_request(body: _OpenAIRequest, top_logprobs: int, logprobs: bool) ->
         msg.interventions.extend(
             _intervention(iv, i) for i, iv in enumerate(steering.interventions)
         )
+        msg.stop_conditions.extend(
+            from_json(c, pb.FeatureCondition(), f"generate.stop_conditions[{i}]")
+            for i, c in enumerate(steering.stop_conditions)
+        )
     return msg
 
 
@@ -134,6 +143,8 @@ class _Variant:
     text: list[str] = field(default_factory=list)
     logprobs: list[pb.GenerateChunk] = field(default_factory=list)
     finish_reason: str | None = None
+    condition: dict[str, Any] | None = None
+    """``condition_stop`` of its final chunk."""
     usage: pb.Usage | None = None
     chars: int = 0
     """Characters of text so far (streams keep only this, not the text)."""
@@ -145,6 +156,18 @@ def _usage(u: pb.Usage | None) -> dict[str, int]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+    }
+
+
+def condition_stop(chunk: pb.GenerateChunk) -> dict[str, Any] | None:
+    """A choice's ``saeserve`` object when a stop condition ended its variant (OpenAI has no
+    finish reason for it: the choice's own says "stop")."""
+    if chunk.finish_reason != pb.FINISH_REASON_CONDITION:
+        return None
+    return {
+        "finish_reason": "condition",
+        "stop_condition": chunk.stop_condition,
+        "stop_activation": chunk.stop_activation,
     }
 
 
@@ -225,6 +248,7 @@ class _Completion:
             v.logprobs.append(chunk)
         if chunk.finish_reason:
             v.finish_reason = _FINISH[chunk.finish_reason]
+            v.condition = condition_stop(chunk)
             v.usage = chunk.usage
 
     def _choice(self, v: _Variant) -> dict[str, Any]:
@@ -232,12 +256,15 @@ class _Completion:
         body: dict[str, Any] = (
             {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
         )
-        return {
+        choice = {
             "index": 0,
             **body,
             "logprobs": self._logprobs(v.logprobs, 0),
             "finish_reason": v.finish_reason,
         }
+        if v.condition is not None:
+            choice["saeserve"] = v.condition
+        return choice
 
     def response(self, include_baseline: bool) -> dict[str, Any]:
         steered = self.variants[pb.VARIANT_STEERED]
@@ -267,6 +294,8 @@ class _Completion:
             choice["text"] = chunk.text
         choice["logprobs"] = self._logprobs([chunk], offset)
         choice["finish_reason"] = finish
+        if (condition := condition_stop(chunk)) is not None:
+            choice["saeserve"] = condition
         event = self._head(self.object + (".chunk" if self.chat else ""))
         if chunk.variant == pb.VARIANT_BASELINE:
             if finish and self.include_usage:

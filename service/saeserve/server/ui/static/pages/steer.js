@@ -1,5 +1,6 @@
 // Steering playground (/steer): a prompt or chat messages, any number of interventions
-// (feature by id or by search, mode, strength, positions), sampling settings and seed.
+// (feature by id or by search, mode, strength, positions, an "only when" condition),
+// sampling settings, seed and "stop when" conditions.
 // One /v1/generate call streams the steered and baseline continuations side by side;
 // each token shows its logprob, the likeliest alternatives and the steered features'
 // activations (tracked) on hover or focus, and the columns can be coloured by one of those
@@ -80,6 +81,7 @@ function buildForm() {
       number("top_k", "Top k", params.get("top_k") || DEFAULTS.top_k, { min: 0 }),
       number("seed", "Seed (empty: random)", params.has("seed") ? params.get("seed") : DEFAULTS.seed, { min: 0 }),
       h("label", {}, "Stop strings (separate with |)", h("input", { id: "stop", name: "stop", value: params.getAll("stop").join("|") })),
+      h("label", {}, "Stop when (SAE:FEATURE>T or <T, separate with |)", h("input", { id: "stop-when", name: "stop_when", value: params.getAll("stop_when").join("|"), placeholder: "resid_post.1:2485>1" })),
       h("label", { class: "check" }, h("input", { type: "checkbox", id: "include-baseline", name: "include_baseline", checked: params.get("baseline") !== "0" }), "Baseline beside it"),
     ),
     h(
@@ -126,7 +128,7 @@ function fillSaes(select, model, chosen) {
 
 function interventionRow(model, iv) {
   const n = rowCount++;
-  iv = iv || { sae: model.saes[0]?.id || "", feature: "", mode: "add", value: 8, positions: "all", indices: "" };
+  iv = iv || { sae: model.saes[0]?.id || "", feature: "", mode: "add", value: 8, positions: "all", indices: "", when: "" };
   const sae = h("select", { class: "sae", "aria-label": "SAE" });
   fillSaes(sae, model, iv.sae);
   const list = h("datalist", { id: `feature-options-${n}` });
@@ -137,6 +139,7 @@ function interventionRow(model, iv) {
   const value = h("input", { type: "number", class: "strength", step: "any", value: iv.value, "aria-label": "strength value" });
   const positions = h("select", { class: "positions", "aria-label": "positions" }, POSITIONS.map((p) => h("option", { value: p, selected: p === iv.positions }, p)));
   const indices = h("input", { class: "indices", type: "text", value: iv.indices, placeholder: "0,1,2", "aria-label": "prompt token indices" });
+  const when = h("input", { class: "when", type: "text", value: iv.when, placeholder: "SAE:FEATURE>T", "aria-label": "only where this condition holds" });
   const row = h(
     "div",
     { class: "intervention" },
@@ -148,6 +151,7 @@ function interventionRow(model, iv) {
     h("label", {}, "Strength", h("span", { class: "strength-pair" }, slider, value)),
     h("label", {}, "Positions", positions),
     indices,
+    h("label", {}, "Only when", when),
     h("button", { type: "button", class: "secondary", onclick: () => row.remove(), "aria-label": "remove intervention" }, "✕"),
   );
   const sync = () => {
@@ -184,13 +188,22 @@ async function suggest(list, query, sae) {
   }
 }
 
-// URL encoding of an intervention: sae:feature:mode:value:positions[:i,j,...]
+// URL encoding of an intervention: sae:feature:mode:value:positions[:i,j,...][@condition]
 function parseIntervention(text) {
-  const parts = text.split(":");
+  const at = text.indexOf("@");
+  const when = at < 0 ? "" : text.slice(at + 1);
+  const parts = (at < 0 ? text : text.slice(0, at)).split(":");
   const n = parts.at(-2) === "indices" ? 5 : 4;
   if (parts.length < n + 1) return null;
   const [feature, mode, value, positions, indices = ""] = parts.splice(-n);
-  return { sae: parts.join(":"), feature, mode: MODES.includes(mode) ? mode : "add", value, positions: POSITIONS.includes(positions) ? positions : "all", indices };
+  return { sae: parts.join(":"), feature, mode: MODES.includes(mode) ? mode : "add", value, positions: POSITIONS.includes(positions) ? positions : "all", indices, when };
+}
+
+// A FeatureCondition written as the CLI writes it, SAE:FEATURE>T or SAE:FEATURE<T; null if not.
+function parseCondition(text) {
+  const match = /^(.+):(\d+)([<>])(-?[\d.]+(?:e-?\d+)?)$/.exec(text.trim());
+  if (!match) return null;
+  return { sae: match[1], feature: Number(match[2]), threshold: Number(match[4]), below: match[3] === "<" };
 }
 
 function parseMessage(text) {
@@ -206,6 +219,7 @@ function readInterventions() {
     value: row.querySelector(".strength").value,
     positions: row.querySelector(".positions").value,
     indices: row.querySelector(".indices").value.trim(),
+    when: row.querySelector(".when").value.trim(),
   }));
 }
 
@@ -223,6 +237,7 @@ function readState() {
     top_k: el.top_k.value,
     seed: el.seed.value.trim(),
     stop: el.stop.value.split("|").filter((s) => s !== ""),
+    stopWhen: el.stop_when.value.split("|").map((s) => s.trim()).filter((s) => s !== ""),
     baseline: el.include_baseline.checked,
   };
 }
@@ -234,10 +249,11 @@ function stateToUrl(state) {
   for (const iv of state.interventions) {
     const fields = [iv.sae, iv.feature, iv.mode, iv.value, iv.positions];
     if (iv.positions === "indices") fields.push(iv.indices);
-    url.append("iv", fields.join(":"));
+    url.append("iv", fields.join(":") + (iv.when ? `@${iv.when}` : ""));
   }
   for (const name of ["n", "temp", "top_p", "top_k", "seed"]) url.set(name, state[name]);
   for (const s of state.stop) url.append("stop", s);
+  for (const s of state.stopWhen) url.append("stop_when", s);
   url.set("baseline", state.baseline ? "1" : "0");
   return `${location.pathname}?${url}`;
 }
@@ -268,7 +284,9 @@ function requestBody(state) {
       value: iv.mode === "ablate" ? 0 : Number(iv.value),
       positions: `POSITIONS_${iv.positions.toUpperCase()}`,
       indices: iv.positions === "indices" ? iv.indices.split(",").filter((s) => s.trim()).map(Number) : [],
+      ...(iv.when ? { condition: parseCondition(iv.when) } : {}),
     })),
+    stop_conditions: state.stopWhen.map(parseCondition),
     include_baseline: state.baseline,
     track: trackedFeatures(state.interventions),
     logprobs: true,
@@ -341,6 +359,13 @@ async function generate() {
     showError(main, `Intervention ${unresolved + 1}: the feature must be an id (type words to search, then pick a match).`);
     return;
   }
+  const badWhen = state.interventions.findIndex((iv) => iv.when && !parseCondition(iv.when));
+  const badStop = state.stopWhen.find((s) => !parseCondition(s));
+  if (badWhen >= 0 || badStop !== undefined) {
+    const where = badWhen >= 0 ? `Intervention ${badWhen + 1}: "only when"` : `"Stop when" ${JSON.stringify(badStop)}`;
+    showError(main, `${where} must read SAE:FEATURE>T or SAE:FEATURE<T.`);
+    return;
+  }
   history.replaceState(null, "", stateToUrl(state));
   const shownPrompt = state.chat ? "" : state.prompt;
   const steered = column("steered", state.interventions.length ? "Steered" : "No interventions", shownPrompt);
@@ -364,7 +389,8 @@ async function generate() {
         col.stream.append(span);
       }
       if (chunk.finish_reason && chunk.finish_reason !== "FINISH_REASON_UNSPECIFIED") {
-        const reason = chunk.finish_reason.replace("FINISH_REASON_", "").toLowerCase();
+        let reason = chunk.finish_reason.replace("FINISH_REASON_", "").toLowerCase();
+        if (chunk.stop_condition !== undefined) reason += ` (stop when #${chunk.stop_condition + 1}: ${Number(chunk.stop_activation).toFixed(3)})`;
         const usage = chunk.usage || {};
         col.finish.textContent = `finished: ${reason} · ${usage.generated_tokens ?? "?"} tokens · prompt ${usage.prompt_tokens ?? "?"} tokens`;
       }
