@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from bench.large_sae_arithmetic import report, shards_needed, weight_bytes, wire_bytes
 from torch import Tensor
 
-from bench.large_sae_arithmetic import report, shards_needed, weight_bytes, wire_bytes
 from saeserve.engine.sae_shards import LocalShard, Pending
 from saeserve.engine.sharded_sae import ShardedSae, split_in_process
 from saeserve.sae.base import Activation
