@@ -10,8 +10,8 @@ steered Generate: the four interventions of measurement 5 on the features most o
 active (CLAMP/SCALE/ABLATE call the shards every step), greedy. The split side's answers
 must equal the unsplit's (checked; the note says so). The note also gives the round trip
 of one empty call to a shard (the per-call overhead). ``sharded`` runs it on the profile's
-32k SAE, ``sharded_wide`` on the 1,048,576-latent SAE (``bench.wide``; run it under
-``flock /work/wide.lock``). Ratio = unsplit time / split time (> 1: the split is faster).
+32k SAE, ``sharded_wide`` on the 1,048,576-latent SAE (``bench.wide``; fewer texts, tokens
+and pairs; run it under ``flock /work/wide.lock``). Ratio = unsplit time / split time (> 1: the split is faster).
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ def _same(a: DecomposeResult, b: DecomposeResult) -> bool:
     )
 
 
-def measure(ctx: Context, sae_path: Path | None = None, key: str = "sharded") -> list[Row]:
+def measure(
+    ctx: Context, sae_path: Path | None = None, key: str = "sharded", wide: bool = False
+) -> list[Row]:
     path = sae_path or ctx.assets.sae_path
     whole = ServedModel(ctx.served.lm)
     whole.add_sae(load_sae(path, sae_id=ctx.assets.sae_id))
@@ -92,26 +94,36 @@ def measure(ctx: Context, sae_path: Path | None = None, key: str = "sharded") ->
         split.add_sae(ShardedSae(cfg, tensors["b_dec"][1], remote_shards(spec, cfg.d_sae, handles)))
         del tensors
         call_s = repeat(lambda: handles[0].latents.remote().result(), warmup=3, repeats=50)
-        return _measure(ctx, whole, split, cfg.d_sae, key, summarize(call_s).median)
+        return _measure(ctx, whole, split, cfg.d_sae, key, summarize(call_s).median, wide)
 
 
 def _measure(
-    ctx: Context, whole: ServedModel, split: ServedModel, d_sae: int, key: str, call_s: float
+    ctx: Context,
+    whole: ServedModel,
+    split: ServedModel,
+    d_sae: int,
+    key: str,
+    call_s: float,
+    wide: bool,
 ) -> list[Row]:
     lm = whole.lm
     sae_id = ctx.assets.sae_id
-    n_texts, n_tokens = ctx.count(8, 8, 2), ctx.count(128, 128, 32)
+    # at 1M latents a 1,024-token Decompose is ~30 s on one CPU thread: fewer texts
+    n_texts, n_tokens = ctx.count(2 if wide else 8, 2 if wide else 8, 2), ctx.count(128, 128, 32)
     texts = bench_texts(lm.tokenizer, n_texts, n_tokens)
     req = DecomposeRequest(texts=texts, top_k=32, include_reconstruction=True)
     same_dec = _same(decompose(whole, req), decompose(split, req))
-    warmup, repeats = 1, ctx.count(9, 5, 2, realistic=7)
+    warmup, repeats = (
+        1,
+        ctx.count(5 if wide else 9, 3 if wide else 5, 2, realistic=5 if wide else 7),
+    )
     base_s, cand_s = paired(
         lambda: decompose(whole, req), lambda: decompose(split, req), warmup=warmup, repeats=repeats
     )
     dec_ratio = paired_ratio(base_s, cand_s)
     total = n_texts * n_tokens
 
-    new_tokens = ctx.count(64, 32, 8)
+    new_tokens = ctx.count(32 if wide else 64, 16 if wide else 32, 8)
     prompt_ids = list(lm.tokenizer(PROMPT)["input_ids"])
     whole.lm = split.lm = replace(lm, stop_token_ids=())
     try:
@@ -164,4 +176,4 @@ def _measure(
 
 
 def measure_wide(ctx: Context) -> list[Row]:
-    return measure(ctx, ctx.wide_sae_path, key="sharded_wide")
+    return measure(ctx, ctx.wide_sae_path, key="sharded_wide", wide=True)
