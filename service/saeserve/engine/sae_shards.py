@@ -17,8 +17,8 @@ asks every shard before it waits for any.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import NamedTuple, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from saeserve.errors import InvalidArgument
 from saeserve.sae.base import Activation, InputNorm, Sae, SaeConfig
 from saeserve.sae.formats import build_sae
 
+T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 NEAREST_CHUNK = 2**16
@@ -94,12 +95,13 @@ class Pending(Protocol[T_co]):
     def result(self) -> T_co: ...
 
 
-class Ready(NamedTuple):
+@dataclass(frozen=True)
+class Ready(Generic[T]):
     """An answer already computed (the in-process shard)."""
 
-    value: object
+    value: T
 
-    def result(self):  # type: ignore[no-untyped-def]
+    def result(self) -> T:
         return self.value
 
 
@@ -234,11 +236,15 @@ class SaeShard:
         self, decoder_query: Tensor, encoder_query: Tensor, n: int, exclude: int
     ) -> tuple[Ranked, Ranked]:
         """This shard's n latents nearest each query, by decoder rows and encoder columns."""
-        sae, start = self.sae, self.latents.start
-        kw = {"chunk": NEAREST_CHUNK, "first_id": start, "exclude": exclude}
-        return (
-            rank_by_cosine(sae.W_dec.detach(), decoder_query, n, **kw),  # type: ignore[arg-type]
-            rank_by_cosine(sae.W_enc.detach().T, encoder_query, n, **kw),  # type: ignore[arg-type]
+        start = self.latents.start
+
+        def rank(vectors: Tensor, query: Tensor) -> Ranked:
+            return rank_by_cosine(
+                vectors, query, n, chunk=NEAREST_CHUNK, first_id=start, exclude=exclude
+            )
+
+        return rank(self.sae.W_dec.detach(), decoder_query), rank(
+            self.sae.W_enc.detach().T, encoder_query
         )
 
 
