@@ -37,6 +37,7 @@ from saeserve.engine.sae_shards import (
     LatentRange,
     LocalShard,
     SaeShard,
+    ShardEncoding,
     ShardEndpoint,
     latent_ranges,
     shard_sae,
@@ -122,12 +123,7 @@ class ShardedSae(Sae):
         reconstruction without b_dec [T, d_in] float32."""
         device = x_n.device
         pending = [s.encode(x_n, 0, None, False, False, block_bytes) for s in self.shards]
-        parts = [p.result() for p in pending]
-        cand_v = torch.cat([p.values.to(device) for p in parts], dim=-1)  # [T, sum of k_s]
-        cand_i = torch.cat([p.indices.to(device) for p in parts], dim=-1)
-        order = torch.sort(cand_v, dim=-1, descending=True, stable=True).indices
-        order = order[:, : self.cfg.k or 0]
-        values, indices = cand_v.gather(-1, order), cand_i.gather(-1, order)  # [T, k]
+        values, indices = _merged_top([p.result() for p in pending], self.cfg.k or 0, device)
         recon = None
         if reconstruct:
             pending_d = [s.decode(values, indices) for s in self.shards]
@@ -164,10 +160,7 @@ class ShardedSae(Sae):
         values = x_n.new_zeros(n_tok, 0).float()
         indices = torch.zeros(n_tok, 0, dtype=torch.long, device=device)
         if n_top:
-            cand_v = torch.cat([p.values.to(device) for p in parts.values()], dim=-1)
-            cand_i = torch.cat([p.indices.to(device) for p in parts.values()], dim=-1)
-            order = torch.sort(cand_v, dim=-1, descending=True, stable=True).indices[:, :n_top]
-            values, indices = cand_v.gather(-1, order), cand_i.gather(-1, order)
+            values, indices = _merged_top(list(parts.values()), n_top, device)
         feats = None
         if features is not None:
             feats = torch.zeros(n_tok, len(features), device=device)
@@ -223,6 +216,15 @@ class ShardedSae(Sae):
             merge_ranked([p[0] for p in parts], n),
             merge_ranked([p[1] for p in parts], n),
         )
+
+
+def _merged_top(parts: list[ShardEncoding], n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The n strongest [T, n] (values, ids) of the shards' candidates, given in latent
+    order: a stable sort keeps the lower id first among equal values."""
+    cand_v = torch.cat([p.values.to(device) for p in parts], dim=-1)  # [T, sum of n_s]
+    cand_i = torch.cat([p.indices.to(device) for p in parts], dim=-1)
+    order = torch.sort(cand_v, dim=-1, descending=True, stable=True).indices[:, :n]
+    return cand_v.gather(-1, order), cand_i.gather(-1, order)
 
 
 def split_in_process(
