@@ -1,4 +1,5 @@
-"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|smoke``.
+"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|
+sharded|sharded_wide|smoke``.
 
 Runs the chosen measurements in this process (the memory and SAELens ones in child
 processes, the service ones against a Ray Serve instance it starts) for each profile,
@@ -64,6 +65,10 @@ TARGETS = {
     "gpu": "-",
     "http_latency": "added p50 <= 5 ms",
     "http_streams": ">= 0.9x",
+    "sharded_decompose": "(no target)",
+    "sharded_generate": "(no target)",
+    "sharded_wide_decompose": "(no target)",
+    "sharded_wide_generate": "(no target)",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -78,7 +83,9 @@ GROUPS: dict[str, list[str]] = {
     "generate": ["generate"],
     "memory": ["memory"],
     "service": ["service"],
-    "all": ["decompose", "saelens", "generate", "memory", "service"],
+    "sharded": ["sharded"],
+    "sharded_wide": ["sharded_wide"],
+    "all": ["decompose", "saelens", "generate", "memory", "service", "sharded"],
     "render": [],
     "smoke": ["decompose", "generate", "memory"],
 }
@@ -108,6 +115,18 @@ def _run_memory(ctx: Context) -> list[Row]:
     return memory.measure(ctx)
 
 
+def _run_sharded(ctx: Context) -> list[Row]:
+    from bench import sharded
+
+    return sharded.measure(ctx)
+
+
+def _run_sharded_wide(ctx: Context) -> list[Row]:
+    from bench import sharded
+
+    return sharded.measure_wide(ctx)
+
+
 def _run_service(ctx: Context) -> list[Row]:
     from bench import service
 
@@ -119,6 +138,8 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
     "saelens": (_run_saelens, ["saelens", "saelens_tuned"]),
     "generate": (_run_generate, ["generate", "generate_steered", "engine_step_8"]),
     "memory": (_run_memory, ["memory_engine"]),
+    "sharded": (_run_sharded, ["sharded_decompose", "sharded_generate"]),
+    "sharded_wide": (_run_sharded_wide, ["sharded_wide_decompose", "sharded_wide_generate"]),
     "service": (
         _run_service,
         [

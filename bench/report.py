@@ -63,6 +63,10 @@ EXPECTED_ROWS: dict[str, str] = {
     "gpu": "8. GPU: 1B Llama bf16 decode and Decompose",
     "http_latency": "9. HTTP /v1/completions vs gRPC Generate: added p50",
     "http_streams": "9. HTTP vs gRPC: 8 concurrent streams, tokens/s",
+    "sharded_decompose": "10. 32k SAE split 2 ways on local Ray vs unsplit: Decompose",
+    "sharded_generate": "10. 32k SAE split 2 ways on local Ray vs unsplit: steered Generate",
+    "sharded_wide_decompose": "10. 1M SAE split 2 ways on local Ray vs unsplit: Decompose",
+    "sharded_wide_generate": "10. 1M SAE split 2 ways on local Ray vs unsplit: steered Generate",
 }
 
 

@@ -27,7 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CRDS = Path(__file__).resolve().parent / "crds"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the RayService CRD is 1 MB
-MANIFESTS = [*sorted((DEPLOY / "k8s").glob("*.yaml")), DEPLOY / "prometheus" / "podmonitor.yaml"]
+MANIFESTS = [
+    *sorted((DEPLOY / "k8s").glob("*.yaml")),
+    *sorted((DEPLOY / "k8s" / "sharded-sae").glob("*.yaml")),
+    DEPLOY / "prometheus" / "podmonitor.yaml",
+]
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 """Native gRPC probes are GA since 1.27; KubeRay 1.7 supports recent releases."""
 

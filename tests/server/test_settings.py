@@ -18,6 +18,7 @@ from saeserve.server.settings import (
     DEMO_DATA,
     Limits,
     ModelSpec,
+    SaeSharding,
     SaeSpec,
     ServerSettings,
     overrides_from_assignments,
@@ -166,7 +167,7 @@ def test_overrides_from_assignments() -> None:
         overrides_from_assignments(["limits.max_top_k"])
 
 
-@pytest.mark.parametrize("model", [ServerSettings, Limits, ModelSpec, SaeSpec])
+@pytest.mark.parametrize("model", [ServerSettings, Limits, ModelSpec, SaeSpec, SaeSharding])
 def test_every_field_documented(model: type[BaseModel]) -> None:
     missing = [name for name, f in model.model_fields.items() if not f.description]
     assert not missing
@@ -182,3 +183,19 @@ def test_proto_documents_the_limit_defaults() -> None:
     for name, value in documented:
         assert name in Limits.model_fields, f"proto names unknown limit {name}"
         assert float(getattr(defaults, name)) == float(value), name
+
+
+def test_sharding_takes_a_count_or_ranges_that_tile_from_zero() -> None:
+    assert SaeSharding(shards=3).count == 3
+    assert SaeSharding(ranges=[(0, 10), (10, 25)]).count == 2
+    for bad, named in (
+        ({}, "exactly one"),
+        ({"shards": 2, "ranges": [(0, 10)]}, "exactly one"),
+        ({"ranges": [(1, 10)]}, r"ranges\[0\]"),
+        ({"ranges": [(0, 10), (12, 20)]}, r"ranges\[1\]"),
+        ({"ranges": [(0, 10), (10, 10)]}, r"ranges\[1\]"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            SaeSharding(**bad)
+    spec = SaeSpec(path=Path("/s"), sharding={"shards": 2, "num_gpus": 1})  # type: ignore[arg-type]
+    assert spec.sharding is not None and spec.sharding.num_gpus == 1

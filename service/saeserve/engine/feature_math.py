@@ -43,14 +43,15 @@ An SAE whose width is not the model's (e.g. MLP neurons) has no such path and ge
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from saeserve.engine.types import FeatureNeighbour, FeatureNeighbours, LogitEffects, TokenEffect
+from saeserve.engine.cosine_rank import neighbours, rank_by_cosine
+from saeserve.engine.sharded_sae import ShardedSae
+from saeserve.engine.types import FeatureNeighbours, LogitEffects, TokenEffect
 from saeserve.model.architectures import NormDirectionMap
 from saeserve.sae.base import InputNorm, Sae
 
@@ -68,8 +69,8 @@ LATENTS_PER_CHUNK = 2**16
 def feature_directions(sae: Sae, features: Tensor | None = None) -> Tensor:
     """[F, d_in] float32 ``u_f``: the model-space change per unit of each feature's
     activation (see the module docstring); every feature when ``features`` is None."""
-    w_dec = sae.W_dec.detach()
-    d_f = (w_dec if features is None else w_dec[features.to(w_dec.device)]).float()
+    ids = torch.arange(sae.d_sae) if features is None else features
+    d_f = sae.decoder_rows(ids).detach().float()
     if sae.cfg.input_norm is InputNorm.SCALE:
         d_f = d_f / sae.cfg.norm_scale
     return d_f
@@ -149,33 +150,18 @@ def nearest_features(
 
     Cosines are float32 over the stored weights (the decoder's scaling by an SAE's input
     norm is one factor for all rows and changes no cosine); a zero vector has cosine 0
-    with every other.
+    with every other. A sharded SAE ranks on its shards and merges (``cosine_rank``).
     """
+    if isinstance(sae, ShardedSae):
+        decoder, encoder = sae.nearest_latents(feature, n)
+        return FeatureNeighbours(decoder=neighbours(decoder), encoder=neighbours(encoder))
     with torch.no_grad():
+        w_dec, w_enc_t = sae.W_dec.detach(), sae.W_enc.detach().T
         return FeatureNeighbours(
-            decoder=_nearest_by_cosine(sae.W_dec.detach(), feature, n, chunk),
-            encoder=_nearest_by_cosine(sae.W_enc.detach().T, feature, n, chunk),
+            decoder=neighbours(
+                rank_by_cosine(w_dec, w_dec[feature], n, chunk=chunk, exclude=feature)
+            ),
+            encoder=neighbours(
+                rank_by_cosine(w_enc_t, w_enc_t[feature], n, chunk=chunk, exclude=feature)
+            ),
         )
-
-
-def _nearest_by_cosine(vectors: Tensor, feature: int, n: int, chunk: int) -> list[FeatureNeighbour]:
-    """Top n rows of ``vectors`` [d_sae, d] by cosine with row ``feature``, which is left out."""
-    tiny = torch.finfo(torch.float32).tiny
-    query = vectors[feature].float()
-    query = query / query.norm().clamp_min(tiny)
-    best = torch.empty(0, device=vectors.device)
-    best_ids = torch.empty(0, dtype=torch.int64, device=vectors.device)
-    for start in range(0, int(vectors.shape[0]), chunk):
-        block = vectors[start : start + chunk].float()  # [c, d]
-        cosine = (block @ query) / block.norm(dim=1).clamp_min(tiny)
-        ids = torch.arange(start, start + block.shape[0], device=vectors.device)
-        cosine = cosine.masked_fill(ids == feature, -math.inf)
-        # kept ones first, all with lower ids: a stable sort puts the lower id first on ties
-        cosine, ids = torch.cat([best, cosine]), torch.cat([best_ids, ids])
-        order = torch.sort(cosine, descending=True, stable=True).indices[:n]
-        best, best_ids = cosine[order], ids[order]
-    kept = best > -math.inf
-    return [
-        FeatureNeighbour(int(i), float(c))
-        for i, c in zip(best_ids[kept].tolist(), best[kept].tolist(), strict=True)
-    ]

@@ -207,7 +207,7 @@ class _FeatureReader:
 
     def __init__(self, sae: Sae, features: list[int]) -> None:
         self.sae = sae
-        self.features = torch.tensor(features, device=sae.W_enc.device)  # [E]
+        self.features = torch.tensor(features, device=sae.b_dec.device)  # [E]
 
     def latents(self, h: Tensor) -> Tensor:
         """[..., E] float32: each feature's a_f at every token of h [..., d]."""
@@ -366,7 +366,7 @@ def _direction(iv: ResolvedIntervention) -> Tensor:
         assert iv.vector is not None
         return iv.vector.float()
     sae = iv.sae.sae
-    d_f = sae.W_dec[iv.feature].float()
+    d_f = sae.decoder_rows(torch.tensor([iv.feature]))[0].float()
     if iv.normalize:
         d_f = d_f / d_f.norm().clamp_min(1e-12)
     if sae.cfg.input_norm is InputNorm.SCALE:

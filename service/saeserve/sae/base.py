@@ -151,7 +151,7 @@ class Sae(nn.Module):
     # --- normalisation -------------------------------------------------------------
     def normalize(self, x: Tensor) -> tuple[Tensor, NormContext]:
         """Map model-space x [..., d_in] into SAE space; returns the context to undo it."""
-        x = x.to(self.W_enc.dtype)
+        x = x.to(self.b_dec.dtype)
         if self.cfg.input_norm is InputNorm.LAYERNORM:
             mean = x.mean(dim=-1, keepdim=True)
             centered = x - mean
@@ -297,6 +297,12 @@ class Sae(nn.Module):
         return Encoding(none, none.long(), a.reshape(*lead, -1), None, None)
 
     # --- decode ----------------------------------------------------------------------
+    def decoder_rows(self, features: Tensor) -> Tensor:
+        """[F, d_in] the decoder rows W_dec[f] of ``features`` [F] (long), stored dtype:
+        the one way steering and feature math read decoder directions (a sharded SAE
+        fetches them from the shards that own them)."""
+        return self.W_dec[features.to(self.W_dec.device)]
+
     def _decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
         """SAE-space reconstruction [rows, d_in] of (values, indices) [rows, k]: a gather
         over k rows of W_dec instead of a dense [rows x d_sae] matmul."""

@@ -1,4 +1,5 @@
-"""The Ray Serve application ``saeserve``: an ingress deployment and one deployment per model.
+"""The Ray Serve application ``saeserve``: an ingress deployment, one deployment per model,
+and one per shard of each sharded SAE (``SaeSpec.sharding``).
 
 ``build_app(settings)`` binds the graph; ``app_builder(args)`` is the import path a Serve
 config file names (``saeserve.server.app:app_builder``, args ``{config: FILE, set: [...]}``);
@@ -20,7 +21,8 @@ from ray.serve import Application
 from saeserve.server import local_ray
 from saeserve.server.ingress import SaeserveIngress
 from saeserve.server.replica import ModelReplica
-from saeserve.server.settings import ServerSettings, overrides_from_assignments
+from saeserve.server.settings import ModelSpec, ServerSettings, overrides_from_assignments
+from saeserve.server.shard_replica import SaeShardReplica, shard_deployment_name
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def build_app(settings: ServerSettings) -> Application:
             + settings.limits.max_concurrent_streams,
             max_queued_requests=settings.limits.max_queue_length,
         )
-        models[spec.name] = replica.bind(spec.model_dump(mode="json"), limits)
+        models[spec.name] = replica.bind(spec.model_dump(mode="json"), limits, _shards(spec))
     ingress = serve.deployment(serve.ingress()(SaeserveIngress)).options(  # type: ignore[attr-defined]
         name="SaeserveIngress",
         num_replicas=settings.ingress_replicas,
@@ -54,6 +56,31 @@ def build_app(settings: ServerSettings) -> Application:
         max_ongoing_requests=settings.limits.max_queue_length,
     )
     return ingress.bind(_settings_for_replicas(settings), models)
+
+
+def _shards(spec: ModelSpec) -> dict[str, list[Application]]:
+    """Each sharded SAE's shard deployments, in latent order: their own replicas and
+    resources, so on KubeRay they land on the nodes that have them."""
+    out = {}
+    for sae in spec.saes:
+        if sae.sharding is None:
+            continue
+        sharding = sae.sharding
+        out[sae.effective_id] = [
+            serve.deployment(SaeShardReplica)  # type: ignore[attr-defined]
+            .options(
+                name=shard_deployment_name(spec.name, sae.effective_id, i),
+                num_replicas=sharding.replicas,
+                ray_actor_options={
+                    "num_cpus": sharding.num_cpus,
+                    "num_gpus": sharding.num_gpus,
+                    "resources": dict(sharding.resources),
+                },
+            )
+            .bind(sae.model_dump(mode="json"), i)
+            for i in range(sharding.count)
+        ]
+    return out
 
 
 def _settings_for_replicas(settings: ServerSettings) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from saeserve.engine.decompose import decompose_many
 from saeserve.engine.generate import BatchGenerator
 from saeserve.engine.generation_loop import GenerationLoop
 from saeserve.engine.served_model import ServedModel
+from saeserve.engine.sharded_sae import ShardedSae
 from saeserve.engine.types import (
     DecomposeRequest,
     DecomposeResult,
@@ -34,9 +35,12 @@ from saeserve.engine.types import (
 )
 from saeserve.errors import SaeserveError
 from saeserve.model.loader import resolve_device
+from saeserve.sae.base import Sae
+from saeserve.sae.formats import read_sae
 from saeserve.server import metrics
 from saeserve.server.feature_view import FeatureView
-from saeserve.server.settings import Limits, ModelSpec
+from saeserve.server.settings import Limits, ModelSpec, SaeSpec
+from saeserve.server.shard_replica import remote_shards
 from saeserve.v1 import saeserve_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -51,8 +55,21 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def sharded_sae(spec: SaeSpec, handles: list[Any]) -> ShardedSae:
+    """A sharded SAE's model-replica side: its config and b_dec (read memory-mapped; no
+    other weight is touched here) and one ``RemoteShard`` per shard deployment."""
+    cfg, tensors = read_sae(spec.path, sae_id=spec.effective_id, hook_point=spec.hook_point or None)
+    return ShardedSae(cfg, tensors["b_dec"][1], remote_shards(spec, cfg.d_sae, handles))
+
+
 class ModelReplica:
-    def __init__(self, spec: dict[str, Any], limits: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        limits: dict[str, Any],
+        shards: dict[str, list[Any]] | None = None,
+    ) -> None:
+        """``shards``: each sharded SAE's shard deployment handles, in latent order."""
         from saeserve.sae.formats import load_sae
 
         self.spec = ModelSpec.model_validate(spec)
@@ -63,9 +80,13 @@ class ModelReplica:
             self.spec.path, device=device, dtype=dtype, name=self.spec.name
         )
         for s in self.spec.saes:
-            sae = load_sae(
-                s.path, device=device, sae_id=s.effective_id, hook_point=s.hook_point or None
-            )
+            sae: Sae
+            if s.sharding is not None:
+                sae = sharded_sae(s, (shards or {})[s.effective_id])
+            else:
+                sae = load_sae(
+                    s.path, device=device, sae_id=s.effective_id, hook_point=s.hook_point or None
+                )
             self.served.add_sae(sae)
         self.features = FeatureView.load(
             self.served, {s.effective_id: s.index_folder for s in self.spec.saes}

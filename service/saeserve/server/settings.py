@@ -41,6 +41,50 @@ CONFIG_FILE_ENV = "SAESERVE_CONFIG"
 _config_file: ContextVar[Path | None] = ContextVar("saeserve_config_file", default=None)
 
 
+class SaeSharding(BaseModel):
+    """An SAE split by latent range into shards, each its own Ray Serve deployment
+    (``Shard_<model>_<sae>_<i>``, docs/large-saes.md): the model replica sends each shard
+    the hook activations and merges their answers exactly."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    shards: int = Field(default=0, ge=0)
+    """Split into this many near-equal latent ranges (0 = use ``ranges``)."""
+    ranges: list[tuple[int, int]] = Field(default_factory=list)
+    """Explicit [start, stop) latent ranges tiling [0, d_sae) in order; uneven widths
+    allowed (the end is checked against the SAE's d_sae when it loads)."""
+    replicas: int = Field(default=1, ge=1)
+    """Replicas of each shard deployment."""
+    num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs per shard replica."""
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs per shard replica (fractional packs several shards onto one GPU)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per shard replica: places shards on the nodes (KubeRay worker
+    groups) that have them."""
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    """Torch device of a shard; auto = the replica's GPU if it has one, else cpu."""
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SaeSharding:
+        if (self.shards > 0) == bool(self.ranges):
+            raise ValueError("sharding: give exactly one of shards (>= 1) or ranges")
+        expected = 0
+        for i, (start, stop) in enumerate(self.ranges):
+            if start != expected or stop <= start:
+                raise ValueError(
+                    f"sharding.ranges[{i}]: [{start}, {stop}) must start at {expected} and be"
+                    " non-empty (ranges tile [0, d_sae) in order)"
+                )
+            expected = stop
+        return self
+
+    @property
+    def count(self) -> int:
+        """How many shards (deployments) the SAE has."""
+        return self.shards or len(self.ranges)
+
+
 class SaeSpec(BaseModel):
     """One SAE to hook into a model."""
 
@@ -54,6 +98,9 @@ class SaeSpec(BaseModel):
     """Hook point override (any alias); empty = the one recorded with the SAE."""
     index: Path | None = None
     """Feature index folder (``saeserve index``); empty = ``<path>/feature_index`` if present."""
+    sharding: SaeSharding | None = None
+    """Split the SAE by latent range across shard deployments; none = the model replica
+    holds it whole."""
 
     @property
     def index_folder(self) -> Path:

@@ -28,7 +28,7 @@ from saeserve.sae.base import Sae, SaeConfig
 from saeserve.sae.formats import gemmascope, openai, saelens, sparsify
 from saeserve.sae.ids import default_sae_id
 
-__all__ = ["SaeFormat", "detect_format", "load_sae", "write_sae"]
+__all__ = ["SaeFormat", "detect_format", "load_sae", "read_sae", "write_sae"]
 
 
 class SaeFormat(StrEnum):
@@ -70,10 +70,25 @@ def load_sae(
     ``resid_post.<layer>`` when ``layer`` is given, or left empty). ``layer`` also picks
     the hookpoint folder of a sparsify run, or ``<layer>.pt`` in an OpenAI folder.
     """
-    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
-        raise InvalidArgument(f"layer: must be an integer >= 0, got {layer!r}")
     if dtype is not None and not dtype.is_floating_point:
         raise InvalidArgument(f"dtype: must be a floating point dtype, got {dtype}")
+    cfg, tensors = read_sae(path, sae_id=sae_id, hook_point=hook_point, layer=layer)
+    return build_sae(cfg, tensors, device=device, dtype=dtype)
+
+
+def read_sae(
+    path: str | Path,
+    *,
+    sae_id: str | None = None,
+    hook_point: str | None = None,
+    layer: int | None = None,
+) -> tuple[SaeConfig, dict[str, tuple[str, Tensor]]]:
+    """The config and our-orientation tensors (name -> (origin, tensor)) of the SAE at
+    ``path``, as ``load_sae`` reads them (same arguments), before ``build_sae``: safetensors
+    stay memory-mapped, so a shard (``saeserve.engine.sae_shards``) that slices its latents
+    out touches only their pages."""
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+        raise InvalidArgument(f"layer: must be an integer >= 0, got {layer!r}")
     found = detect_format(Path(path), layer=layer)
     if found.format is SaeFormat.SAELENS:
         cfg, tensors = saelens.read_saelens(found.path, layer=layer)
@@ -86,7 +101,7 @@ def load_sae(
     if hook_point:
         cfg.hook_point = hook_point
     cfg.id = sae_id or default_sae_id(found.path)
-    return build_sae(cfg, tensors, device=device, dtype=dtype)
+    return cfg, tensors
 
 
 def write_sae(sae: Sae, folder: str | Path) -> Path:
