@@ -145,18 +145,22 @@ class FeatureInputResult:
 
 
 # --- next-token logit -----------------------------------------------------------------
-def attribute(served: ServedModel, req: AttributionRequest) -> AttributionResult:
-    """See the module docstring."""
+def attribute(
+    served: ServedModel, req: AttributionRequest, *, field: str = ""
+) -> AttributionResult:
+    """See the module docstring. Errors name the request's fields under ``field``."""
     lm = served.lm
-    saes = served.select(req.sae_ids)
+    saes = served.select(req.sae_ids, field_name=_named(field, "saes"))
     if not saes:
-        raise InvalidArgument(f"saes: model {served.name!r} has no SAEs loaded")
+        raise InvalidArgument(f"{_named(field, 'saes')}: model {served.name!r} has no SAEs loaded")
     if not req.token_ids:
-        raise InvalidArgument("prompt: at least one token is required")
+        raise InvalidArgument(f"{_named(field, 'prompt')}: at least one token is required")
     w_u = lm.layout.unembed_weight(lm.model).detach()  # [vocab, d_model]
     for name, token in (("target", req.target), ("contrast", req.contrast)):
         if token is not None and not 0 <= token < w_u.shape[0]:
-            raise InvalidArgument(f"{name}.id: {token} must be in [0, {w_u.shape[0]}) (vocab)")
+            raise InvalidArgument(
+                f"{_named(field, name)}.id: {token} must be in [0, {w_u.shape[0]}) (vocab)"
+            )
     by_point: dict[HookPoint, list[HookedSae]] = defaultdict(list)
     for h in saes:
         by_point[h.hook_point].append(h)
@@ -190,6 +194,10 @@ def attribute(served: ServedModel, req: AttributionRequest) -> AttributionResult
             metric=float(metric),
             saes=[out[i] for i in _order(saes, out)],
         )
+
+
+def _named(field: str, name: str) -> str:
+    return f"{field}.{name}" if field else name
 
 
 def _order(saes: list[HookedSae], out: list[SaeAttribution]) -> list[int]:
@@ -325,19 +333,26 @@ def _top(values: Tensor, n: int, *, positive: bool) -> Tensor:
 
 
 # --- a feature's input tokens -----------------------------------------------------------
-def attribute_feature(served: ServedModel, req: FeatureInputRequest) -> FeatureInputResult:
-    """See the module docstring: gradient x input of one feature's pre-activation."""
+def attribute_feature(
+    served: ServedModel, req: FeatureInputRequest, *, field: str = ""
+) -> FeatureInputResult:
+    """See the module docstring: gradient x input of one feature's pre-activation. Errors
+    name the request's fields under ``field``."""
     lm = served.lm
-    hooked = served.sae(req.sae_id)
+    hooked = served.sae(req.sae_id, field_name=_named(field, "sae"))
     sae = hooked.sae
     if not 0 <= req.feature < sae.d_sae:
-        raise InvalidArgument(f"feature: {req.feature} must be in [0, {sae.d_sae}) (d_sae)")
+        raise InvalidArgument(
+            f"{_named(field, 'feature')}: {req.feature} must be in [0, {sae.d_sae}) (d_sae)"
+        )
     n = len(req.token_ids)
     if not n:
-        raise InvalidArgument("prompt: at least one token is required")
+        raise InvalidArgument(f"{_named(field, 'prompt')}: at least one token is required")
     p = n - 1 if req.position is None else req.position
     if not 0 <= p < n:
-        raise InvalidArgument(f"position: {p} must be in [0, {n}) (the prompt's tokens)")
+        raise InvalidArgument(
+            f"{_named(field, 'position')}: {p} must be in [0, {n}) (the prompt's tokens)"
+        )
     ids = torch.tensor([req.token_ids[: p + 1]], device=lm.device)  # later tokens cannot matter
     with torch.no_grad():
         embeds = lm.layout.embed(lm.model)(ids)
