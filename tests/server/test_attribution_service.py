@@ -3,6 +3,8 @@ to the engine run in this process, over HTTP equal to gRPC; bad fields are named
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +21,9 @@ from saeserve.engine.attribution import (
 from saeserve.engine.served_model import ServedModel
 from saeserve.sae.formats import load_sae
 from saeserve.v1 import saeserve_pb2 as pb
+from saeserve_client import AsyncSaeserveClient, SaeserveClient
 from tests.conftest import AUTH, KEY, LIMITS, Server
+from tests.server.test_client_real import _cli
 from tests.server.test_http import as_json
 
 PROMPT = "The cat sat on the"
@@ -129,3 +133,36 @@ def test_http_equals_grpc_and_names_bad_fields(server: Server, http: httpx.Clien
 
     paths = http.get("/openapi.json").json()["paths"]
     assert {"/v1/attribute", "/v1/attribute/feature"} <= set(paths)
+
+
+def test_client_and_cli_on_the_demo(server: Server) -> None:
+    prompt = "The cat sat on the"
+    request = pb.AttributeRequest(
+        model="demo", prompt=prompt, target=pb.TokenChoice(text=" mat"), top_n=3
+    )
+    want = server.stub.Attribute(request, metadata=AUTH)
+    with SaeserveClient(server.target, api_key=KEY) as client:
+        got = client.attribute(prompt, target=" mat", top_n=3, model="demo")
+    assert got.target.token == " mat" and got.contrast is None
+    assert got.metric == pytest.approx(want.metric, abs=1e-6)
+    for g, w in zip(got.saes, want.saes, strict=True):
+        assert [e.feature for e in g.top_total_positive] == [
+            e.feature for e in w.top_total_positive
+        ]
+        assert g.total.whole == pytest.approx(w.total.whole, abs=1e-6)
+    assert got["resid_post.2"].active_features == want.saes[1].active_features
+
+    async def feature() -> Any:
+        async with AsyncSaeserveClient(server.target, api_key=KEY) as client:
+            return await client.attribute_feature(
+                prompt, "resid_post.2", 1224, position=3, model="demo"
+            )
+
+    inputs = asyncio.run(feature())
+    assert inputs.position == 3 and inputs.attributions.shape == (4,)
+
+    out = _cli(server, "attribute", prompt, "--token", " mat", "--top-n", "3", "--model", "demo")
+    assert '" mat"' in out and "resid_post.2 @ resid_post.2" in out and "total +" in out
+    args = ("attribute-feature", prompt, "resid_post.2", "1224", "--json", "--position", "3")
+    printed = json.loads(_cli(server, *args, "--model", "demo"))
+    assert printed["attributions"] == pytest.approx(inputs.attributions.tolist(), abs=1e-6)
