@@ -48,6 +48,17 @@ class Context:
             self._served = ServedModel.load(self.assets.model_path, [self.assets.sae_path])
         return self._served
 
+    @property
+    def wide_sae_path(self) -> Path:
+        """The 1,048,576-latent SAE for the realistic model (``bench.wide``), built once.
+
+        Rows measured on it belong to the realistic profile; load it under
+        ``flock /work/wide.lock`` on a shared machine (6 GiB of weights).
+        """
+        from bench.wide import wide_sae  # builds the realistic model too: not for the demo
+
+        return wide_sae()
+
     def pick(
         self, full: float, quick: float, smoke: float, realistic: float | None = None
     ) -> float:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.assets import BenchAssets
+from saeserve.server import local_ray
 from saeserve.server.settings import Limits, ModelSpec, SaeSpec, ServerSettings
 
 MODEL_NAME = "bench"
@@ -56,20 +57,20 @@ def bench_settings(
 
 @contextmanager
 def running_server(assets: BenchAssets, threads: int, **limits: Any) -> Iterator[Server]:
+    settings = bench_settings(assets, free_port(), free_port(), **limits)
+    local_ray.prepare(settings)
     import ray
     from ray import serve
 
     from saeserve.server.app import start
 
-    settings = bench_settings(assets, free_port(), free_port(), **limits)
     # replicas (num_cpus=1) get OMP_NUM_THREADS from Ray; keep it equal to the bench's
     os.environ["OMP_NUM_THREADS"] = str(threads)
     ray.init(
         num_cpus=4,
-        include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=False,
-        _metrics_export_port=settings.metrics_port,
+        **local_ray.init_options(settings),
     )
     try:
         start(settings)

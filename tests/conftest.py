@@ -95,7 +95,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     import ray
     from ray import serve
 
-    from saeserve.server.app import local_ray_options, start
+    from saeserve.server.app import start
+    from saeserve.server.local_ray import init_options
 
     root = tmp_path_factory.mktemp("served")
     model, saes = build_assets(root)
@@ -115,7 +116,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ray.init(
         num_cpus=4,
         _system_config={"metrics_report_interval_ms": 500},
-        **local_ray_options(settings),
+        **init_options(settings),
     )
     try:
         start(settings)

@@ -1,5 +1,6 @@
-"""Safe binding (issue 14, failures 5 and 6): a second process cannot silently share the
-gRPC port, and Serve's HTTP port answers with the authenticated API, not a 500."""
+"""Safe binding (issue 14, failures 5, 6 and 8): a second process cannot silently share the
+gRPC port, Serve's HTTP port answers with the authenticated API, not a 500, and with a
+loopback host nothing listens beyond loopback."""
 
 from __future__ import annotations
 
@@ -80,17 +81,22 @@ def _listening(port: int) -> set[str]:
     return addresses
 
 
-def test_with_a_loopback_host_the_api_ports_listen_on_loopback_only(server: Server) -> None:
-    """The settings' host (127.0.0.1 here, the default) is where gRPC and HTTP listen.
-    Ray's metrics port is not covered: Ray binds it on every interface (failure 8, open)."""
+def test_with_a_loopback_host_every_port_listens_on_loopback_only(server: Server) -> None:
+    """The settings' host (127.0.0.1 here, the default) is where gRPC, HTTP and the
+    metrics listen, and so do Ray's own GCS and raylet ports (failures 5 and 8)."""
     loopback = {
         "0100007F",  # 127.0.0.1
         "00000000000000000000000001000000",  # ::1
         "0000000000000000FFFF00000100007F",  # ::ffff:127.0.0.1
     }
+    import ray
+
+    node = ray.get_runtime_context().gcs_address
     ports = {
         "grpc_port": server.settings.grpc_port,
         "http_port": server.settings.http_port,
+        "metrics_port": server.settings.metrics_port,
+        "Ray's GCS": int(node.rsplit(":", 1)[1]),
     }
     for name, port in ports.items():
         addresses = _listening(port)

@@ -17,6 +17,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from saeserve.server import local_ray
 from saeserve.server.ingress import SaeserveIngress
 from saeserve.server.replica import ModelReplica
 from saeserve.server.settings import ServerSettings, overrides_from_assignments
@@ -69,13 +70,6 @@ def app_builder(args: dict[str, Any]) -> Application:
     return build_app(ServerSettings.load(args.get("config"), **overrides))
 
 
-def local_ray_options(settings: ServerSettings) -> dict[str, Any]:
-    """``ray.init`` options for a local cluster: our metrics (and Serve's) on
-    settings.metrics_port. Ray's metrics exporter binds every interface whatever the
-    settings' host (docs/RELIABILITY.md, failure 8)."""
-    return {"include_dashboard": False, "_metrics_export_port": settings.metrics_port}
-
-
 def start(settings: ServerSettings, *, ray_address: str | None = None) -> None:
     """Start (or join) Ray, start Serve and run the app; returns once it is deployed and,
     on a local cluster, once its gRPC port answers health SERVING."""
@@ -85,7 +79,7 @@ def start(settings: ServerSettings, *, ray_address: str | None = None) -> None:
         if ray_address:
             ray.init(address=ray_address, logging_level=logging.WARNING)
         else:
-            ray.init(logging_level=logging.WARNING, **local_ray_options(settings))
+            ray.init(logging_level=logging.WARNING, **local_ray.init_options(settings))
     serve.start(http_options={"host": settings.host, "port": settings.http_port})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     if not ray_address:  # a local cluster: the ingress, and so the port, is on this machine

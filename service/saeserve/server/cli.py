@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from saeserve.server import local_ray
 from saeserve.server.settings import ServerSettings, overrides_from_assignments
 
 
@@ -94,9 +95,10 @@ def _settings_file(config: Path | None) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    local_ray.prepare(settings)  # before Ray is imported
     from saeserve.server.app import APP_NAME, start
 
-    settings = settings_from_args(args)
     start(settings, ray_address=args.ray_address)
     models = ", ".join(f"{m.name} ({len(m.saes)} SAEs)" for m in settings.models)
     auth = (

@@ -201,7 +201,8 @@ class ServerSettings(BaseSettings):
     """Models to serve; the first is the default for requests with an empty model."""
     host: str = "127.0.0.1"
     """Address the gRPC server (in each ingress replica) and Ray's HTTP proxy bind; loopback
-    by default, ``0.0.0.0`` for every interface (the container and KubeRay settings)."""
+    by default, ``0.0.0.0`` for every interface (the container and KubeRay settings). A
+    local Ray cluster started by ``saeserve serve`` stays on loopback when this is."""
     grpc_port: int = Field(default=9000, ge=1, le=65535)
     """gRPC port (the API, health and reflection)."""
     http_port: int = Field(default=8000, ge=1, le=65535)
@@ -212,7 +213,8 @@ class ServerSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the HTTP API from a browser (CORS); empty = CORS off."""
     metrics_port: int = Field(default=8080, ge=1, le=65535)
-    """Port where Ray exports Prometheus metrics (``ray_serve_*`` and ``saeserve_*``)."""
+    """Port where Ray exports Prometheus metrics (``ray_serve_*`` and ``saeserve_*``); on a
+    local cluster with a loopback ``host`` it, like every Ray port, listens on loopback."""
     ingress_replicas: int = Field(default=1, ge=1)
     """gRPC ingress replicas; those on one node share grpc_port (SO_REUSEPORT)."""
     ingress_resources: dict[str, float] = Field(default_factory=dict)

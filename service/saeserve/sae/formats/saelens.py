@@ -159,6 +159,23 @@ def write_saelens(sae: Sae, folder: Path) -> Path:
         tensors.update(_fold_input_scale(tensors, cfg.norm_scale))
         input_norm = InputNorm.NONE
 
+    out = saelens_cfg(cfg, dtype, input_norm)
+
+    # write beside, then rename, so a reader never sees half a file
+    weights_tmp = folder / f".{WEIGHTS_FILE}.tmp"
+    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+    cfg_tmp = folder / f".{CFG_FILE}.tmp"
+    cfg_tmp.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(weights_tmp, folder / WEIGHTS_FILE)
+    os.replace(cfg_tmp, folder / CFG_FILE)
+    return folder
+
+
+def saelens_cfg(cfg: SaeConfig, dtype: str, input_norm: InputNorm) -> dict[str, Any]:
+    """The ``cfg.json`` contents for ``cfg`` with weights of ``dtype`` ("float32", ...).
+
+    ``input_norm`` is the norm the written weights expect (a dataset scale is folded away).
+    """
     out: dict[str, Any] = {
         "architecture": _ARCHITECTURE[cfg.activation],
         "d_in": cfg.d_in,
@@ -181,15 +198,7 @@ def write_saelens(sae: Sae, folder: Path) -> Path:
     if input_norm is not cfg.input_norm:
         own["folded_norm_scale"] = cfg.norm_scale  # for people reading the file; never read
     out[OWN_KEY] = own | {"metadata": cfg.metadata}
-
-    # write beside, then rename, so a reader never sees half a file
-    weights_tmp = folder / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-    cfg_tmp = folder / f".{CFG_FILE}.tmp"
-    cfg_tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(weights_tmp, folder / WEIGHTS_FILE)
-    os.replace(cfg_tmp, folder / CFG_FILE)
-    return folder
+    return out
 
 
 def _fold_decoder_norms(tensors: dict[str, tuple[str, Tensor]], cfg: SaeConfig) -> None:
