@@ -1,4 +1,4 @@
-"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|smoke``.
+"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|attribution|smoke``.
 
 Runs the chosen measurements in this process (the memory and SAELens ones in child
 processes, the service ones against a Ray Serve instance it starts) for each profile,
@@ -64,6 +64,8 @@ TARGETS = {
     "gpu": "-",
     "http_latency": "added p50 <= 5 ms",
     "http_streams": ">= 0.9x",
+    "attribution": ">= 0.8x",
+    "neighbours_wide": ">= 0.8x",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -78,9 +80,10 @@ GROUPS: dict[str, list[str]] = {
     "generate": ["generate"],
     "memory": ["memory"],
     "service": ["service"],
-    "all": ["decompose", "saelens", "generate", "memory", "service"],
+    "attribution": ["attribution", "neighbours"],
+    "all": ["decompose", "saelens", "generate", "memory", "service", "attribution", "neighbours"],
     "render": [],
-    "smoke": ["decompose", "generate", "memory"],
+    "smoke": ["decompose", "generate", "memory", "attribution"],
 }
 
 
@@ -114,6 +117,18 @@ def _run_service(ctx: Context) -> list[Row]:
     return service.measure(ctx)
 
 
+def _run_attribution(ctx: Context) -> list[Row]:
+    from bench import attribution
+
+    return attribution.measure(ctx)
+
+
+def _run_neighbours(ctx: Context) -> list[Row]:
+    from bench import neighbours
+
+    return neighbours.measure(ctx)
+
+
 MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
     "decompose": (_run_decompose, ["decompose"]),
     "saelens": (_run_saelens, ["saelens", "saelens_tuned"]),
@@ -135,6 +150,8 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
             "memory_replica",
         ],
     ),
+    "attribution": (_run_attribution, ["attribution"]),
+    "neighbours": (_run_neighbours, ["neighbours_wide"]),
 }
 
 

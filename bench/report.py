@@ -63,6 +63,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "gpu": "8. GPU: 1B Llama bf16 decode and Decompose",
     "http_latency": "9. HTTP /v1/completions vs gRPC Generate: added p50",
     "http_streams": "9. HTTP vs gRPC: 8 concurrent streams, tokens/s",
+    "attribution": "10. Attribution latency, 128-token prompt: vs one forward + backward by hand",
+    "neighbours_wide": "11. Neighbours of one feature of a 1M-latent SAE: vs a chunked matmul by hand",
 }
 
 
