@@ -18,7 +18,9 @@ from saeserve.engine.attribution import (
     attribute,
     attribute_feature,
 )
+from saeserve.engine.generate import generate
 from saeserve.engine.served_model import ServedModel
+from saeserve.engine.types import GenerateRequest, SamplingParams
 from saeserve.sae.formats import load_sae
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve_client import AsyncSaeserveClient, SaeserveClient
@@ -45,11 +47,21 @@ def http(server: Server) -> Iterator[httpx.Client]:
 
 
 def test_attribute_over_grpc_equals_the_engine(server: Server, engine: ServedModel) -> None:
+    """Also while the same replica generates: both answers stay the engine's."""
     ids = engine.lm.tokenizer(PROMPT)["input_ids"]
     request = pb.AttributeRequest(
         prompt=PROMPT, target=pb.TokenChoice(id=7), contrast=pb.TokenChoice(id=9), top_n=4
     )
+    sampling = pb.SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+    stream = server.stub.Generate(
+        pb.GenerateRequest(prompt="Once upon a time", sampling=sampling), metadata=AUTH
+    )
+    generated = [next(stream).token_id]  # the stream is running
     got = server.stub.Attribute(request, metadata=AUTH)
+    generated += [c.token_id for c in stream]
+    greedy = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+    prompt_ids = engine.lm.tokenizer("Once upon a time")["input_ids"]
+    assert generated == [e.token_id for e in generate(engine, GenerateRequest(prompt_ids, greedy))]
     want = attribute(engine, AttributionRequest(ids, target=7, contrast=9, top_n=4))
     assert list(got.tokens.ids) == ids
     assert (got.target.token_id, got.contrast.token_id) == (7, 9)
