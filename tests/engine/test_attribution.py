@@ -16,6 +16,7 @@ from torch import Tensor
 
 from saeserve.engine.attribution import (
     AttributionRequest,
+    EffectTerms,
     FeatureInputRequest,
     SaeAttribution,
     attribute,
@@ -243,3 +244,35 @@ def test_bad_input_names_the_field(case: tuple[str, ServedModel]) -> None:
         attribute_feature(served, FeatureInputRequest(PROMPT, "post0", 1, position=7))
     with pytest.raises(InvalidArgument, match=r"^feature: "):
         attribute_feature(served, FeatureInputRequest(PROMPT, "post0", 64))
+
+
+def test_a_module_hook_point_has_no_direct_path(case: tuple[str, ServedModel]) -> None:
+    """An SAE on a module inside a block (the MLP's input norm): total effects only; the
+    total identity still holds, and the manual gradient at that module's output agrees."""
+    family, shared = case
+    path = {"gpt2": "transformer.h.1.ln_2", "llama": "model.layers.1.post_attention_layernorm"}
+    served = ServedModel.load(shared.lm.path)
+    served.add_sae(random_sae(served.lm.layout.d_model, path[family], sae_id="ln2", seed=9))
+    res = attribute(served, AttributionRequest(PROMPT, ["ln2"], target=40, top_n=64)).saes[0]
+    assert not res.has_direct_path and res.active > 0
+    assert all(e.direct == 0.0 for e in res.total_positive + res.total_negative)
+    assert res.direct == EffectTerms(0.0, 0.0, 0.0, 0.0)
+    module = served.lm.model.get_submodule(path[family])
+    leaf: list[Tensor] = []
+
+    def make_leaf(_m, _inp, out):
+        leaf.append(out.detach().requires_grad_(True))
+        return leaf[0]
+
+    handle = module.register_forward_hook(make_leaf)
+    try:
+        with torch.enable_grad():
+            logits = served.lm.model(torch.tensor([PROMPT])).logits[0, -1]
+            (grad,) = torch.autograd.grad(logits[40], leaf[0])
+    finally:
+        handle.remove()
+    want = float(grad[0, -1] @ leaf[0][0, -1].detach())
+    assert res.total.whole == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert res.total.features + res.total.error + res.total.bias == pytest.approx(
+        res.total.whole, rel=1e-4, abs=1e-4
+    )

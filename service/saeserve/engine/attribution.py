@@ -171,7 +171,8 @@ def attribute(
         target = int(logits.argmax()) if req.target is None else req.target
         metric = logits[target] - (logits[req.contrast] if req.contrast is not None else 0.0)
         points = list(by_point)
-        grads = torch.autograd.grad(metric, [acts[p.name] for p in points])
+        # a point the logits do not depend on (a module off the path) gets a zero gradient
+        grads = torch.autograd.grad(metric, [acts[p.name] for p in points], materialize_grads=True)
     with torch.no_grad():
         probs = torch.softmax(logits.detach(), dim=-1)
         rows = [target] if req.contrast is None else [target, req.contrast]
