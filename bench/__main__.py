@@ -1,5 +1,5 @@
 """The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|
-sharded|sharded_wide|smoke``.
+sharded|sharded_wide|attribution|smoke``.
 
 Runs the chosen measurements in this process (the memory and SAELens ones in child
 processes, the service ones against a Ray Serve instance it starts) for each profile,
@@ -69,6 +69,8 @@ TARGETS = {
     "sharded_generate": "(no target)",
     "sharded_wide_decompose": "(no target)",
     "sharded_wide_generate": "(no target)",
+    "attribution": ">= 0.8x",
+    "neighbours_wide": ">= 0.8x",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -85,9 +87,19 @@ GROUPS: dict[str, list[str]] = {
     "service": ["service"],
     "sharded": ["sharded"],
     "sharded_wide": ["sharded_wide"],
-    "all": ["decompose", "saelens", "generate", "memory", "service", "sharded"],
+    "attribution": ["attribution", "neighbours"],
+    "all": [
+        "decompose",
+        "saelens",
+        "generate",
+        "memory",
+        "service",
+        "sharded",
+        "attribution",
+        "neighbours",
+    ],
     "render": [],
-    "smoke": ["decompose", "generate", "memory"],
+    "smoke": ["decompose", "generate", "memory", "attribution"],
 }
 
 
@@ -133,6 +145,18 @@ def _run_service(ctx: Context) -> list[Row]:
     return service.measure(ctx)
 
 
+def _run_attribution(ctx: Context) -> list[Row]:
+    from bench import attribution
+
+    return attribution.measure(ctx)
+
+
+def _run_neighbours(ctx: Context) -> list[Row]:
+    from bench import neighbours
+
+    return neighbours.measure(ctx)
+
+
 MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
     "decompose": (_run_decompose, ["decompose"]),
     "saelens": (_run_saelens, ["saelens", "saelens_tuned"]),
@@ -156,6 +180,8 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
             "memory_replica",
         ],
     ),
+    "attribution": (_run_attribution, ["attribution"]),
+    "neighbours": (_run_neighbours, ["neighbours_wide"]),
 }
 
 

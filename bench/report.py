@@ -67,6 +67,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "sharded_generate": "10. 32k SAE split 2 ways on local Ray vs unsplit: steered Generate",
     "sharded_wide_decompose": "10. 1M SAE split 2 ways on local Ray vs unsplit: Decompose",
     "sharded_wide_generate": "10. 1M SAE split 2 ways on local Ray vs unsplit: steered Generate",
+    "attribution": "11. Attribution latency, 128-token prompt: vs one forward + backward by hand",
+    "neighbours_wide": "12. Neighbours of one feature of a 1M-latent SAE: vs a chunked matmul by hand",
 }
 
 

@@ -34,6 +34,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("saeserve_client.cli", "stream steered generation"),
     "feature": ("saeserve_client.cli", "show one feature: top contexts, promoted tokens, density"),
     "search": ("saeserve_client.cli", "search features by explanation or top tokens"),
+    "attribute": (
+        "saeserve_client.cli",
+        "which SAE features drove the next token (direct and total effects)",
+    ),
+    "attribute-feature": (
+        "saeserve_client.cli",
+        "which tokens of a prompt drove a feature (gradient x input)",
+    ),
 }
 
 

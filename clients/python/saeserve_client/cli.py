@@ -1,4 +1,5 @@
-"""The client subcommands of ``saeserve``: models, tokenize, decompose, generate, feature, search.
+"""The client subcommands of ``saeserve``: models, tokenize, decompose, generate, feature, search,
+attribute, attribute-feature.
 
 ``saeserve.cli`` imports this module for any of those names and calls
 ``configure(parser, name)`` then ``run(args)``; ``python -m saeserve_client.cli`` works
@@ -24,7 +25,9 @@ from saeserve_client.errors import SaeserveError
 from saeserve_client.options import DEFAULT_TARGET, ClientOptions
 from saeserve_client.render import (
     Style,
+    attribution_view,
     decomposition_view,
+    feature_input_view,
     feature_view,
     generation_footer,
     jsonable,
@@ -43,6 +46,8 @@ HELP = {
     "generate": "stream steered generation",
     "feature": "show one feature: top contexts, promoted tokens, density",
     "search": "search features by explanation or top tokens",
+    "attribute": "which SAE features drove the next token (direct and total effects)",
+    "attribute-feature": "which tokens of a prompt drove a feature (gradient x input)",
 }
 
 
@@ -223,6 +228,30 @@ def _search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=10)
 
 
+def _token(value: str) -> int | str:
+    """``#ID`` names a token id; anything else is a token's text."""
+    return int(value[1:]) if value.startswith("#") and value[1:].isdigit() else value
+
+
+def _attribute(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="prompt text ('-' reads stdin)")
+    token_help = "a token's text (one token, e.g. ' the') or #ID for a token id"
+    parser.add_argument("--token", type=_token, help=f"target next token: {token_help}; "
+                        "default: the model's most likely")  # fmt: skip
+    parser.add_argument("--contrast", type=_token, help=f"explain the logit difference "
+                        f"with this token: {token_help}")  # fmt: skip
+    parser.add_argument("--sae", action="append", default=[], help="SAE id (repeat; default all)")
+    parser.add_argument("--top-n", type=int, default=10, help="features per ranking")
+
+
+def _attribute_feature(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="prompt text ('-' reads stdin)")
+    parser.add_argument("sae", help="SAE id")
+    parser.add_argument("feature", type=int, help="feature id")
+    parser.add_argument("--position", type=int, help="token position (default: the last)")
+    parser.add_argument("--top-n", type=int, default=10, help="positions per ranking (JSON)")
+
+
 CONFIGURE: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "models": _models,
     "tokenize": _tokenize,
@@ -230,6 +259,8 @@ CONFIGURE: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "generate": _generate,
     "feature": _feature,
     "search": _search,
+    "attribute": _attribute,
+    "attribute-feature": _attribute_feature,
 }
 
 
@@ -393,6 +424,42 @@ def _run_search(
         _emit(out, matches_view(args.query, matches, style))
 
 
+def _run_attribute(
+    client: SaeserveClient, args: argparse.Namespace, out: TextIO, style: Style
+) -> None:
+    result = client.attribute(
+        _text(args.prompt),
+        target=args.token,
+        contrast=args.contrast,
+        saes=args.sae,
+        top_n=args.top_n,
+        model=args.model,
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(jsonable(result)), file=out)
+    else:
+        _emit(out, attribution_view(result, style))
+
+
+def _run_attribute_feature(
+    client: SaeserveClient, args: argparse.Namespace, out: TextIO, style: Style
+) -> None:
+    result = client.attribute_feature(
+        _text(args.prompt),
+        args.sae,
+        args.feature,
+        position=args.position,
+        top_n=args.top_n,
+        model=args.model,
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(jsonable(result)), file=out)
+    else:
+        _emit(out, feature_input_view(result, style))
+
+
 RUN: dict[str, Callable[[SaeserveClient, argparse.Namespace, TextIO, Style], None]] = {
     "models": _run_models,
     "tokenize": _run_tokenize,
@@ -400,6 +467,8 @@ RUN: dict[str, Callable[[SaeserveClient, argparse.Namespace, TextIO, Style], Non
     "generate": _run_generate,
     "feature": _run_feature,
     "search": _run_search,
+    "attribute": _run_attribute,
+    "attribute-feature": _run_attribute_feature,
 }
 
 

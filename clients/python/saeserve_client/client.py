@@ -32,8 +32,10 @@ from saeserve_client.convert import ChatInput
 from saeserve_client.errors import SaeserveError
 from saeserve_client.options import ClientOptions
 from saeserve_client.results import (
+    Attribution,
     Condition,
     Feature,
+    FeatureInputAttribution,
     FeatureMatch,
     GenerateChunk,
     ModelInfo,
@@ -202,6 +204,42 @@ class SaeserveClient:
         request = pb.SearchFeaturesRequest(model=model, sae=sae, query=query, limit=limit)
         reply = self._call("SearchFeatures", self._stub.SearchFeatures, request, timeout)
         return convert.feature_matches(reply)
+
+    def attribute(
+        self,
+        prompt: str,
+        *,
+        target: int | str | None = None,
+        contrast: int | str | None = None,
+        saes: Sequence[str] = (),
+        top_n: int = 10,
+        model: str = "",
+        timeout: float | None = None,
+    ) -> Attribution:
+        """Which SAE features drove the next token after ``prompt``: ``target`` (a token
+        id, or a text that is one token; None = the model's most likely) and, with
+        ``contrast``, the logit difference; per SAE the top_n features by direct and by
+        total effect, positive and negative."""
+        request = convert.attribute_request(model, prompt, target, contrast, saes, top_n)
+        reply = self._call("Attribute", self._stub.Attribute, request, timeout)
+        return convert.attribution(reply)
+
+    def attribute_feature(
+        self,
+        prompt: str,
+        sae: str,
+        feature: int,
+        *,
+        position: int | None = None,
+        top_n: int = 10,
+        model: str = "",
+        timeout: float | None = None,
+    ) -> FeatureInputAttribution:
+        """Which tokens of ``prompt`` drove ``feature`` of ``sae`` at ``position`` (None =
+        the last token): gradient x input per position."""
+        request = convert.attribute_feature_request(model, prompt, sae, feature, position, top_n)
+        reply = self._call("AttributeFeature", self._stub.AttributeFeature, request, timeout)
+        return convert.feature_input_attribution(reply)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """grpc.health.v1 status: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN".

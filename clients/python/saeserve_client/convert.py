@@ -18,20 +18,27 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from saeserve.v1 import saeserve_pb2 as pb
 from saeserve_client.results import (
     ActivatingContext,
+    Attribution,
+    AttributionTerms,
     Condition,
     Explanation,
     Feature,
+    FeatureAttribution,
+    FeatureInputAttribution,
     FeatureMatch,
     FeatureNeighbour,
     GenerateChunk,
     Histogram,
     ModelInfo,
+    PositionAttribution,
     QuantileSamples,
+    SaeAttribution,
     SaeDecomposition,
     SaeInfo,
     Steer,
     TextDecomposition,
     TokenEffect,
+    TokenLogit,
     TokenLogprob,
     Tokens,
     Usage,
@@ -388,3 +395,96 @@ def serving_status(reply: Any) -> str:
     """A HealthCheckResponse's status name, e.g. "SERVING"."""
     health_pb2, _ = health_modules()
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+# ---------------------------------------------------------------------------------------
+# attribution
+
+
+def token_choice(token: int | str | None) -> pb.TokenChoice | None:
+    """A token by id (int) or by text (str); None names none."""
+    if token is None:
+        return None
+    if isinstance(token, str):
+        return pb.TokenChoice(text=token)
+    return pb.TokenChoice(id=token)
+
+
+def attribute_request(
+    model: str,
+    prompt: str,
+    target: int | str | None,
+    contrast: int | str | None,
+    saes: Sequence[str],
+    top_n: int,
+) -> pb.AttributeRequest:
+    return pb.AttributeRequest(
+        model=model,
+        prompt=prompt,
+        target=token_choice(target),
+        contrast=token_choice(contrast),
+        saes=list(saes),
+        top_n=top_n,
+    )
+
+
+def attribute_feature_request(
+    model: str, prompt: str, sae: str, feature: int, position: int | None, top_n: int
+) -> pb.AttributeFeatureRequest:
+    return pb.AttributeFeatureRequest(
+        model=model, prompt=prompt, sae=sae, feature=feature, position=position, top_n=top_n
+    )
+
+
+def _token_logit(msg: pb.TokenLogit) -> TokenLogit:
+    return TokenLogit(msg.token_id, msg.token, f32(msg.logit), f32(msg.probability))
+
+
+def _feature_attributions(msgs: Iterable[pb.FeatureAttribution]) -> list[FeatureAttribution]:
+    return [
+        FeatureAttribution(m.feature, f32(m.activation), f32(m.direct_effect), f32(m.total_effect))
+        for m in msgs
+    ]
+
+
+def _terms(msg: pb.AttributionTerms) -> AttributionTerms:
+    return AttributionTerms(f32(msg.features), f32(msg.error), f32(msg.bias), f32(msg.whole))
+
+
+def attribution(msg: pb.AttributeResponse) -> Attribution:
+    return Attribution(
+        tokens=tokens(msg.tokens),
+        target=_token_logit(msg.target),
+        contrast=_token_logit(msg.contrast) if msg.HasField("contrast") else None,
+        metric=f32(msg.metric),
+        saes=[
+            SaeAttribution(
+                sae=s.sae,
+                hook_point=s.hook_point,
+                active_features=s.active_features,
+                has_direct_path=s.has_direct_path,
+                top_direct_positive=_feature_attributions(s.top_direct_positive),
+                top_direct_negative=_feature_attributions(s.top_direct_negative),
+                top_total_positive=_feature_attributions(s.top_total_positive),
+                top_total_negative=_feature_attributions(s.top_total_negative),
+                direct=_terms(s.direct),
+                total=_terms(s.total),
+            )
+            for s in msg.saes
+        ],
+    )
+
+
+def feature_input_attribution(msg: pb.AttributeFeatureResponse) -> FeatureInputAttribution:
+    def positions(msgs: Iterable[pb.PositionAttribution]) -> list[PositionAttribution]:
+        return [PositionAttribution(m.position, m.token, f32(m.attribution)) for m in msgs]
+
+    return FeatureInputAttribution(
+        tokens=tokens(msg.tokens),
+        position=msg.position,
+        pre_activation=f32(msg.pre_activation),
+        activation=f32(msg.activation),
+        attributions=np.asarray(msg.attributions, dtype=np.float32),
+        top_positive=positions(msg.top_positive),
+        top_negative=positions(msg.top_negative),
+    )

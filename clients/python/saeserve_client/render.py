@@ -18,12 +18,15 @@ import numpy as np
 
 from saeserve_client.results import (
     ActivatingContext,
+    Attribution,
     Feature,
+    FeatureInputAttribution,
     FeatureMatch,
     Generation,
     ModelInfo,
     SaeDecomposition,
     TextDecomposition,
+    TokenLogit,
     Tokens,
 )
 
@@ -291,3 +294,49 @@ def _table(rows: Sequence[Sequence[str]], right: set[int], style: Style) -> list
         line = "  ".join(cells).rstrip()
         out.append(style.dim(line) if n == 0 else line)
     return out
+
+
+def attribution_view(item: Attribution, style: Style) -> list[str]:
+    """The explained token, then per SAE how the metric splits and its top features."""
+
+    def token(t: TokenLogit) -> str:
+        return f"{quoted(t.token)} (id {t.token_id}, logit {t.logit:.3f}, p {t.probability:.2%})"
+
+    head = f"next token {token(item.target)}"
+    if item.contrast is not None:
+        head += f" vs {token(item.contrast)}: logit difference {item.metric:+.3f}"
+    lines = [style.bold(head)]
+    for s in item.saes:
+        lines += ["", style.bold(f"{s.sae} @ {s.hook_point}") + f" · {s.active_features} active"]
+        measures = [("total", s.total, s.top_total_positive, s.top_total_negative)]
+        if s.has_direct_path:
+            measures.insert(0, ("direct", s.direct, s.top_direct_positive, s.top_direct_negative))
+        for name, terms, up, down in measures:
+            whole = "direct path" if name == "direct" else "gradient x input"
+            lines.append(
+                style.dim(
+                    f"  {name}: features {terms.features:+.3f} + error {terms.error:+.3f}"
+                    f" + bias {terms.bias:+.3f} = {terms.whole:+.3f} ({whole})"
+                )
+            )
+            for sign, effects in (("+", up), ("-", down)):
+                if effects:
+                    shown = "  ".join(
+                        f"{e.feature} {e.direct_effect if name == 'direct' else e.total_effect:+.3f}"
+                        for e in effects
+                    )
+                    lines.append(f"  {name} {sign}  {shown}")
+    return lines
+
+
+def feature_input_view(item: FeatureInputAttribution, style: Style) -> list[str]:
+    """The prompt's tokens up to the position, each with its gradient x input."""
+    title = (
+        f"position {item.position} {quoted(item.tokens.strings[item.position])}: "
+        f"pre-activation {item.pre_activation:.3f}, activation {item.activation:.3f}"
+    )
+    rows = [("pos", "token", "gradient x input")] + [
+        (str(p), quoted(item.tokens.strings[p]), f"{v:+.4f}")
+        for p, v in enumerate(item.attributions.tolist())
+    ]
+    return [style.bold(title), *_table(rows, right={0, 2}, style=style)]

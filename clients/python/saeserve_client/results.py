@@ -430,3 +430,94 @@ class Steer:
 
 def _pos(positions: str | Sequence[int]) -> str | tuple[int, ...]:
     return positions if isinstance(positions, str) else tuple(int(i) for i in positions)
+
+
+# ---------------------------------------------------------------------------------------
+# Attribute / AttributeFeature
+
+
+@dataclass(frozen=True)
+class TokenLogit:
+    """A next token at the prompt's last position: its logit and probability."""
+
+    token_id: int
+    token: str
+    logit: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class FeatureAttribution:
+    """One active feature's contributions to the explained metric (see ``Attribution``)."""
+
+    feature: int
+    activation: float
+    direct_effect: float
+    """Through the residual stream straight to the unembedding (frozen final norm)."""
+    total_effect: float
+    """Activation x gradient through every later block."""
+
+
+@dataclass(frozen=True)
+class AttributionTerms:
+    """How one measure splits: ``features + error + bias == whole``."""
+
+    features: float
+    error: float
+    bias: float
+    whole: float
+
+
+@dataclass(frozen=True)
+class SaeAttribution:
+    """One SAE's features at the prompt's last token, ranked four ways (top_n each)."""
+
+    sae: str
+    hook_point: str
+    active_features: int
+    has_direct_path: bool
+    top_direct_positive: list[FeatureAttribution]
+    top_direct_negative: list[FeatureAttribution]
+    top_total_positive: list[FeatureAttribution]
+    top_total_negative: list[FeatureAttribution]
+    direct: AttributionTerms
+    total: AttributionTerms
+
+
+@dataclass(frozen=True, eq=False)
+class Attribution:
+    """Which features drove the next token (Attribute): ``metric`` is the target's logit,
+    less the contrast's when one was given; ``saes`` in request order."""
+
+    tokens: Tokens
+    target: TokenLogit
+    contrast: TokenLogit | None
+    metric: float
+    saes: list[SaeAttribution]
+
+    def __getitem__(self, sae: str) -> SaeAttribution:
+        for s in self.saes:
+            if s.sae == sae:
+                return s
+        raise KeyError(f"no SAE {sae!r} in this attribution (has {[s.sae for s in self.saes]})")
+
+
+@dataclass(frozen=True)
+class PositionAttribution:
+    position: int
+    token: str
+    attribution: float
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureInputAttribution:
+    """Which earlier tokens drove a feature at ``position`` (AttributeFeature):
+    ``attributions`` [position + 1] gradient x input per position."""
+
+    tokens: Tokens
+    position: int
+    pre_activation: float
+    activation: float
+    attributions: npt.NDArray[np.float32]
+    top_positive: list[PositionAttribution]
+    top_negative: list[PositionAttribution]

@@ -92,6 +92,24 @@ def tokenize(
     return Tokenization(token_ids=ids, tokens=token_strings(tokenizer, ids), offsets=offsets)
 
 
+def single_token_id(tokenizer: PreTrainedTokenizerBase, text: str, *, field_name: str) -> int:
+    """The id of the one token ``text`` encodes to (no special tokens added);
+    InvalidArgument when it is empty, longer than one token can cover, or several tokens."""
+    if not text:
+        raise InvalidArgument(f"{field_name}: must not be empty")
+    limit = max_bytes_per_token(tokenizer)
+    if len(text) > limit or len(text.encode("utf-8")) > limit:  # characters first: no copy
+        raise InvalidArgument(
+            f"{field_name}: longer than one token of this model covers (at most {limit} bytes)"
+        )
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise InvalidArgument(
+            f"{field_name}: {text!r} is {len(ids)} tokens {ids}, not one; name one token"
+        )
+    return int(ids[0])
+
+
 def chat_token_ids(
     tokenizer: PreTrainedTokenizerBase,
     messages: list[tuple[str, str]],

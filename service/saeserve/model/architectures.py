@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -181,6 +182,19 @@ class ArchitectureLayout:
             if kind is NormKind.RMSNORM_ONE_PLUS:
                 gain = 1.0 + gain
         return NormDirectionMap(gain=gain, centres=kind is NormKind.LAYERNORM)
+
+    def final_norm_scale(self, model: nn.Module, x: Tensor) -> Tensor:
+        """[...] float32 sigma(x): what the final norm divides x [..., d] by, its eps
+        included (a LayerNorm's std, an RMSNorm's root mean square); the per-token factor
+        ``NormDirectionMap`` leaves out."""
+        norm = self.final_norm(model)
+        # nn.LayerNorm and Gemma's RMSNorm call it eps, Llama's variance_epsilon
+        eps: Any = getattr(norm, "eps", None)
+        eps = float(getattr(norm, "variance_epsilon", 0.0) if eps is None else eps)
+        x = x.float()
+        if self.final_norm_kind is NormKind.LAYERNORM:
+            return (x.var(dim=-1, unbiased=False) + eps).sqrt()
+        return (x.pow(2).mean(dim=-1) + eps).sqrt()
 
     def embed(self, model: nn.Module) -> nn.Module:
         """The token embedding (Gemma: includes the sqrt(d_model) scale in its forward)."""

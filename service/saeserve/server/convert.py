@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from saeserve.engine.attribution import (
+    AttributionResult,
+    EffectTerms,
+    FeatureEffect,
+    FeatureInputResult,
+    TokenLogit,
+)
 from saeserve.engine.types import (
     DecomposeRequest,
     DecomposeResult,
@@ -251,3 +258,88 @@ def search_limit(msg: pb.SearchFeaturesRequest, limits: Limits) -> int:
         )
     at_most(limit, limits.max_search_results, "search_features.limit")
     return limit
+
+
+# --- attribution --------------------------------------------------------------------------------
+DEFAULT_ATTRIBUTION_TOP_N = 10
+
+
+def attribution_top_n(top_n: int, limits: Limits, where: str) -> int:
+    """``top_n`` of an Attribute / AttributeFeature request, defaulted and checked."""
+    top_n = top_n or DEFAULT_ATTRIBUTION_TOP_N
+    if top_n < 1:
+        raise InvalidArgument(
+            f"{where}.top_n: {top_n} must be >= 1 (0 = {DEFAULT_ATTRIBUTION_TOP_N})"
+        )
+    at_most(top_n, limits.max_attribution_top_n, f"{where}.top_n")
+    return top_n
+
+
+def _token_logit(t: TokenLogit, token_strings: TokenStrings) -> pb.TokenLogit:
+    return pb.TokenLogit(
+        token_id=t.token_id,
+        token=token_strings([t.token_id])[0],
+        logit=t.logit,
+        probability=t.probability,
+    )
+
+
+def _feature_attributions(effects: list[FeatureEffect]) -> list[pb.FeatureAttribution]:
+    return [
+        pb.FeatureAttribution(
+            feature=e.feature, activation=e.activation, direct_effect=e.direct, total_effect=e.total
+        )
+        for e in effects
+    ]
+
+
+def _terms(t: EffectTerms) -> pb.AttributionTerms:
+    return pb.AttributionTerms(features=t.features, error=t.error, bias=t.bias, whole=t.whole)
+
+
+def attribution_to_proto(
+    result: AttributionResult, tokens: Tokenization, token_strings: TokenStrings
+) -> pb.AttributeResponse:
+    out = pb.AttributeResponse(
+        tokens=tokens_to_proto(tokens),
+        target=_token_logit(result.target, token_strings),
+        metric=result.metric,
+    )
+    if result.contrast is not None:
+        out.contrast.CopyFrom(_token_logit(result.contrast, token_strings))
+    for s in result.saes:
+        out.saes.add(
+            sae=s.sae_id,
+            hook_point=s.hook_point,
+            active_features=s.active,
+            has_direct_path=s.has_direct_path,
+            top_direct_positive=_feature_attributions(s.direct_positive),
+            top_direct_negative=_feature_attributions(s.direct_negative),
+            top_total_positive=_feature_attributions(s.total_positive),
+            top_total_negative=_feature_attributions(s.total_negative),
+            direct=_terms(s.direct),
+            total=_terms(s.total),
+        )
+    return out
+
+
+def feature_input_to_proto(
+    result: FeatureInputResult, tokens: Tokenization
+) -> pb.AttributeFeatureResponse:
+    def positions(ps: list[int]) -> list[pb.PositionAttribution]:
+        return [
+            pb.PositionAttribution(
+                position=p, token=tokens.tokens[p], attribution=result.attributions[p]
+            )
+            for p in ps
+        ]
+
+    return pb.AttributeFeatureResponse(
+        tokens=tokens_to_proto(tokens),
+        position=result.position,
+        pre_activation=result.pre_activation,
+        activation=result.activation,
+        attributions=result.attributions,
+        top_positive=positions(result.top_positive),
+        top_negative=positions(result.top_negative),
+    )

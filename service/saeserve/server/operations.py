@@ -26,18 +26,33 @@ import grpc
 from google.protobuf.message import Message
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from saeserve.engine.tokenize import chat_token_ids, check_text, token_strings, tokenize
+from saeserve.engine.attribution import (
+    AttributionRequest,
+    AttributionResult,
+    FeatureInputRequest,
+    FeatureInputResult,
+)
+from saeserve.engine.tokenize import (
+    chat_token_ids,
+    check_text,
+    single_token_id,
+    token_strings,
+    tokenize,
+)
 from saeserve.engine.types import DecomposeRequest, DecomposeResult, Tokenization, Variant
-from saeserve.errors import NotFound, SaeserveError
+from saeserve.errors import InvalidArgument, NotFound, SaeserveError
 from saeserve.model.loader import LoadedTokenizer, load_tokenizer
 from saeserve.server import metrics
 from saeserve.server.auth import ApiKeys, Metadata
 from saeserve.server.batcher import Batcher
 from saeserve.server.convert import (
     GenerateSpec,
+    attribution_to_proto,
+    attribution_top_n,
     chunk_to_proto,
     decompose_from_proto,
     decompose_to_proto,
+    feature_input_to_proto,
     generate_from_proto,
     search_limit,
     tokens_to_proto,
@@ -276,6 +291,42 @@ class Operations:
             finally:
                 stream.cancel()
 
+    async def attribute(self, request: pb.AttributeRequest, caller: Caller) -> pb.AttributeResponse:
+        async with self._serving("Attribute", caller, request) as key:
+            name = self.model_name(request.model, "attribute.model")
+            top_n = attribution_top_n(request.top_n, self.limits, "attribute")
+            tok = self.tokenizers[name]
+            target, contrast = (
+                _token_choice(tok, choice, f"attribute.{field}")
+                for field, choice in (("target", request.target), ("contrast", request.contrast))
+            )
+            tokens = await self._tokenize(tok, request.prompt, "attribute.prompt")
+            self.limiter.charge(key, len(tokens.token_ids))
+            req = AttributionRequest(tokens.token_ids, list(request.saes), target, contrast, top_n)
+            result: AttributionResult = _answer(await self.models[name].attribute.remote(req))
+            strings = functools.partial(token_strings, tok.tokenizer)
+            return attribution_to_proto(result, tokens, strings)
+
+    async def attribute_feature(
+        self, request: pb.AttributeFeatureRequest, caller: Caller
+    ) -> pb.AttributeFeatureResponse:
+        async with self._serving("AttributeFeature", caller, request) as key:
+            name = self.model_name(request.model, "attribute_feature.model")
+            top_n = attribution_top_n(request.top_n, self.limits, "attribute_feature")
+            if not request.sae:
+                raise InvalidArgument("attribute_feature.sae: required")
+            tok = self.tokenizers[name]
+            tokens = await self._tokenize(tok, request.prompt, "attribute_feature.prompt")
+            self.limiter.charge(key, len(tokens.token_ids))
+            position = request.position if request.HasField("position") else None
+            req = FeatureInputRequest(
+                tokens.token_ids, request.sae, request.feature, position, top_n
+            )
+            result: FeatureInputResult = _answer(
+                await self.models[name].attribute_feature.remote(req)
+            )
+            return feature_input_to_proto(result, tokens)
+
     # --- health ---------------------------------------------------------------------------
     async def serving(self) -> bool:
         """Whether every model has a replica that answers within HEALTH_TIMEOUT_S (while
@@ -288,3 +339,11 @@ class Operations:
         except Exception:
             return False
         return all(ready)
+
+
+def _token_choice(tok: LoadedTokenizer, choice: pb.TokenChoice, field: str) -> int | None:
+    """A TokenChoice's id (its text must be one token); None when it names none."""
+    kind = choice.WhichOneof("token")
+    if kind == "text":
+        return single_token_id(tok.tokenizer, choice.text, field_name=f"{field}.text")
+    return choice.id if kind == "id" else None

@@ -22,6 +22,14 @@ from typing import Any
 
 import torch
 
+from saeserve.engine.attribution import (
+    AttributionRequest,
+    AttributionResult,
+    FeatureInputRequest,
+    FeatureInputResult,
+    attribute,
+    attribute_feature,
+)
 from saeserve.engine.decompose import decompose_many
 from saeserve.engine.generate import BatchGenerator
 from saeserve.engine.generation_loop import GenerationLoop
@@ -238,3 +246,31 @@ class ModelReplica:
             return self.features.search(query, sae_id, limit)
         except SaeserveError as e:
             return e
+
+    # --- attribution -------------------------------------------------------------------------
+    # One forward and one backward pass each, on a worker thread under the model lock (the
+    # hooks live on the shared modules), taking turns with Decompose batches and decode
+    # steps; gradients are enabled on that thread only.
+    async def attribute(self, req: AttributionRequest) -> AttributionResult | SaeserveError:
+        return await asyncio.to_thread(self._attribute_now, req)
+
+    def _attribute_now(self, req: AttributionRequest) -> AttributionResult | SaeserveError:
+        with self.lock:
+            try:
+                return attribute(self.served, req, field="attribute")
+            except SaeserveError as e:
+                return e
+
+    async def attribute_feature(
+        self, req: FeatureInputRequest
+    ) -> FeatureInputResult | SaeserveError:
+        return await asyncio.to_thread(self._attribute_feature_now, req)
+
+    def _attribute_feature_now(
+        self, req: FeatureInputRequest
+    ) -> FeatureInputResult | SaeserveError:
+        with self.lock:
+            try:
+                return attribute_feature(self.served, req, field="attribute_feature")
+            except SaeserveError as e:
+                return e

@@ -212,6 +212,8 @@ class Limits(BaseModel):
     max_stream_interval_s: float = Field(default=0.1, ge=0, le=1)
     """Generate: the longest a token waits for its group, however many streams are open
     (never less than stream_interval_s)."""
+    max_attribution_top_n: int = Field(default=100, ge=1)
+    """Attribute / AttributeFeature: top_n, the features (positions) listed per ranking."""
 
     def tokens_per_text(self, max_positions: int) -> int:
         """Tokens one text or prompt may have on a model with context `max_positions`."""

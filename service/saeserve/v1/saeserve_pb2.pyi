@@ -474,3 +474,145 @@ class FeatureMatch(_message.Message):
     explanation: Explanation
     top_tokens: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., score: _Optional[float] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., top_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TokenChoice(_message.Message):
+    __slots__ = ("id", "text")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    text: str
+    def __init__(self, id: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class AttributeRequest(_message.Message):
+    __slots__ = ("model", "prompt", "target", "contrast", "saes", "top_n")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_FIELD_NUMBER: _ClassVar[int]
+    SAES_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: str
+    target: TokenChoice
+    contrast: TokenChoice
+    saes: _containers.RepeatedScalarFieldContainer[str]
+    top_n: int
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[_Union[TokenChoice, _Mapping]] = ..., contrast: _Optional[_Union[TokenChoice, _Mapping]] = ..., saes: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ...) -> None: ...
+
+class AttributeResponse(_message.Message):
+    __slots__ = ("tokens", "target", "contrast", "metric", "saes")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    SAES_FIELD_NUMBER: _ClassVar[int]
+    tokens: Tokens
+    target: TokenLogit
+    contrast: TokenLogit
+    metric: float
+    saes: _containers.RepeatedCompositeFieldContainer[SaeAttribution]
+    def __init__(self, tokens: _Optional[_Union[Tokens, _Mapping]] = ..., target: _Optional[_Union[TokenLogit, _Mapping]] = ..., contrast: _Optional[_Union[TokenLogit, _Mapping]] = ..., metric: _Optional[float] = ..., saes: _Optional[_Iterable[_Union[SaeAttribution, _Mapping]]] = ...) -> None: ...
+
+class TokenLogit(_message.Message):
+    __slots__ = ("token_id", "token", "logit", "probability")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    token: str
+    logit: float
+    probability: float
+    def __init__(self, token_id: _Optional[int] = ..., token: _Optional[str] = ..., logit: _Optional[float] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class AttributionTerms(_message.Message):
+    __slots__ = ("features", "error", "bias", "whole")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_FIELD_NUMBER: _ClassVar[int]
+    features: float
+    error: float
+    bias: float
+    whole: float
+    def __init__(self, features: _Optional[float] = ..., error: _Optional[float] = ..., bias: _Optional[float] = ..., whole: _Optional[float] = ...) -> None: ...
+
+class FeatureAttribution(_message.Message):
+    __slots__ = ("feature", "activation", "direct_effect", "total_effect")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_EFFECT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_EFFECT_FIELD_NUMBER: _ClassVar[int]
+    feature: int
+    activation: float
+    direct_effect: float
+    total_effect: float
+    def __init__(self, feature: _Optional[int] = ..., activation: _Optional[float] = ..., direct_effect: _Optional[float] = ..., total_effect: _Optional[float] = ...) -> None: ...
+
+class SaeAttribution(_message.Message):
+    __slots__ = ("sae", "hook_point", "active_features", "has_direct_path", "top_direct_positive", "top_direct_negative", "top_total_positive", "top_total_negative", "direct", "total")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    HOOK_POINT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    HAS_DIRECT_PATH_FIELD_NUMBER: _ClassVar[int]
+    TOP_DIRECT_POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    TOP_DIRECT_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    TOP_TOTAL_POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    TOP_TOTAL_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    hook_point: str
+    active_features: int
+    has_direct_path: bool
+    top_direct_positive: _containers.RepeatedCompositeFieldContainer[FeatureAttribution]
+    top_direct_negative: _containers.RepeatedCompositeFieldContainer[FeatureAttribution]
+    top_total_positive: _containers.RepeatedCompositeFieldContainer[FeatureAttribution]
+    top_total_negative: _containers.RepeatedCompositeFieldContainer[FeatureAttribution]
+    direct: AttributionTerms
+    total: AttributionTerms
+    def __init__(self, sae: _Optional[str] = ..., hook_point: _Optional[str] = ..., active_features: _Optional[int] = ..., has_direct_path: _Optional[bool] = ..., top_direct_positive: _Optional[_Iterable[_Union[FeatureAttribution, _Mapping]]] = ..., top_direct_negative: _Optional[_Iterable[_Union[FeatureAttribution, _Mapping]]] = ..., top_total_positive: _Optional[_Iterable[_Union[FeatureAttribution, _Mapping]]] = ..., top_total_negative: _Optional[_Iterable[_Union[FeatureAttribution, _Mapping]]] = ..., direct: _Optional[_Union[AttributionTerms, _Mapping]] = ..., total: _Optional[_Union[AttributionTerms, _Mapping]] = ...) -> None: ...
+
+class AttributeFeatureRequest(_message.Message):
+    __slots__ = ("model", "prompt", "sae", "feature", "position", "top_n")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: str
+    sae: str
+    feature: int
+    position: int
+    top_n: int
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., sae: _Optional[str] = ..., feature: _Optional[int] = ..., position: _Optional[int] = ..., top_n: _Optional[int] = ...) -> None: ...
+
+class AttributeFeatureResponse(_message.Message):
+    __slots__ = ("tokens", "position", "pre_activation", "activation", "attributions", "top_positive", "top_negative")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PRE_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOP_POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    TOP_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    tokens: Tokens
+    position: int
+    pre_activation: float
+    activation: float
+    attributions: _containers.RepeatedScalarFieldContainer[float]
+    top_positive: _containers.RepeatedCompositeFieldContainer[PositionAttribution]
+    top_negative: _containers.RepeatedCompositeFieldContainer[PositionAttribution]
+    def __init__(self, tokens: _Optional[_Union[Tokens, _Mapping]] = ..., position: _Optional[int] = ..., pre_activation: _Optional[float] = ..., activation: _Optional[float] = ..., attributions: _Optional[_Iterable[float]] = ..., top_positive: _Optional[_Iterable[_Union[PositionAttribution, _Mapping]]] = ..., top_negative: _Optional[_Iterable[_Union[PositionAttribution, _Mapping]]] = ...) -> None: ...
+
+class PositionAttribution(_message.Message):
+    __slots__ = ("position", "token", "attribution")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    token: str
+    attribution: float
+    def __init__(self, position: _Optional[int] = ..., token: _Optional[str] = ..., attribution: _Optional[float] = ...) -> None: ...

@@ -65,6 +65,16 @@ class SaeserveStub:
                 request_serializer=saeserve_dot_v1_dot_saeserve__pb2.SearchFeaturesRequest.SerializeToString,
                 response_deserializer=saeserve_dot_v1_dot_saeserve__pb2.SearchFeaturesResponse.FromString,
                 _registered_method=True)
+        self.Attribute = channel.unary_unary(
+                '/saeserve.v1.Saeserve/Attribute',
+                request_serializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeRequest.SerializeToString,
+                response_deserializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeResponse.FromString,
+                _registered_method=True)
+        self.AttributeFeature = channel.unary_unary(
+                '/saeserve.v1.Saeserve/AttributeFeature',
+                request_serializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureRequest.SerializeToString,
+                response_deserializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureResponse.FromString,
+                _registered_method=True)
 
 
 class SaeserveServicer:
@@ -124,6 +134,25 @@ class SaeserveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attribute(self, request, context):
+        """Which SAE features drove the model's next token after a prompt: each feature active
+        at the prompt's last token, per SAE, with its direct effect on the token's logit
+        (through the unembedding) and its total effect (activation x gradient through the
+        later blocks), the top_n by each, and the reconstruction error's and bias's shares.
+        One forward and one backward pass; runs in turn with the model's other work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttributeFeature(self, request, context):
+        """Which earlier tokens drove one feature at one position: gradient x input of the
+        feature's pre-activation with respect to the input token embeddings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SaeserveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +185,16 @@ def add_SaeserveServicer_to_server(servicer, server):
                     servicer.SearchFeatures,
                     request_deserializer=saeserve_dot_v1_dot_saeserve__pb2.SearchFeaturesRequest.FromString,
                     response_serializer=saeserve_dot_v1_dot_saeserve__pb2.SearchFeaturesResponse.SerializeToString,
+            ),
+            'Attribute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attribute,
+                    request_deserializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeRequest.FromString,
+                    response_serializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeResponse.SerializeToString,
+            ),
+            'AttributeFeature': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttributeFeature,
+                    request_deserializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureRequest.FromString,
+                    response_serializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +360,60 @@ class Saeserve:
             '/saeserve.v1.Saeserve/SearchFeatures',
             saeserve_dot_v1_dot_saeserve__pb2.SearchFeaturesRequest.SerializeToString,
             saeserve_dot_v1_dot_saeserve__pb2.SearchFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attribute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/saeserve.v1.Saeserve/Attribute',
+            saeserve_dot_v1_dot_saeserve__pb2.AttributeRequest.SerializeToString,
+            saeserve_dot_v1_dot_saeserve__pb2.AttributeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttributeFeature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/saeserve.v1.Saeserve/AttributeFeature',
+            saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureRequest.SerializeToString,
+            saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,7 @@
 
 ``POST /v1/tokenize``, ``POST /v1/decompose``, ``POST /v1/generate`` (server-sent events,
 one GenerateChunk per event), ``GET /v1/saes/{sae}/features/{feature}`` and
-``GET /v1/features/search``. Bodies and responses are the proto messages
+``GET /v1/features/search``, ``POST /v1/attribute`` and ``POST /v1/attribute/feature``. Bodies and responses are the proto messages
 (``proto_json``); each route is one call to the same ``Operations`` method the gRPC
 servicer calls.
 """
@@ -35,6 +35,19 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             {"sae": "resid_post.2", "feature": 1224, "mode": "INTERVENTION_MODE_ADD", "value": 8}
         ],
         "include_baseline": True,
+    },
+    "Attribute": {
+        "model": "demo",
+        "prompt": "The cat sat on the",
+        "target": {"text": " mat"},
+        "top_n": 5,
+    },
+    "AttributeFeature": {
+        "model": "demo",
+        "prompt": "The cat sat on the mat.",
+        "sae": "resid_post.2",
+        "feature": 1224,
+        "top_n": 5,
     },
 }
 
@@ -91,10 +104,18 @@ def json_router(ops: Operations) -> APIRouter:
         ("Decompose", "Per-token SAE features of one or more texts",
          pb.DecomposeRequest, pb.DecomposeResponse, ops.decompose),
     ]  # fmt: skip
-    for name, summary, request_type, response_type, operation in unary:
+    attribution: list[tuple[str, str, type[Message], type[Message], Operation]] = [
+        ("Attribute", "Which SAE features drove the next token's logit (direct and total effects)",
+         pb.AttributeRequest, pb.AttributeResponse, ops.attribute),
+        ("AttributeFeature", "Which earlier tokens drove a feature (gradient x input)",
+         pb.AttributeFeatureRequest, pb.AttributeFeatureResponse, ops.attribute_feature),
+    ]  # fmt: skip
+    paths = {"Attribute": "/attribute", "AttributeFeature": "/attribute/feature"}
+    fields = {"Attribute": "attribute", "AttributeFeature": "attribute_feature"}
+    for name, summary, request_type, response_type, operation in unary + attribution:
         router.add_api_route(
-            f"/{name.lower()}",
-            _posted(request_type, operation, name.lower()),
+            paths.get(name, f"/{name.lower()}"),
+            _posted(request_type, operation, fields.get(name, name.lower())),
             methods=["POST"],
             name=name,
             summary=summary,

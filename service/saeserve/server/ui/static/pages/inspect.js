@@ -6,6 +6,7 @@
 import { getJson, listModels, postJson } from "../api.js";
 import { clearError, featureUrl, fmt, h, initPage, markRendered, modelSelect, pickModel, showError, tokenLabel } from "../dom.js";
 import { legend, tokenNavigation, tokenRow } from "../heat.js";
+import { whyCard } from "../why.js";
 
 const TOP_K = 8;
 // Normalized MSE above which a token is marked as poorly reconstructed.
@@ -137,6 +138,7 @@ async function render(text, state) {
     legend(max, label),
     h("div", { class: "inspect-layout" }, h("section", { class: "card", "aria-label": "Tokens" }, row), panel),
     topFeatures(sae, n, state),
+    whyCard(state),
   );
   await Promise.all(Array.from(results.querySelectorAll("#top-features .feature-label"), (cell) => explain(cell, state.model, sae.sae, Number(cell.dataset.feature))));
 }
