@@ -323,9 +323,12 @@ class SteeringPlan:
         """Hooks for any forward pass; see the class docstring."""
         fns = {}
         for point in self.points:
-            groups = self._all.get(point, [])
-            masks = [_entry_masks(g, token_pos, prompt_lens) for g in groups]
-            fns[point] = self._hook(point, list(zip(groups, masks, strict=True)))
+            groups = [
+                (g, _entry_masks(g, token_pos, prompt_lens)) for g in self._all.get(point, [])
+            ]
+            # a group that applies nowhere in this forward (GENERATED entries at a prefill)
+            # changes nothing: its encode would be wasted
+            fns[point] = self._hook(point, [(g, m) for g, m in groups if bool(m.any())])
         return fns
 
     def decode_hook_fns(self) -> dict[HookPoint, HookFn]:
