@@ -90,6 +90,11 @@ class GenerateLimits(Protocol):
     max_abs_intervention_value: float
     max_tracked_features: int
     max_top_logprobs: int
+    generate_memory_bytes: int
+
+
+DEFAULT_GENERATE_MEMORY_BYTES = 4 << 30
+"""A replica's generation batch budget (KV cache, prefill, steering encode): 4 GiB."""
 
 
 @dataclass
@@ -103,6 +108,7 @@ class EngineLimits:
     max_abs_intervention_value: float = math.inf
     max_tracked_features: int = 256
     max_top_logprobs: int = 20
+    generate_memory_bytes: int = DEFAULT_GENERATE_MEMORY_BYTES
 
 
 def at_most(value: float, limit: float, where: str) -> None:
