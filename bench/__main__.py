@@ -1,4 +1,4 @@
-"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|smoke``.
+"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|wide|smoke``.
 
 Runs the chosen measurements in this process (the memory and SAELens ones in child
 processes, the service ones against a Ray Serve instance it starts) for each profile,
@@ -15,6 +15,7 @@ markdown from the last run's data, e.g. after bench/analysis.md was revised.
     python -m bench all            # the full run recorded in docs/BENCHMARKS.md
     python -m bench decompose --quick --profile demo
     python -m bench render         # docs/BENCHMARKS.md again, with the current analysis
+    flock /work/wide.lock python -m bench wide --quick   # the 1M-latent SAE's rows (6 GiB mapped)
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ TARGETS = {
     "gpu": "-",
     "http_latency": "added p50 <= 5 ms",
     "http_streams": ">= 0.9x",
+    "wide_steered": ">= 0.5x",
+    "wide_prefill_memory": "peak <= budget",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -78,7 +81,8 @@ GROUPS: dict[str, list[str]] = {
     "generate": ["generate"],
     "memory": ["memory"],
     "service": ["service"],
-    "all": ["decompose", "saelens", "generate", "memory", "service"],
+    "wide": ["wide"],
+    "all": ["decompose", "saelens", "generate", "memory", "service", "wide"],
     "render": [],
     "smoke": ["decompose", "generate", "memory"],
 }
@@ -102,6 +106,12 @@ def _run_generate(ctx: Context) -> list[Row]:
     return generation.measure(ctx)
 
 
+def _run_wide(ctx: Context) -> list[Row]:
+    from bench import wide_steering
+
+    return wide_steering.measure(ctx)
+
+
 def _run_memory(ctx: Context) -> list[Row]:
     from bench import memory
 
@@ -119,6 +129,7 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
     "saelens": (_run_saelens, ["saelens", "saelens_tuned"]),
     "generate": (_run_generate, ["generate", "generate_steered", "engine_step_8"]),
     "memory": (_run_memory, ["memory_engine"]),
+    "wide": (_run_wide, ["wide_steered", "wide_prefill_memory"]),
     "service": (
         _run_service,
         [

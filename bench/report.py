@@ -63,6 +63,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "gpu": "8. GPU: 1B Llama bf16 decode and Decompose",
     "http_latency": "9. HTTP /v1/completions vs gRPC Generate: added p50",
     "http_streams": "9. HTTP vs gRPC: 8 concurrent streams, tokens/s",
+    "wide_steered": "1M SAE: Generate steered (CLAMP on an active feature) vs unsteered tokens/s",
+    "wide_prefill_memory": "1M SAE: peak memory of eight 960-token steered prompts admitted together",
 }
 
 

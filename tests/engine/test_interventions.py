@@ -331,3 +331,52 @@ def test_features_at_the_topk_boundary_match_the_formulas(served: ServedModel) -
         )
     assert not np.allclose(out[0], h[0].double().numpy())  # the k-th one was scaled
     np.testing.assert_allclose(out[1], h[1].double().numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("sae_id", ["post0", "mid1", "jump1"])
+def test_clamp_threshold_matches_its_formula_from_the_features_column_alone(
+    served: ServedModel, sae_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLAMP_THRESHOLD: h += (value - a'_f) d_f with a'_f = max(pre_f, 0) where pre_f >
+    threshold, else 0 (numpy, from the formula's pre-activations), and no full encoder
+    runs. On a TopK SAE a'_f differs from the exact a_f somewhere (not CLAMP in disguise)."""
+    hooked = served.saes[sae_id]
+    sae = hooked.sae
+    d = served.lm.layout.d_model
+    h = torch.randn(2, S, d, generator=torch.Generator().manual_seed(11)) * 3
+    x = h[0].double().numpy()
+    pre = reference.pre_activations(sae, x)
+    a, _ = reference.encode(sae, x)
+    threshold = 0.2
+    # a feature above the threshold on some tokens and below on others
+    above = (pre > threshold).sum(0)
+    feature = int(np.argmin(np.abs(above - S / 2)))
+    iv = Intervention(M.CLAMP_THRESHOLD, 2.5, sae_id=sae_id, feature=feature, threshold=threshold)
+
+    def no_full_encoder(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("CLAMP_THRESHOLD ran the full encoder")
+
+    monkeypatch.setattr(type(sae), "pre_activations", no_full_encoder)
+    out = _apply(served, [[iv], []], h, hooked.hook_point.name).double().numpy()
+    pre_f = pre[:, feature]
+    a_approx = np.where(pre_f > threshold, np.maximum(pre_f, 0), 0.0)
+    d_f = sae.W_dec[feature].detach().double().numpy()
+    want = x + ((2.5 - a_approx)[:, None] * d_f[None, :]) * reference.norm_scale(sae, x)
+    np.testing.assert_allclose(out[0], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out[1], h[1].double().numpy(), rtol=0, atol=0)  # row 1 untouched
+    assert 0 < (pre_f > threshold).sum() < S
+    if sae.is_topk:
+        assert not np.allclose(a_approx, a[:, feature])
+
+
+def test_a_threshold_belongs_to_clamp_threshold_only() -> None:
+    limits = EngineLimits()
+    Intervention(M.CLAMP_THRESHOLD, 1.0, sae_id="s", feature=0, threshold=-0.5).validate(
+        limits, "iv"
+    )
+    with pytest.raises(InvalidArgument, match=r"iv\.threshold: only for CLAMP_THRESHOLD"):
+        Intervention(M.CLAMP, 1.0, sae_id="s", feature=0, threshold=0.5).validate(limits, "iv")
+    with pytest.raises(InvalidArgument, match=r"iv\.threshold: must be finite"):
+        Intervention(M.CLAMP_THRESHOLD, 1.0, sae_id="s", feature=0, threshold=math.nan).validate(
+            limits, "iv"
+        )

@@ -9,6 +9,12 @@ d_f = W_dec[f], every intervention adds ``coeff * direction`` to h:
     SCALE   h += (value - 1) * a_f * d_f      coeff = (value - 1) * a_f
     ABLATE  h -= a_f * d_f                    coeff = -a_f
     VECTOR  h += value * v                    coeff = value           (model space; normalize: v / |v|)
+    CLAMP_THRESHOLD                           coeff = value - a'_f    (a'_f: see below)
+
+CLAMP_THRESHOLD is CLAMP with an approximate a_f, asked for explicitly: a'_f = max(pre_f,
+0) where the feature's own pre-activation exceeds the intervention's threshold, else 0,
+read from its encoder column alone (``_ThresholdReader``); exact CLAMP on a TopK SAE
+must rank all d_sae pre-activations wherever pre_f > 0.
 
 so ``coeff = c0 + c1 * a_f`` with (c0, c1) a function of the mode and value alone. The
 reconstruction error is never touched: only the component along d_f moves. An SAE that
@@ -53,6 +59,7 @@ class ResolvedIntervention:
     vector: Tensor | None = None  # [d_model], already unit-norm if normalize was asked
     normalize: bool = False
     indices: tuple[int, ...] = ()
+    threshold: float = 0.0  # CLAMP_THRESHOLD
 
 
 def resolve_interventions(
@@ -121,6 +128,7 @@ def _resolve_one(
         feature=iv.feature,
         normalize=iv.normalize,
         indices=indices,
+        threshold=iv.threshold,
     )
 
 
@@ -163,6 +171,21 @@ class _FeatureReader:
         return self.sae.normalize(h)[1].scale.float()
 
 
+class _ThresholdReader(_FeatureReader):
+    """CLAMP_THRESHOLD's a'_f: max(pre_f, 0) where pre_f > the entry's threshold, else 0,
+    from the features' encoder columns alone (no TopK membership test)."""
+
+    def __init__(self, sae: Sae, features: list[int], thresholds: list[float]) -> None:
+        super().__init__(sae, features)
+        self.thresholds = torch.tensor(thresholds, device=sae.W_enc.device)  # [E]
+
+    def latents(self, h: Tensor) -> Tensor:
+        flat = h.reshape(-1, h.shape[-1])
+        pre = self.sae.feature_pre_activations(flat, self.features).float()  # [tokens, E]
+        a = torch.where(pre > self.thresholds, pre.clamp_min(0), 0.0)
+        return a.reshape(*h.shape[:-1], -1)
+
+
 # the coefficient of d_f is c0 + c1 * a_f
 _C0_C1: dict[InterventionMode, Callable[[float], tuple[float, float]]] = {
     InterventionMode.ADD: lambda v: (v, 0.0),
@@ -170,6 +193,7 @@ _C0_C1: dict[InterventionMode, Callable[[float], tuple[float, float]]] = {
     InterventionMode.SCALE: lambda v: (0.0, v - 1.0),
     InterventionMode.ABLATE: lambda v: (0.0, -1.0),
     InterventionMode.VECTOR: lambda v: (v, 0.0),
+    InterventionMode.CLAMP_THRESHOLD: lambda v: (v, -1.0),
 }
 
 
@@ -195,9 +219,12 @@ class _Entries:
             c0[i][e], c1[i][e] = _C0_C1[iv.mode](iv.value)
         self.c0 = torch.tensor(c0, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
         self.c1 = torch.tensor(c1, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
-        self.reader = (
-            None if sae is None else _FeatureReader(sae, [iv.feature for _, iv in entries])
-        )
+        features = [iv.feature for _, iv in entries]
+        self.reader: _FeatureReader | None = None
+        if sae is not None and entries[0][1].mode is InterventionMode.CLAMP_THRESHOLD:
+            self.reader = _ThresholdReader(sae, features, [iv.threshold for _, iv in entries])
+        elif sae is not None:
+            self.reader = _FeatureReader(sae, features)
         self.needs_latents = bool((self.c1 != 0).any())
 
     def add_to(self, out: Tensor, h: Tensor, mask: Tensor | None) -> Tensor:
@@ -297,17 +324,18 @@ class SteeringPlan:
         self, keep: Callable[[ResolvedIntervention], bool]
     ) -> dict[HookPoint, list[_Entries]]:
         """The kept interventions grouped per point: one group per SAE whose change
-        depends on h, and one for all the constant ones."""
-        groups: dict[HookPoint, dict[str, list[tuple[int, ResolvedIntervention]]]]
+        depends on h (and one more per SAE for CLAMP_THRESHOLD, which reads a'_f), and one
+        for all the constant ones."""
+        groups: dict[HookPoint, dict[tuple[str, bool], list[tuple[int, ResolvedIntervention]]]]
         groups = defaultdict(dict)
-        saes: dict[str, Sae] = {}
+        saes: dict[tuple[str, bool], Sae] = {}
         for r, items in enumerate(self.rows):
             for iv in items:
                 if not keep(iv):
                     continue
-                key = ""  # the constant changes, one group per point
+                key = ("", False)  # the constant changes, one group per point
                 if iv.sae is not None and _needs_h(iv):
-                    key = iv.sae.id
+                    key = (iv.sae.id, iv.mode is InterventionMode.CLAMP_THRESHOLD)
                     saes[key] = iv.sae.sae
                 groups[iv.point].setdefault(key, []).append((r, iv))
         return {

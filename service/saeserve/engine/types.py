@@ -128,6 +128,7 @@ class InterventionMode(StrEnum):
     SCALE = "scale"  # h += (value - 1) * a_f * d_f
     ABLATE = "ablate"  # h -= a_f * d_f
     VECTOR = "vector"  # h += value * v
+    CLAMP_THRESHOLD = "clamp_threshold"  # CLAMP with a_f ~ relu(pre_f) where pre_f > threshold
 
 
 class PositionKind(StrEnum):
@@ -154,6 +155,8 @@ class Intervention:
     positions: PositionKind = PositionKind.ALL
     indices: list[int] = field(default_factory=list)
     """Prompt token indices when positions is INDICES."""
+    threshold: float = 0.0
+    """CLAMP_THRESHOLD: the pre-activation above which the feature counts as active."""
 
     def validate(self, limits: GenerateLimits, where: str) -> None:
         """The checks that need no model (``where`` is this intervention's field path)."""
@@ -168,6 +171,13 @@ class Intervention:
         if not math.isfinite(self.value):
             raise InvalidArgument(f"{where}.value: must be finite, got {self.value}")
         at_most(abs(self.value), limits.max_abs_intervention_value, f"{where}.value (absolute)")
+        if not math.isfinite(self.threshold):
+            raise InvalidArgument(f"{where}.threshold: must be finite, got {self.threshold}")
+        at_most(
+            abs(self.threshold), limits.max_abs_intervention_value, f"{where}.threshold (absolute)"
+        )
+        if self.threshold and self.mode != InterventionMode.CLAMP_THRESHOLD:
+            raise InvalidArgument(f"{where}.threshold: only for CLAMP_THRESHOLD, not {self.mode}")
         if positions is PositionKind.INDICES and not self.indices:
             raise InvalidArgument(f"{where}.indices: positions INDICES needs at least one index")
         if positions is not PositionKind.INDICES and self.indices:

@@ -329,16 +329,21 @@ class Sae(nn.Module):
             (a != 0).sum(0) if count_fires else None,
         )
 
+    def feature_pre_activations(self, x: Tensor, features: Tensor) -> Tensor:
+        """Encoder pre-activations [tokens, F] of ``features`` [F] alone at model-space x
+        [tokens, d_in]: their encoder columns, [tokens, d_in] @ [d_in, F]."""
+        x_n, _ = self.normalize(x)
+        if self.cfg.apply_b_dec_to_input:
+            x_n = x_n - self.b_dec
+        return torch.addmm(self.b_enc[features], x_n, self.W_enc[:, features])
+
     def _feature_columns(self, x: Tensor, features: Tensor, lead: torch.Size) -> Encoding:
         """``encode_sparse`` of a ReLU or JumpReLU SAE asked only for ``features`` (steering,
         tracking): their encoder columns alone, [tokens, d_in] @ [d_in, F], not the
         [tokens, d_sae] matmul. At d_in 768 and 32,768 latents, one token and 4 features
         (one CPU thread): 0.2 ms instead of 3.9 ms, per steered decode step. For a TopK SAE
         (ReLU'd, no threshold) the first step of ``_topk_features``."""
-        x_n, _ = self.normalize(x)
-        if self.cfg.apply_b_dec_to_input:
-            x_n = x_n - self.b_dec
-        pre = torch.addmm(self.b_enc[features], x_n, self.W_enc[:, features])  # [tokens, F]
+        pre = self.feature_pre_activations(x, features)  # [tokens, F]
         a = F.relu(pre)
         if self.cfg.activation is Activation.JUMPRELU:
             a = a * (pre > self.threshold[features])

@@ -22,6 +22,7 @@ class InterventionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERVENTION_MODE_SCALE: _ClassVar[InterventionMode]
     INTERVENTION_MODE_ABLATE: _ClassVar[InterventionMode]
     INTERVENTION_MODE_VECTOR: _ClassVar[InterventionMode]
+    INTERVENTION_MODE_CLAMP_THRESHOLD: _ClassVar[InterventionMode]
 
 class Positions(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -60,6 +61,7 @@ INTERVENTION_MODE_CLAMP: InterventionMode
 INTERVENTION_MODE_SCALE: InterventionMode
 INTERVENTION_MODE_ABLATE: InterventionMode
 INTERVENTION_MODE_VECTOR: InterventionMode
+INTERVENTION_MODE_CLAMP_THRESHOLD: InterventionMode
 POSITIONS_UNSPECIFIED: Positions
 POSITIONS_ALL: Positions
 POSITIONS_PROMPT: Positions
@@ -254,7 +256,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class Intervention(_message.Message):
-    __slots__ = ("mode", "sae", "feature", "value", "hook_point", "vector", "normalize", "positions", "indices")
+    __slots__ = ("mode", "sae", "feature", "value", "hook_point", "vector", "normalize", "positions", "indices", "threshold")
     MODE_FIELD_NUMBER: _ClassVar[int]
     SAE_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +266,7 @@ class Intervention(_message.Message):
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     mode: InterventionMode
     sae: str
     feature: int
@@ -273,7 +276,8 @@ class Intervention(_message.Message):
     normalize: bool
     positions: Positions
     indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, mode: _Optional[_Union[InterventionMode, str]] = ..., sae: _Optional[str] = ..., feature: _Optional[int] = ..., value: _Optional[float] = ..., hook_point: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., normalize: _Optional[bool] = ..., positions: _Optional[_Union[Positions, str]] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    threshold: float
+    def __init__(self, mode: _Optional[_Union[InterventionMode, str]] = ..., sae: _Optional[str] = ..., feature: _Optional[int] = ..., value: _Optional[float] = ..., hook_point: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., normalize: _Optional[bool] = ..., positions: _Optional[_Union[Positions, str]] = ..., indices: _Optional[_Iterable[int]] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class FeatureRef(_message.Message):
     __slots__ = ("sae", "feature")

@@ -32,7 +32,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 is "off" for every parameter."""
 
 _INTERVENTION_SCHEMA = json_schema(pb.Intervention.DESCRIPTOR)
-_MODES = "add, clamp, scale, ablate, vector (or INTERVENTION_MODE_ADD, ...)"
+_MODES = "add, clamp, scale, ablate, vector, clamp_threshold (or INTERVENTION_MODE_ADD, ...)"
 
 
 class SteeringOptions(BaseModel):
