@@ -380,3 +380,32 @@ def test_a_threshold_belongs_to_clamp_threshold_only() -> None:
         Intervention(M.CLAMP_THRESHOLD, 1.0, sae_id="s", feature=0, threshold=math.nan).validate(
             limits, "iv"
         )
+
+
+def test_a_prefill_encodes_only_the_positions_its_entries_apply_to(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLAMP at INDICES [0, 2] on row 0 and at PROMPT positions on row 1: the TopK SAE's
+    encoder sees those 2 + PROMPT_LEN tokens only (not 2 x S), and both rows still match
+    the formula at every position."""
+    hooked = served.saes["post0"]
+    d = served.lm.layout.d_model
+    h = torch.randn(2, S, d, generator=torch.Generator().manual_seed(13)) * 3
+    rows = [
+        [Intervention(M.CLAMP, 4.0, sae_id="post0", feature=5, positions=PositionKind.INDICES, indices=[0, 2])],
+        [Intervention(M.CLAMP, 4.0, sae_id="post0", feature=9, positions=PositionKind.PROMPT)],
+    ]  # fmt: skip
+    seen: list[int] = []
+    real = type(hooked.sae).encode_sparse
+
+    def counting(self: object, x: torch.Tensor, **kw: object) -> object:
+        seen.append(x.reshape(-1, d).shape[0])
+        return real(self, x, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(hooked.sae), "encode_sparse", counting)
+    out = _apply(served, rows, h, hooked.hook_point.name).double().numpy()
+    assert sum(seen) == 2 + PROMPT_LEN
+    masks = [np.isin(np.arange(S), [0, 2]), np.arange(S) < PROMPT_LEN]
+    for r in range(2):
+        want = _expected(served, rows[r][0], h[r].double().numpy(), masks[r].astype(float))
+        np.testing.assert_allclose(out[r], want, rtol=1e-4, atol=1e-4)

@@ -219,6 +219,8 @@ class _Entries:
             c0[i][e], c1[i][e] = _C0_C1[iv.mode](iv.value)
         self.c0 = torch.tensor(c0, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
         self.c1 = torch.tensor(c1, device=self.dirs.device).unsqueeze(1)  # [R, 1, E]
+        on_row = [[float(r == row) for r, _ in entries] for row in rows]
+        self.on_row = torch.tensor(on_row, device=self.dirs.device)  # [R, E]
         features = [iv.feature for _, iv in entries]
         self.reader: _FeatureReader | None = None
         if sae is not None and entries[0][1].mode is InterventionMode.CLAMP_THRESHOLD:
@@ -234,7 +236,7 @@ class _Entries:
         if self.reader is not None:
             x = h.index_select(0, self.rows)  # [R, S, d]
             if self.needs_latents:
-                coeff = torch.addcmul(coeff, self.c1, self.reader.latents(x))  # [R, S, E]
+                coeff = torch.addcmul(coeff, self.c1, self._latents(x, mask))  # [R, S, E]
             std = self.reader.std(x)  # [R, S, 1] or None
             if std is not None:
                 coeff = coeff * std
@@ -242,6 +244,21 @@ class _Entries:
             coeff = coeff * mask.T
         delta = coeff @ self.dirs  # [R, S or 1, d]
         return out.index_add(0, self.rows, delta.expand(len(self.rows), *out.shape[1:]))
+
+    def _latents(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """[R, S, E] float32 a_f of x [R, S, d], read only at the tokens where one of the
+        row's entries applies (mask [E, S], or None for all), 0 elsewhere: a prefill's
+        padding and the positions a PROMPT or INDICES entry leaves out are never encoded
+        (at 1,048,576 latents each is a [d, d_sae] matmul of its own block)."""
+        assert self.reader is not None
+        if mask is None:
+            return self.reader.latents(x)
+        need = (self.on_row @ mask) > 0  # [R, S]
+        if bool(need.all()):
+            return self.reader.latents(x)
+        a = x.new_zeros(*need.shape, len(self.items), dtype=torch.float32)
+        a[need] = self.reader.latents(x[need])
+        return a
 
 
 def _direction(iv: ResolvedIntervention) -> Tensor:
