@@ -89,8 +89,8 @@ def _most_active(
 def _skipped_share(
     served: ServedModel, sae_id: str, ids: list[int], n_prompt: int, feature: int
 ) -> float:
-    """Share of the generated tokens of ``ids`` where the feature's own pre-activation is
-    <= 0 (the steps whose steering read skips the full encoder)."""
+    """Share of the tokens of ``ids`` after the first ``n_prompt`` where the feature's own
+    pre-activation is <= 0 (the tokens whose steering read skips the full encoder)."""
     hooked = served.sae(sae_id)
     sae = hooked.sae
     caught: list[torch.Tensor] = []
@@ -175,6 +175,9 @@ def _prefill_memory(ctx: Context, served: ServedModel, sae_id: str) -> Row:
         ids = ([*text_ids, i] * (prompt_len // len(text_ids) + 1))[:prompt_len]
         clamp = Intervention(InterventionMode.CLAMP, 5.0, sae_id=sae_id, feature=1000 + i)
         requests.append(GenerateRequest(prompt_ids=ids, sampling=sampling, interventions=[clamp]))
+    skipped = sum(
+        _skipped_share(served, sae_id, r.prompt_ids, 0, 1000 + i) for i, r in enumerate(requests)
+    )
     admitted = 0
     for req in requests:
         prepared = gen.prepare(req)
@@ -210,7 +213,9 @@ def _prefill_memory(ctx: Context, served: ServedModel, sae_id: str) -> Row:
         f"budget (generate_memory_bytes {budget_mib:.0f} MiB), estimated at "
         f"{estimate / MIB:.0f} MiB; peak RssAnon over its level before: {peak:.0f} MiB "
         f"({len(samples)} samples over {seconds:.0f} s). Each steering encode holds one "
-        f"{served.sae(sae_id).sae.block_rows()}-row block of pre-activations at a time."
+        f"{served.sae(sae_id).sae.block_rows()}-row block of pre-activations at a time; "
+        f"{100 * skipped / n_prompts:.0f}% of the prompt tokens had their feature's own "
+        f"pre-activation <= 0 and skipped the full encoder."
     )
     return Row.judged(
         "wide_prefill_memory",
