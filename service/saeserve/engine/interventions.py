@@ -178,10 +178,11 @@ class _ThresholdReader(_FeatureReader):
     def __init__(self, sae: Sae, features: list[int], thresholds: list[float]) -> None:
         super().__init__(sae, features)
         self.thresholds = torch.tensor(thresholds, device=sae.W_enc.device)  # [E]
+        self.columns = sae.feature_columns(self.features)  # once per plan, not per step
 
     def latents(self, h: Tensor) -> Tensor:
         flat = h.reshape(-1, h.shape[-1])
-        pre = self.sae.feature_pre_activations(flat, self.features).float()  # [tokens, E]
+        pre = self.sae.feature_pre_activations(flat, self.features, self.columns).float()
         a = torch.where(pre > self.thresholds, pre.clamp_min(0), 0.0)
         return a.reshape(*h.shape[:-1], -1)
 

@@ -329,13 +329,22 @@ class Sae(nn.Module):
             (a != 0).sum(0) if count_fires else None,
         )
 
-    def feature_pre_activations(self, x: Tensor, features: Tensor) -> Tensor:
+    def feature_columns(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder columns [d_in, F] and biases [F] of ``features`` [F], contiguous."""
+        return self.W_enc[:, features].contiguous(), self.b_enc[features]
+
+    def feature_pre_activations(
+        self, x: Tensor, features: Tensor, columns: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """Encoder pre-activations [tokens, F] of ``features`` [F] alone at model-space x
-        [tokens, d_in]: their encoder columns, [tokens, d_in] @ [d_in, F]."""
+        [tokens, d_in]: their encoder columns, [tokens, d_in] @ [d_in, F]; ``columns``:
+        ``feature_columns(features)`` kept by a caller that reads them every decode step
+        (gathering F columns of a memory-mapped [d_in, d_sae] W_enc touches d_in pages)."""
         x_n, _ = self.normalize(x)
         if self.cfg.apply_b_dec_to_input:
             x_n = x_n - self.b_dec
-        return torch.addmm(self.b_enc[features], x_n, self.W_enc[:, features])
+        weight, bias = columns if columns is not None else self.feature_columns(features)
+        return torch.addmm(bias, x_n, weight)
 
     def _feature_columns(self, x: Tensor, features: Tensor, lead: torch.Size) -> Encoding:
         """``encode_sparse`` of a ReLU or JumpReLU SAE asked only for ``features`` (steering,
