@@ -1,5 +1,5 @@
 """The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|
-sharded|sharded_wide|attribution|smoke``.
+sharded|sharded_wide|attribution|wide|smoke``.
 
 Runs the chosen measurements in this process (the memory and SAELens ones in child
 processes, the service ones against a Ray Serve instance it starts) for each profile,
@@ -16,6 +16,7 @@ markdown from the last run's data, e.g. after bench/analysis.md was revised.
     python -m bench all            # the full run recorded in docs/BENCHMARKS.md
     python -m bench decompose --quick --profile demo
     python -m bench render         # docs/BENCHMARKS.md again, with the current analysis
+    flock /work/wide.lock python -m bench wide --quick   # the 1M-latent SAE's rows (6 GiB mapped)
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ TARGETS = {
     "sharded_wide_generate": "(no target)",
     "attribution": ">= 0.8x",
     "neighbours_wide": ">= 0.8x",
+    "wide_steered": ">= 0.5x",
+    "wide_prefill_memory": "peak <= budget",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -88,6 +91,7 @@ GROUPS: dict[str, list[str]] = {
     "sharded": ["sharded"],
     "sharded_wide": ["sharded_wide"],
     "attribution": ["attribution", "neighbours"],
+    "wide": ["wide"],
     "all": [
         "decompose",
         "saelens",
@@ -97,6 +101,7 @@ GROUPS: dict[str, list[str]] = {
         "sharded",
         "attribution",
         "neighbours",
+        "wide",
     ],
     "render": [],
     "smoke": ["decompose", "generate", "memory", "attribution"],
@@ -119,6 +124,12 @@ def _run_generate(ctx: Context) -> list[Row]:
     from bench import generation
 
     return generation.measure(ctx)
+
+
+def _run_wide(ctx: Context) -> list[Row]:
+    from bench import wide_steering
+
+    return wide_steering.measure(ctx)
 
 
 def _run_memory(ctx: Context) -> list[Row]:
@@ -164,6 +175,7 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
     "memory": (_run_memory, ["memory_engine"]),
     "sharded": (_run_sharded, ["sharded_decompose", "sharded_generate"]),
     "sharded_wide": (_run_sharded_wide, ["sharded_wide_decompose", "sharded_wide_generate"]),
+    "wide": (_run_wide, ["wide_steered", "wide_prefill_memory"]),
     "service": (
         _run_service,
         [

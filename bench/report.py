@@ -69,6 +69,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "sharded_wide_generate": "10. 1M SAE split 2 ways on local Ray vs unsplit: steered Generate",
     "attribution": "11. Attribution latency, 128-token prompt: vs one forward + backward by hand",
     "neighbours_wide": "12. Neighbours of one feature of a 1M-latent SAE: vs a chunked matmul by hand",
+    "wide_steered": "13. 1M SAE: Generate steered (CLAMP on an active feature) vs unsteered tokens/s",
+    "wide_prefill_memory": "13. 1M SAE: peak memory of eight 960-token steered prompts admitted together",
 }
 
 

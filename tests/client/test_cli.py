@@ -247,6 +247,14 @@ def test_sae_ids_may_contain_slashes() -> None:
     assert parse_feature_ref(f"{sae}:5") == (sae, 5)
 
 
+def test_clamp_threshold_takes_an_optional_threshold() -> None:
+    assert parse_steer("resid_post.0:5:clamp_threshold:3:0.5") == Steer.clamp_threshold(
+        "resid_post.0", 5, 3.0, 0.5
+    )
+    assert parse_steer("a:b:5:clamp_threshold:3") == Steer("clamp_threshold", "a:b", 5, 3.0)
+    assert parse_steer("a:b:5:clamp_threshold:3:-1") == Steer.clamp_threshold("a:b", 5, 3.0, -1.0)
+
+
 def test_target_and_api_key_from_environment(server: FakeServer, fake: FakeSaeserve) -> None:
     fake.required_key = "env-key"
     env = {"SAESERVE_TARGET": server.address, "SAESERVE_API_KEY": "env-key"}

@@ -429,6 +429,15 @@ def test_steer_validates_and_normalizes() -> None:
         Steer.add("s", 1, 1.0, positions="everywhere")
 
 
+def test_clamp_threshold_reaches_the_proto() -> None:
+    from saeserve_client.convert import intervention
+
+    msg = intervention(Steer.clamp_threshold("s", 4, 2.0, threshold=0.25, positions="generated"))
+    assert msg.mode == pb.INTERVENTION_MODE_CLAMP_THRESHOLD
+    assert (msg.sae, msg.feature, msg.value, msg.threshold) == ("s", 4, 2.0, 0.25)
+    assert msg.positions == pb.POSITIONS_GENERATED
+
+
 def test_error_survives_pickling() -> None:
     import pickle
 

@@ -50,21 +50,33 @@ def capture(model: nn.Module, family: str, ids: list[int]) -> dict[str, np.ndarr
     return result
 
 
-def encode(sae: Sae, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(latents [T, d_sae], reconstruction [T, d_in]) by the formulas, in float64 numpy."""
-    p = {k: v.detach().double().numpy() for k, v in sae.state_dict().items()}
+def _normalized(sae: Sae, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x in SAE space, the per-token mean to add back, model units per SAE unit)."""
     cfg = sae.cfg
     x = x.astype(np.float64)
     mean, scale = np.zeros((len(x), 1)), np.ones((len(x), 1))
     if cfg.input_norm is InputNorm.LAYERNORM:
         mean = x.mean(-1, keepdims=True)
         std = (x - mean).std(-1, ddof=1, keepdims=True)
-        xn, scale = (x - mean) / (std + 1e-5), std
-    elif cfg.input_norm is InputNorm.SCALE:
-        xn, scale = x * cfg.norm_scale, np.full((len(x), 1), 1 / cfg.norm_scale)
-    else:
-        xn = x
-    pre = (xn - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+        return (x - mean) / (std + 1e-5), mean, std
+    if cfg.input_norm is InputNorm.SCALE:
+        return x * cfg.norm_scale, mean, np.full((len(x), 1), 1 / cfg.norm_scale)
+    return x, mean, scale
+
+
+def pre_activations(sae: Sae, x: np.ndarray) -> np.ndarray:
+    """Encoder pre-activations [T, d_sae] by the formula, in float64 numpy."""
+    p = {k: v.detach().double().numpy() for k, v in sae.state_dict().items()}
+    xn, _, _ = _normalized(sae, x)
+    return (xn - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+
+
+def encode(sae: Sae, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(latents [T, d_sae], reconstruction [T, d_in]) by the formulas, in float64 numpy."""
+    p = {k: v.detach().double().numpy() for k, v in sae.state_dict().items()}
+    cfg = sae.cfg
+    _, mean, scale = _normalized(sae, x)
+    pre = pre_activations(sae, x)
     if cfg.activation is Activation.TOPK:
         a = np.zeros_like(pre)
         top = np.argsort(-pre, axis=-1)[:, : cfg.k]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from saeserve.engine.generate import BatchGenerator, generate, generated_text
@@ -20,6 +21,7 @@ from saeserve.engine.types import (
     TrackedFeature,
     Variant,
 )
+from saeserve.sae.base import Sae
 from tests.engine import reference
 
 PROMPTS = ["The cat sat", "Once upon a time, in a land far away", "Hello"]
@@ -377,3 +379,58 @@ def test_kl_from_baseline_needs_the_baseline(served: ServedModel) -> None:
     )
     with pytest.raises(InvalidArgument, match="kl_from_baseline: needs include_baseline"):
         BatchGenerator(served).submit(req)
+
+
+def test_topk_steering_tokens_equal_ranking_every_token(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of rows steering different TopK features (CLAMP, SCALE, ABLATE) writes the
+    same greedy tokens, with the same logprobs, whether the steering read ranks every
+    token's latents (the path before the shortcut) or only those where a steered feature's
+    own pre-activation is positive; and the shortcut did skip tokens."""
+    greedy = SamplingParams(max_new_tokens=10, temperature=0)
+    modes = [
+        (InterventionMode.CLAMP, 6.0),
+        (InterventionMode.SCALE, 3.0),
+        (InterventionMode.ABLATE, 0.0),
+    ]
+    reqs = [
+        GenerateRequest(
+            _ids(served, p),
+            greedy,
+            logprobs=True,
+            interventions=[
+                Intervention(m, v, sae, f)
+                for (m, v), sae, f in zip(modes, ["post0", "mid1", "post0"], feats, strict=True)
+            ],
+        )
+        for p, feats in zip(PROMPTS, [(3, 5, 9), (7, 1, 2), (11, 4, 6)], strict=True)
+    ]
+
+    def batch() -> list[list[tuple[int, float | None]]]:
+        gen = BatchGenerator(served)
+        rids = [gen.submit(r) for r in reqs]
+        events: list[TokenEvent] = []
+        while gen.has_work():
+            events += gen.step()
+        return [[(e.token_id, e.logprob) for e in events if e.request_id == rid] for rid in rids]
+
+    skipped: list[int] = []
+    shortcut = Sae._topk_features
+
+    def counting(self: Sae, flat: torch.Tensor, features: torch.Tensor, own, lead, block_bytes):  # type: ignore[no-untyped-def]
+        skipped.append(int((own.features.reshape(len(flat), -1) <= 0).all(-1).sum()))
+        return shortcut(self, flat, features, own, lead, block_bytes)
+
+    def rank_all(self: Sae, flat: torch.Tensor, features: torch.Tensor, own, lead, block_bytes):  # type: ignore[no-untyped-def]
+        blocks = self._blocks(flat, 0, features, False, False, block_bytes)
+        a = torch.cat([b.features for b in blocks if b.features is not None])
+        return own._replace(features=a.reshape(*lead, -1))
+
+    monkeypatch.setattr(Sae, "_topk_features", counting)
+    fast = batch()
+    monkeypatch.setattr(Sae, "_topk_features", rank_all)
+    assert fast == batch()
+    assert sum(skipped) > 0
+    unsteered = [_tokens(_run(served, GenerateRequest(r.prompt_ids, greedy))) for r in reqs]
+    assert [[t for t, _ in row] for row in fast] != unsteered  # the steering acts

@@ -344,3 +344,81 @@ def test_an_integer_value_steers_as_its_float(served: ServedModel) -> None:
         plan = SteeringPlan([resolve_interventions(served, [iv], PROMPT_LEN)])
         out.append(plan.decode_hook_fns()[point](h.clone()))
     torch.testing.assert_close(out[0], out[1])
+
+
+@pytest.mark.parametrize("sae_id", ["post0", "mid1", "jump1"])
+def test_clamp_threshold_matches_its_formula_from_the_features_column_alone(
+    served: ServedModel, sae_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLAMP_THRESHOLD: h += (value - a'_f) d_f with a'_f = max(pre_f, 0) where pre_f >
+    threshold, else 0 (numpy, from the formula's pre-activations), and no full encoder
+    runs. On a TopK SAE a'_f differs from the exact a_f somewhere (not CLAMP in disguise)."""
+    hooked = served.saes[sae_id]
+    sae = hooked.sae
+    d = served.lm.layout.d_model
+    h = torch.randn(2, S, d, generator=torch.Generator().manual_seed(11)) * 3
+    x = h[0].double().numpy()
+    pre = reference.pre_activations(sae, x)
+    a, _ = reference.encode(sae, x)
+    threshold = 0.2
+    # a feature above the threshold on some tokens and below on others
+    above = (pre > threshold).sum(0)
+    feature = int(np.argmin(np.abs(above - S / 2)))
+    iv = Intervention(M.CLAMP_THRESHOLD, 2.5, sae_id=sae_id, feature=feature, threshold=threshold)
+
+    def no_full_encoder(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("CLAMP_THRESHOLD ran the full encoder")
+
+    monkeypatch.setattr(type(sae), "pre_activations", no_full_encoder)
+    out = _apply(served, [[iv], []], h, hooked.hook_point.name).double().numpy()
+    pre_f = pre[:, feature]
+    a_approx = np.where(pre_f > threshold, np.maximum(pre_f, 0), 0.0)
+    d_f = sae.W_dec[feature].detach().double().numpy()
+    want = x + ((2.5 - a_approx)[:, None] * d_f[None, :]) * reference.norm_scale(sae, x)
+    np.testing.assert_allclose(out[0], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out[1], h[1].double().numpy(), rtol=0, atol=0)  # row 1 untouched
+    assert 0 < (pre_f > threshold).sum() < S
+    if sae.is_topk:
+        assert not np.allclose(a_approx, a[:, feature])
+
+
+def test_a_threshold_belongs_to_clamp_threshold_only() -> None:
+    limits = EngineLimits()
+    Intervention(M.CLAMP_THRESHOLD, 1.0, sae_id="s", feature=0, threshold=-0.5).validate(
+        limits, "iv"
+    )
+    with pytest.raises(InvalidArgument, match=r"iv\.threshold: only for CLAMP_THRESHOLD"):
+        Intervention(M.CLAMP, 1.0, sae_id="s", feature=0, threshold=0.5).validate(limits, "iv")
+    with pytest.raises(InvalidArgument, match=r"iv\.threshold: must be finite"):
+        Intervention(M.CLAMP_THRESHOLD, 1.0, sae_id="s", feature=0, threshold=math.nan).validate(
+            limits, "iv"
+        )
+
+
+def test_a_prefill_encodes_only_the_positions_its_entries_apply_to(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLAMP at INDICES [0, 2] on row 0 and at PROMPT positions on row 1: the TopK SAE's
+    encoder sees those 2 + PROMPT_LEN tokens only (not 2 x S), and both rows still match
+    the formula at every position."""
+    hooked = served.saes["post0"]
+    d = served.lm.layout.d_model
+    h = torch.randn(2, S, d, generator=torch.Generator().manual_seed(13)) * 3
+    rows = [
+        [Intervention(M.CLAMP, 4.0, sae_id="post0", feature=5, positions=PositionKind.INDICES, indices=[0, 2])],
+        [Intervention(M.CLAMP, 4.0, sae_id="post0", feature=9, positions=PositionKind.PROMPT)],
+    ]  # fmt: skip
+    seen: list[int] = []
+    real = type(hooked.sae).encode_sparse
+
+    def counting(self: object, x: torch.Tensor, **kw: object) -> object:
+        seen.append(x.reshape(-1, d).shape[0])
+        return real(self, x, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(hooked.sae), "encode_sparse", counting)
+    out = _apply(served, rows, h, hooked.hook_point.name).double().numpy()
+    assert sum(seen) == 2 + PROMPT_LEN
+    masks = [np.isin(np.arange(S), [0, 2]), np.arange(S) < PROMPT_LEN]
+    for r in range(2):
+        want = _expected(served, rows[r][0], h[r].double().numpy(), masks[r].astype(float))
+        np.testing.assert_allclose(out[r], want, rtol=1e-4, atol=1e-4)

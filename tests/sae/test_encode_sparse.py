@@ -100,3 +100,63 @@ def test_no_tokens() -> None:
     enc = sae.encode_sparse(torch.zeros(0, D_IN), features=torch.tensor(FEATURES))
     assert enc.values.shape == (0, K) and enc.features is not None
     assert enc.features.shape == (0, len(FEATURES))
+
+
+def _tied_topk_sae(seed: int) -> Sae:
+    """A TopK SAE whose encoder repeats columns exactly and nearly (1 ulp-scale apart), so
+    the asked features tie or nearly tie with the k-th largest latent."""
+    sae = random_sae("topk", "none", seed=seed)
+    with torch.no_grad():
+        w, b = sae.W_enc, sae.b_enc
+        for j in range(0, D_SAE // 2, 3):  # exact copies of feature columns
+            w[:, D_SAE // 2 + j] = w[:, j]
+            b[D_SAE // 2 + j] = b[j]
+        for j in range(1, D_SAE // 2, 3):  # near copies
+            w[:, D_SAE // 2 + j] = w[:, j] * (1 + 1e-7)
+            b[D_SAE // 2 + j] = b[j]
+    return sae
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_topk_features_alone_equal_the_full_encode(seed: int) -> None:
+    """Steering's read (k=0: the asked features only, the encoder run only on tokens where
+    one of them has a positive pre-activation) gives exactly what the full encode gives,
+    on random and tied/near-tied encoders, in [rows, positions] batches and any block
+    size; and the shortcut is really taken on some tokens (the test can fail both ways)."""
+    sae = _tied_topk_sae(seed) if seed % 2 else random_sae("topk", "none", seed=seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    x = torch.randn(4, 11, D_IN, generator=g)
+    features = torch.randint(0, D_SAE, (2,), generator=g)
+    features[0] = 0  # a feature with exact copies (tied encoders)
+    with torch.no_grad():
+        pre = sae.pre_activations(x)[..., features]
+        for block_rows in (1, 3, 1000):  # the matmul's rounding depends on its rows
+            block_bytes = block_rows * D_SAE * 4
+            full = sae.encode_sparse(x, features=features, block_bytes=block_bytes).features
+            got = sae.encode_sparse(x, k=0, features=features, block_bytes=block_bytes).features
+            assert got is not None and full is not None
+            assert torch.equal(got, full)
+    assert bool((pre <= 0).all(-1).any())  # some tokens skip the encoder
+    assert bool((full > 0).any()) and bool(((pre > 0) & (full == 0)).any())  # and some rank
+
+
+def test_steering_read_blocks_stay_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long prompt's steering read never holds more pre-activations at once than its
+    block budget: every [rows, d_sae] the encoder makes fits in block_bytes."""
+    sae = random_sae("topk", "none", seed=7)
+    shapes: list[tuple[int, ...]] = []
+    real = Sae.pre_activations
+
+    def recording(self: Sae, x_n: torch.Tensor) -> torch.Tensor:
+        out = real(self, x_n)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(Sae, "pre_activations", recording)
+    x = torch.randn(2000, D_IN, generator=torch.Generator().manual_seed(8)) + 1.0
+    budget = 7 * D_SAE * 4 + 5  # 7 rows
+    with torch.no_grad():
+        enc = sae.encode_sparse(x, k=0, features=torch.tensor(FEATURES), block_bytes=budget)
+    assert enc.features is not None and enc.features.shape == (2000, len(FEATURES))
+    assert shapes and sum(s[0] for s in shapes) > 1000  # the full encoder did run
+    assert max(s[0] * s[1] * 4 for s in shapes) <= budget

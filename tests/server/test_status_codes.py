@@ -253,6 +253,13 @@ CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
         "hook_point",
     ),
     (
+        "steer-threshold-not-clamp-threshold",
+        "Generate",
+        _steer(mode=pb.INTERVENTION_MODE_CLAMP, threshold=0.5),
+        C.INVALID_ARGUMENT,
+        "interventions[0].threshold",
+    ),
+    (
         "steer-indices",
         "Generate",
         _steer(positions=pb.POSITIONS_INDICES, indices=[99]),

@@ -73,25 +73,32 @@ def parse_condition(spec: str) -> Condition:
 
 def parse_steer(spec: str) -> Steer:
     """``SAE:FEATURE:MODE[:VALUE][@CONDITION]`` (VALUE optional for ablate; CONDITION as
-    ``parse_condition`` reads it) -> ``Steer``."""
+    ``parse_condition`` reads it), or ``SAE:FEATURE:clamp_threshold:VALUE[:THRESHOLD]`` ->
+    ``Steer``."""
     spec, at, when = spec.partition("@")
     condition = parse_condition(when) if at else None
-    parts = spec.rsplit(":", 3)
-    if len(parts) == 4 and parts[2].lower() in MODES:
+    threshold = "0"
+    parts = spec.rsplit(":", 4)
+    if len(parts) == 5 and parts[2].lower() == "clamp_threshold":
+        sae, feature, mode, value, threshold = parts
+    elif len(parts := spec.rsplit(":", 3)) == 4 and parts[2].lower() in MODES:
         sae, feature, mode, value = parts
     else:
         parts = spec.rsplit(":", 2)
         if len(parts) != 3 or parts[2].lower() != "ablate":
             raise argparse.ArgumentTypeError(
                 f"--steer {spec!r}: expected SAE:FEATURE:MODE:VALUE with MODE one of "
-                "add, clamp, scale, ablate (ablate takes no value)"
+                "add, clamp, scale, ablate (ablate takes no value), or "
+                "SAE:FEATURE:clamp_threshold:VALUE[:THRESHOLD]"
             )
         sae, feature, mode, value = (*parts, "0")
     mode = mode.lower()
     if mode == "vector":
         raise argparse.ArgumentTypeError("--steer: vector steering needs the Python client")
     try:
-        return Steer(mode, sae, int(feature), float(value), condition=condition)
+        return Steer(
+            mode, sae, int(feature), float(value), threshold=float(threshold), condition=condition
+        )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--steer {spec!r}: {exc}") from None
 
@@ -169,7 +176,9 @@ def _generate(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="SAE:FEATURE:MODE:VALUE[@SAE:FEATURE>T]",
         help="steer a feature; MODE is add, clamp, scale or ablate (repeatable); with "
-        "@SAE:FEATURE>T (or <T) only at the tokens where that feature is above (below) T",
+        "@SAE:FEATURE>T (or <T) only at the tokens where that feature is above (below) T; "
+        "SAE:FEATURE:clamp_threshold:VALUE[:THRESHOLD] clamps by a pre-activation threshold "
+        "instead of the exact TopK test (approximate; cheap on very wide TopK SAEs)",
     )
     parser.add_argument(
         "--stop-when",

@@ -310,6 +310,7 @@ def intervention(steer: Steer) -> pb.Intervention:
         hook_point=steer.hook_point,
         vector=list(steer.direction),
         normalize=steer.normalize,
+        threshold=steer.threshold,
     )
     if isinstance(steer.positions, str):
         msg.positions = _POSITIONS[steer.positions]

@@ -308,7 +308,7 @@ class FeatureMatch:
 # ---------------------------------------------------------------------------------------
 # Steering (a request value, kept beside the results so one import has every type)
 
-MODES = ("add", "clamp", "scale", "ablate", "vector")
+MODES = ("add", "clamp", "scale", "ablate", "vector", "clamp_threshold")
 POSITION_NAMES = ("all", "prompt", "generated")
 
 
@@ -349,9 +349,11 @@ class Steer:
     ``positions`` is "all", "prompt", "generated", or a sequence of prompt token indices.
     Semantics (see DESIGN.md, "Steering semantics"): ``add`` h += value * d_f; ``clamp``
     pins the feature at value; ``scale`` multiplies it by value; ``ablate`` removes it;
-    ``vector`` adds value * a raw direction at a hook point. ``when(condition)`` limits it
-    to the tokens where a ``Condition`` holds (its SAE hooked at the steered point or an
-    earlier one).
+    ``vector`` adds value * a raw direction at a hook point; ``clamp_threshold`` is an
+    approximate clamp that counts the feature active where its own pre-activation exceeds
+    ``threshold`` instead of testing TopK membership (cheap on very wide TopK SAEs).
+    ``when(condition)`` limits it to the tokens where a ``Condition`` holds (its SAE hooked
+    at the steered point or an earlier one).
     """
 
     mode: str
@@ -363,6 +365,7 @@ class Steer:
     normalize: bool = False
     positions: str | tuple[int, ...] = "all"
     condition: Condition | None = None
+    threshold: float = 0.0  # clamp_threshold mode: the pre-activation it counts as active above
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -396,6 +399,23 @@ class Steer:
         cls, sae: str, feature: int, value: float, *, positions: str | Sequence[int] = "all"
     ) -> Steer:
         return cls("clamp", sae, feature, value, positions=_pos(positions))
+
+    @classmethod
+    def clamp_threshold(
+        cls,
+        sae: str,
+        feature: int,
+        value: float,
+        threshold: float = 0.0,
+        *,
+        positions: str | Sequence[int] = "all",
+    ) -> Steer:
+        """Approximate clamp: the feature counts as active (at its pre-activation) where
+        that exceeds ``threshold``; no TopK membership test (see the proto's
+        INTERVENTION_MODE_CLAMP_THRESHOLD)."""
+        return cls(
+            "clamp_threshold", sae, feature, value, threshold=threshold, positions=_pos(positions)
+        )
 
     @classmethod
     def scale(

@@ -35,6 +35,7 @@ from transformers import DynamicCache
 from saeserve.engine.decode_hooks import DecodeHooks
 from saeserve.engine.detokenize import TextStream
 from saeserve.engine.emission import emit
+from saeserve.engine.generation_memory import MIB, GenerationMemory, RowNeed
 from saeserve.engine.interventions import (
     ResolvedCondition,
     ResolvedIntervention,
@@ -86,6 +87,9 @@ class BatchGenerator:
         self.max_batch_size = max_batch_size
         self.limits = limits or EngineLimits()
         """What a request is validated against (the server passes its own)."""
+        self.memory = GenerationMemory.of(served.lm)
+        """Bytes per token of this model's batch, checked against
+        ``limits.generate_memory_bytes`` at admission (0: unchecked)."""
         self._ids = itertools.count(1)
         self._pending: list[RunningSequence] = []
         self._batch: RunningBatch | None = None
@@ -121,22 +125,67 @@ class BatchGenerator:
                 f"include_baseline: needs 2 sequences; this replica decodes {self.max_batch_size}"
             )
         interventions = resolve_interventions(self.served, req.interventions, len(req.prompt_ids))
-        return PreparedRequest(
+        prepared = PreparedRequest(
             req,
             interventions,
             resolve_tracked(self.served, req.track),
             resolve_stop_conditions(self.served, req.stop_conditions),
         )
+        budget = self.limits.generate_memory_bytes
+        need = self.memory.batch_bytes([], self._needs(prepared))
+        if budget and need > budget:
+            raise InvalidArgument(
+                f"prompt: {len(req.prompt_ids)} tokens + max_new_tokens "
+                f"{req.sampling.max_new_tokens} ({prepared.sequences} sequences) need about "
+                f"{need / MIB:.0f} MiB for their KV cache, prefill activations and steering "
+                f"encode > limit generate_memory_bytes {budget / MIB:.0f} MiB"
+            )
+        return prepared
 
     def fits(self, prepared: PreparedRequest) -> bool:
-        """Whether the batch has room for the request's sequences now."""
-        return self.n_sequences + prepared.sequences <= self.max_batch_size
+        """Whether the batch has room for the request's sequences now: in rows, and in
+        memory (``limits.generate_memory_bytes``) with every running and queued row."""
+        if self.n_sequences + prepared.sequences > self.max_batch_size:
+            return False
+        budget = self.limits.generate_memory_bytes
+        return not budget or self.memory_bytes(prepared) <= budget
+
+    def memory_bytes(self, prepared: PreparedRequest | None = None) -> int:
+        """The most memory the batch needs (``GenerationMemory``) with its running and
+        queued rows, and ``prepared``'s if given."""
+        running = [self._row_need(s) for s in (self._batch.rows if self._batch else [])]
+        joining = [self._row_need(s) for s in self._pending]
+        if prepared is not None:
+            joining += self._needs(prepared)
+        return self.memory.batch_bytes(running, joining)
+
+    def _needs(self, prepared: PreparedRequest) -> list[RowNeed]:
+        """Each of the request's rows' ``RowNeed`` (its baseline has no steering)."""
+        req = prepared.request
+        steered = self._need(len(req.prompt_ids), req.sampling.max_new_tokens, prepared)
+        plain = RowNeed(steered.prompt, steered.total, 0)
+        return [steered, plain][: prepared.sequences]
+
+    def _row_need(self, s: RunningSequence) -> RowNeed:
+        return self._need(len(s.prompt_ids), s.sampling.max_new_tokens, s)
+
+    def _need(
+        self, prompt: int, max_new: int, steering: PreparedRequest | RunningSequence
+    ) -> RowNeed:
+        saes = [iv.sae.sae for iv in steering.interventions if iv.sae is not None]
+        saes += [hooked.sae for hooked, _ in steering.tracked]
+        tokens = max(prompt, self.max_batch_size)  # a prefill, or a decode step's rows
+        encode = max((sae.encode_block_bytes(tokens) for sae in saes), default=0)
+        return RowNeed(prompt, prompt + max_new, encode)
 
     def admit(self, prepared: PreparedRequest) -> int:
         """Queue a prepared request for the next step; returns its id. ResourceExhausted
         when it does not ``fit``."""
         if not self.fits(prepared):
-            raise ResourceExhausted(f"generation batch is full ({self.max_batch_size} sequences)")
+            raise ResourceExhausted(
+                f"generation batch is full ({self.max_batch_size} sequences, "
+                f"generate_memory_bytes {self.limits.generate_memory_bytes / MIB:.0f} MiB)"
+            )
         req, lm = prepared.request, self.served.lm
         rid = next(self._ids)
         seed = req.sampling.seed if req.sampling.seed is not None else random.getrandbits(63)

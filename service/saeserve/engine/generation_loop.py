@@ -15,7 +15,9 @@ this process, stay about the same however many streams share the thread. A strea
 is closed (client cancelled, deadline passed) cancels its sequences, which leave the
 batch before the next step.
 
-A request that finds the batch full waits, in arrival order, for rows to free up: at most
+A request that finds the batch full (its rows, or the memory budget
+``limits.generate_memory_bytes``: ``BatchGenerator.fits``) waits, in arrival order, for
+rows to free up: at most
 ``max_waiting`` requests and ``max_wait_s`` seconds each, after which it is refused
 (RESOURCE_EXHAUSTED), so a burst is served rather than refused while a flood is still
 bounded. A request is validated before it waits, so a bad one is refused at once.
@@ -32,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from saeserve.engine.generate import BatchGenerator, PreparedRequest
+from saeserve.engine.generation_memory import MIB
 from saeserve.engine.types import GenerateRequest, TokenEvent
 from saeserve.errors import ResourceExhausted
 
@@ -214,7 +217,11 @@ class GenerationLoop:
                 self.on_admitted(now - waiting.since)
 
     def _full(self, why: str) -> str:
-        return f"generation batch is full ({self.generator.max_batch_size} sequences; {why})"
+        budget = self.generator.limits.generate_memory_bytes / MIB
+        return (
+            f"generation batch is full ({self.generator.max_batch_size} sequences, "
+            f"generate_memory_bytes {budget:.0f} MiB; {why})"
+        )
 
     def _drop(self, cancels: list[_Sink]) -> None:
         """Cancel the closed streams' requests; their rows leave before the next step."""

@@ -9,6 +9,12 @@ d_f = W_dec[f], every intervention adds ``coeff * direction`` to h:
     SCALE   h += (value - 1) * a_f * d_f      coeff = (value - 1) * a_f
     ABLATE  h -= a_f * d_f                    coeff = -a_f
     VECTOR  h += value * v                    coeff = value           (model space; normalize: v / |v|)
+    CLAMP_THRESHOLD                           coeff = value - a'_f    (a'_f: see below)
+
+CLAMP_THRESHOLD is CLAMP with an approximate a_f, asked for explicitly: a'_f = max(pre_f,
+0) where the feature's own pre-activation exceeds the intervention's threshold, else 0,
+read from its encoder column alone (``_ThresholdReader``); exact CLAMP on a TopK SAE
+must rank all d_sae pre-activations wherever pre_f > 0.
 
 so ``coeff = c0 + c1 * a_f`` with (c0, c1) a function of the mode and value alone. The
 reconstruction error is never touched: only the component along d_f moves. An SAE that
@@ -87,6 +93,7 @@ class ResolvedIntervention:
     normalize: bool = False
     indices: tuple[int, ...] = ()
     condition: ResolvedCondition | None = None
+    threshold: float = 0.0  # CLAMP_THRESHOLD
 
 
 def resolve_interventions(
@@ -102,6 +109,16 @@ def resolve_interventions(
     for i, iv in enumerate(interventions):
         where = f"{field_name}[{i}]"
         resolved = _resolve_one(served, iv, prompt_len, where)
+        if (
+            iv.mode is InterventionMode.CLAMP_THRESHOLD
+            and resolved.sae is not None
+            and not resolved.sae.sae.holds_encoder
+        ):
+            raise InvalidArgument(
+                f"{where}.mode: CLAMP_THRESHOLD reads the feature's own encoder column, which "
+                f"SAE {resolved.sae.id!r} keeps on its shards; use CLAMP (exact, and merged "
+                "from the shards' top k)"
+            )
         if iv.condition is not None:
             cond = resolve_condition(served, iv.condition, f"{where}.condition")
             point = cond.sae.hook_point
@@ -181,6 +198,7 @@ def _resolve_one(
         feature=iv.feature,
         normalize=iv.normalize,
         indices=indices,
+        threshold=iv.threshold,
     )
 
 
@@ -272,6 +290,22 @@ def _condition_reads(
     return dict(by_point), [(reads[key], i) for key, i in where]
 
 
+class _ThresholdReader(_FeatureReader):
+    """CLAMP_THRESHOLD's a'_f: max(pre_f, 0) where pre_f > the entry's threshold, else 0,
+    from the features' encoder columns alone (no TopK membership test)."""
+
+    def __init__(self, sae: Sae, features: list[int], thresholds: list[float]) -> None:
+        super().__init__(sae, features)
+        self.thresholds = torch.tensor(thresholds, device=sae.W_enc.device)  # [E]
+        self.columns = sae.feature_columns(self.features)  # once per plan, not per step
+
+    def latents(self, h: Tensor) -> Tensor:
+        flat = h.reshape(-1, h.shape[-1])
+        pre = self.sae.feature_pre_activations(flat, self.features, self.columns).float()
+        a = torch.where(pre > self.thresholds, pre.clamp_min(0), 0.0)
+        return a.reshape(*h.shape[:-1], -1)
+
+
 # the coefficient of d_f is c0 + c1 * a_f
 _C0_C1: dict[InterventionMode, Callable[[float], tuple[float, float]]] = {
     InterventionMode.ADD: lambda v: (v, 0.0),
@@ -279,6 +313,7 @@ _C0_C1: dict[InterventionMode, Callable[[float], tuple[float, float]]] = {
     InterventionMode.SCALE: lambda v: (0.0, v - 1.0),
     InterventionMode.ABLATE: lambda v: (0.0, -1.0),
     InterventionMode.VECTOR: lambda v: (v, 0.0),
+    InterventionMode.CLAMP_THRESHOLD: lambda v: (v, -1.0),
 }
 
 
@@ -312,9 +347,14 @@ class _Entries:
         dev = self.dirs.device
         self.c0 = torch.tensor(c0, dtype=torch.float32, device=dev).unsqueeze(1)
         self.c1 = torch.tensor(c1, dtype=torch.float32, device=dev).unsqueeze(1)
-        self.reader = (
-            None if sae is None else _FeatureReader(sae, [iv.feature for _, iv in entries])
-        )
+        on_row = [[float(r == row) for r, _ in entries] for row in rows]
+        self.on_row = torch.tensor(on_row, device=dev)  # [R, E]
+        features = [iv.feature for _, iv in entries]
+        self.reader: _FeatureReader | None = None
+        if sae is not None and entries[0][1].mode is InterventionMode.CLAMP_THRESHOLD:
+            self.reader = _ThresholdReader(sae, features, [iv.threshold for _, iv in entries])
+        elif sae is not None:
+            self.reader = _FeatureReader(sae, features)
         self.needs_latents = bool((self.c1 != 0).any())
         # entry e's condition is row cond_index[e] of the reads' holds stacked in this
         # order, then a row of ones for the unconditional entries
@@ -346,7 +386,7 @@ class _Entries:
         if self.reader is not None:
             x = h.index_select(0, self.rows)  # [R, S, d]
             if self.needs_latents:
-                coeff = torch.addcmul(coeff, self.c1, self.reader.latents(x))  # [R, S, E]
+                coeff = torch.addcmul(coeff, self.c1, self._latents(x, mask))  # [R, S, E]
             std = self.reader.std(x)  # [R, S, 1] or None
             if std is not None:
                 coeff = coeff * std
@@ -357,6 +397,21 @@ class _Entries:
             coeff = coeff * mask.T
         delta = coeff @ self.dirs  # [R, S or 1, d]
         return out.index_add(0, self.rows, delta.expand(len(self.rows), *out.shape[1:]))
+
+    def _latents(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """[R, S, E] float32 a_f of x [R, S, d], read only at the tokens where one of the
+        row's entries applies (mask [E, S], or None for all), 0 elsewhere: a prefill's
+        padding and the positions a PROMPT or INDICES entry leaves out are never encoded
+        (at 1,048,576 latents each is a [d, d_sae] matmul of its own block)."""
+        assert self.reader is not None
+        if mask is None:
+            return self.reader.latents(x)
+        need = (self.on_row @ mask) > 0  # [R, S]
+        if bool(need.all()):
+            return self.reader.latents(x)
+        a = x.new_zeros(*need.shape, len(self.items), dtype=torch.float32)
+        a[need] = self.reader.latents(x[need])
+        return a
 
 
 def _direction(iv: ResolvedIntervention) -> Tensor:
@@ -452,7 +507,8 @@ class SteeringPlan:
 
     def _entries(self, keep: Callable[[ResolvedIntervention], bool]) -> _Steering:
         """The kept interventions grouped per point: one group per SAE whose change
-        depends on h, and one for all the constant ones; and their conditions' reads."""
+        depends on h (and one more per SAE for CLAMP_THRESHOLD, which reads a'_f), and one
+        for all the constant ones; and their conditions' reads."""
         kept = [
             (r, j, iv)
             for r, items in enumerate(self.rows)
@@ -463,15 +519,15 @@ class SteeringPlan:
             [(r, j, iv.condition) for r, j, iv in kept if iv.condition is not None]
         )
         landed = iter(where)
-        groups: dict[HookPoint, dict[str, list[tuple[int, ResolvedIntervention]]]]
+        groups: dict[HookPoint, dict[tuple[str, bool], list[tuple[int, ResolvedIntervention]]]]
         groups = defaultdict(dict)
-        conds: dict[HookPoint, dict[str, list[tuple[_ConditionReads, int] | None]]]
+        conds: dict[HookPoint, dict[tuple[str, bool], list[tuple[_ConditionReads, int] | None]]]
         conds = defaultdict(dict)
-        saes: dict[str, Sae] = {}
+        saes: dict[tuple[str, bool], Sae] = {}
         for r, _, iv in kept:
-            key = ""  # the constant changes, one group per point
+            key = ("", False)  # the constant changes, one group per point
             if iv.sae is not None and _needs_h(iv):
-                key = iv.sae.id
+                key = (iv.sae.id, iv.mode is InterventionMode.CLAMP_THRESHOLD)
                 saes[key] = iv.sae.sae
             groups[iv.point].setdefault(key, []).append((r, iv))
             cond = next(landed) if iv.condition is not None else None
@@ -500,10 +556,14 @@ class SteeringPlan:
         """Hooks for any forward pass; see the class docstring."""
         fns = {}
         for point in self.points:
-            groups = self._all.groups.get(point, [])
-            masks = [_entry_masks(g, token_pos, prompt_lens) for g in groups]
+            masked = [
+                (g, _entry_masks(g, token_pos, prompt_lens))
+                for g in self._all.groups.get(point, [])
+            ]
             reads = self._all.conditions.get(point, [])
-            fns[point] = self._hook(point, list(zip(groups, masks, strict=True)), reads)
+            # a group that applies nowhere in this forward (GENERATED entries at a prefill)
+            # changes nothing: its encode would be wasted
+            fns[point] = self._hook(point, [(g, m) for g, m in masked if bool(m.any())], reads)
         return fns
 
     def decode_hook_fns(self) -> dict[HookPoint, HookFn]:

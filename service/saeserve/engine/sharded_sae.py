@@ -52,6 +52,8 @@ ROW_CACHE = 4096
 class ShardedSae(Sae):
     """See the module docstring; ``shards`` tile [0, d_sae) in order."""
 
+    holds_encoder = False
+
     def __init__(self, cfg: SaeConfig, b_dec: Tensor, shards: Sequence[ShardEndpoint]) -> None:
         nn.Module.__init__(self)  # no W_enc / W_dec here: they are on the shards
         self.cfg = cfg
@@ -115,6 +117,13 @@ class ShardedSae(Sae):
             reconstruction=None if recon is None else recon.reshape(*lead, self.d_in),
             fire_counts=fires,
         )
+
+    def encode_block_bytes(self, tokens: int) -> int:
+        """Bytes this replica holds for an encode over ``tokens`` tokens: the shards' answers,
+        k (or the asked n) values and ids per token and shard (the [rows, d_sae] blocks
+        are the shards' own)."""
+        per_token = len(self.shards) * max(self.cfg.k or 0, 1) * (4 + 8)
+        return 2 * max(tokens, 1) * per_token
 
     def _topk(
         self, x_n: Tensor, block_bytes: int | None, reconstruct: bool

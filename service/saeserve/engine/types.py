@@ -91,6 +91,11 @@ class GenerateLimits(Protocol):
     max_tracked_features: int
     max_top_logprobs: int
     max_stop_conditions: int
+    generate_memory_bytes: int
+
+
+DEFAULT_GENERATE_MEMORY_BYTES = 4 << 30
+"""A replica's generation batch budget (KV cache, prefill, steering encode): 4 GiB."""
 
 
 @dataclass
@@ -105,6 +110,7 @@ class EngineLimits:
     max_tracked_features: int = 256
     max_top_logprobs: int = 20
     max_stop_conditions: int = 64
+    generate_memory_bytes: int = DEFAULT_GENERATE_MEMORY_BYTES
 
 
 def at_most(value: float, limit: float, where: str) -> None:
@@ -124,6 +130,7 @@ class InterventionMode(StrEnum):
     SCALE = "scale"  # h += (value - 1) * a_f * d_f
     ABLATE = "ablate"  # h -= a_f * d_f
     VECTOR = "vector"  # h += value * v
+    CLAMP_THRESHOLD = "clamp_threshold"  # CLAMP with a_f ~ relu(pre_f) where pre_f > threshold
 
 
 class PositionKind(StrEnum):
@@ -168,6 +175,8 @@ class Intervention:
     """Prompt token indices when positions is INDICES."""
     condition: FeatureCondition | None = None
     """Apply only at the tokens (of those ``positions`` selects) where this holds."""
+    threshold: float = 0.0
+    """CLAMP_THRESHOLD: the pre-activation above which the feature counts as active."""
 
     def validate(self, limits: GenerateLimits, where: str) -> None:
         """The checks that need no model (``where`` is this intervention's field path)."""
@@ -182,6 +191,13 @@ class Intervention:
         if not math.isfinite(self.value):
             raise InvalidArgument(f"{where}.value: must be finite, got {self.value}")
         at_most(abs(self.value), limits.max_abs_intervention_value, f"{where}.value (absolute)")
+        if not math.isfinite(self.threshold):
+            raise InvalidArgument(f"{where}.threshold: must be finite, got {self.threshold}")
+        at_most(
+            abs(self.threshold), limits.max_abs_intervention_value, f"{where}.threshold (absolute)"
+        )
+        if self.threshold and self.mode != InterventionMode.CLAMP_THRESHOLD:
+            raise InvalidArgument(f"{where}.threshold: only for CLAMP_THRESHOLD, not {self.mode}")
         if positions is PositionKind.INDICES and not self.indices:
             raise InvalidArgument(f"{where}.indices: positions INDICES needs at least one index")
         if positions is not PositionKind.INDICES and self.indices:

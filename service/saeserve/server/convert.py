@@ -51,6 +51,7 @@ _MODES = {
     pb.INTERVENTION_MODE_SCALE: InterventionMode.SCALE,
     pb.INTERVENTION_MODE_ABLATE: InterventionMode.ABLATE,
     pb.INTERVENTION_MODE_VECTOR: InterventionMode.VECTOR,
+    pb.INTERVENTION_MODE_CLAMP_THRESHOLD: InterventionMode.CLAMP_THRESHOLD,
 }
 _POSITIONS = {
     pb.POSITIONS_UNSPECIFIED: PositionKind.ALL,
@@ -190,7 +191,9 @@ def _intervention(msg: pb.Intervention, i: int, limits: Limits) -> Intervention:
     at_most(len(msg.vector), limits.max_vector_values, f"{where}.vector (count)")
     at_most(len(msg.indices), limits.max_tokens_per_text, f"{where}.indices (count)")
     if msg.mode not in _MODES:
-        raise InvalidArgument(f"{where}.mode: required (ADD, CLAMP, SCALE, ABLATE or VECTOR)")
+        raise InvalidArgument(
+            f"{where}.mode: required (ADD, CLAMP, SCALE, ABLATE, VECTOR or CLAMP_THRESHOLD)"
+        )
     if msg.positions not in _POSITIONS:
         raise InvalidArgument(f"{where}.positions: unknown value {msg.positions}")
     mode = _MODES[msg.mode]
@@ -205,6 +208,7 @@ def _intervention(msg: pb.Intervention, i: int, limits: Limits) -> Intervention:
         positions=_POSITIONS[msg.positions],
         indices=list(msg.indices),
         condition=_condition(msg.condition) if msg.HasField("condition") else None,
+        threshold=msg.threshold,
     )
 
 

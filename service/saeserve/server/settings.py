@@ -30,6 +30,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from saeserve.engine.types import DEFAULT_GENERATE_MEMORY_BYTES
 from saeserve.sae.ids import default_sae_id
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "demo" / "data"
@@ -196,6 +197,13 @@ class Limits(BaseModel):
     free; 0 = go at once (requests that arrive during a forward pass still batch)."""
     max_concurrent_streams: int = Field(default=32, ge=1)
     """Generate: sequences decoded together per replica; more wait in the queue."""
+    generate_memory_bytes: int = Field(default=DEFAULT_GENERATE_MEMORY_BYTES, ge=0)
+    """Generate: bytes a replica's generation batch may need beyond the weights: every
+    sequence's KV cache at its full length (prompt + max_new_tokens, padded to the
+    longest), and a prefill's activations and steering encode block
+    (engine/generation_memory.py has the arithmetic). A request that needs more on its
+    own is INVALID_ARGUMENT naming this limit; requests that fit alone but not beside the
+    running ones wait as when the batch is full (max_waiting_streams). 0 = unchecked."""
     max_waiting_streams: int = Field(default=64, ge=0)
     """Generate: requests a replica holds while its batch is full, in arrival order;
     beyond it RESOURCE_EXHAUSTED at once (0 = refuse whenever the batch is full)."""

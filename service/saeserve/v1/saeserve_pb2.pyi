@@ -22,6 +22,7 @@ class InterventionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERVENTION_MODE_SCALE: _ClassVar[InterventionMode]
     INTERVENTION_MODE_ABLATE: _ClassVar[InterventionMode]
     INTERVENTION_MODE_VECTOR: _ClassVar[InterventionMode]
+    INTERVENTION_MODE_CLAMP_THRESHOLD: _ClassVar[InterventionMode]
 
 class Positions(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -61,6 +62,7 @@ INTERVENTION_MODE_CLAMP: InterventionMode
 INTERVENTION_MODE_SCALE: InterventionMode
 INTERVENTION_MODE_ABLATE: InterventionMode
 INTERVENTION_MODE_VECTOR: InterventionMode
+INTERVENTION_MODE_CLAMP_THRESHOLD: InterventionMode
 POSITIONS_UNSPECIFIED: Positions
 POSITIONS_ALL: Positions
 POSITIONS_PROMPT: Positions
@@ -258,7 +260,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class Intervention(_message.Message):
-    __slots__ = ("mode", "sae", "feature", "value", "hook_point", "vector", "normalize", "positions", "indices", "condition")
+    __slots__ = ("mode", "sae", "feature", "value", "hook_point", "vector", "normalize", "positions", "indices", "condition", "threshold")
     MODE_FIELD_NUMBER: _ClassVar[int]
     SAE_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +271,7 @@ class Intervention(_message.Message):
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
     CONDITION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     mode: InterventionMode
     sae: str
     feature: int
@@ -279,7 +282,8 @@ class Intervention(_message.Message):
     positions: Positions
     indices: _containers.RepeatedScalarFieldContainer[int]
     condition: FeatureCondition
-    def __init__(self, mode: _Optional[_Union[InterventionMode, str]] = ..., sae: _Optional[str] = ..., feature: _Optional[int] = ..., value: _Optional[float] = ..., hook_point: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., normalize: _Optional[bool] = ..., positions: _Optional[_Union[Positions, str]] = ..., indices: _Optional[_Iterable[int]] = ..., condition: _Optional[_Union[FeatureCondition, _Mapping]] = ...) -> None: ...
+    threshold: float
+    def __init__(self, mode: _Optional[_Union[InterventionMode, str]] = ..., sae: _Optional[str] = ..., feature: _Optional[int] = ..., value: _Optional[float] = ..., hook_point: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., normalize: _Optional[bool] = ..., positions: _Optional[_Union[Positions, str]] = ..., indices: _Optional[_Iterable[int]] = ..., condition: _Optional[_Union[FeatureCondition, _Mapping]] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class FeatureCondition(_message.Message):
     __slots__ = ("sae", "feature", "threshold", "below")

@@ -33,7 +33,7 @@ is "off" for every parameter."""
 
 _INTERVENTION_SCHEMA = json_schema(pb.Intervention.DESCRIPTOR)
 _CONDITION_SCHEMA = json_schema(pb.FeatureCondition.DESCRIPTOR)
-_MODES = "add, clamp, scale, ablate, vector (or INTERVENTION_MODE_ADD, ...)"
+_MODES = "add, clamp, scale, ablate, vector, clamp_threshold (or INTERVENTION_MODE_ADD, ...)"
 
 
 class SteeringOptions(BaseModel):
