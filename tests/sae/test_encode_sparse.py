@@ -100,3 +100,20 @@ def test_no_tokens() -> None:
     enc = sae.encode_sparse(torch.zeros(0, D_IN), features=torch.tensor(FEATURES))
     assert enc.values.shape == (0, K) and enc.features is not None
     assert enc.features.shape == (0, len(FEATURES))
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu"])
+@pytest.mark.parametrize("block_rows", [1, 7, 1000])
+def test_encode_active_is_every_nonzero_latent(activation: str, block_rows: int) -> None:
+    sae = random_sae(activation, "layernorm")
+    x = torch.randn(23, D_IN, generator=torch.Generator().manual_seed(2)) + 0.3
+    want_a, _ = reference.encode(sae, x.double().numpy())  # [T, d_sae]
+    with torch.no_grad():
+        got = sae.encode_active(x, block_bytes=block_rows * D_SAE * 4)
+    rows, feats = got.rows.numpy(), got.features.numpy()
+    assert (np.diff(rows) >= 0).all()
+    dense = np.zeros_like(want_a)
+    dense[rows, feats] = got.values.numpy()
+    assert len(set(zip(rows.tolist(), feats.tolist(), strict=True))) == len(rows)  # no repeats
+    np.testing.assert_allclose(dense, want_a, rtol=1e-5, atol=1e-5)
+    assert (got.values.numpy() > 0).all()
