@@ -72,6 +72,8 @@ def test_imports_as_package_with_the_service() -> None:
         "Generate",
         "GetFeature",
         "SearchFeatures",
+        "InspectFeatures",
+        "ContrastFeatures",
     }
     assert methods["Generate"].server_streaming
     assert not any(m.server_streaming for name, m in methods.items() if name != "Generate")

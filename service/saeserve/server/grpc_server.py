@@ -115,6 +115,8 @@ def method_handlers(ops: Operations, max_request_bytes: int) -> grpc.GenericRpcH
         "GetFeature": _unary(ops.get_feature),
         "SearchFeatures": _unary(ops.search_features),
         "Generate": _generate(ops),
+        "InspectFeatures": _unary(ops.inspect_features),
+        "ContrastFeatures": _unary(ops.contrast_features),
     }
     handlers = {}
     for m in SERVICE.methods:

@@ -17,12 +17,20 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import torch
 
 from saeserve.engine.decompose import decompose_many
+from saeserve.engine.feature_stats import (
+    ContrastRequest,
+    InspectRequest,
+    SaeActivity,
+    SaeContrast,
+    contrast_features,
+    inspect_features,
+)
 from saeserve.engine.generate import BatchGenerator
 from saeserve.engine.generation_loop import GenerationLoop
 from saeserve.engine.served_model import ServedModel
@@ -40,6 +48,8 @@ from saeserve.server.settings import Limits, ModelSpec
 from saeserve.v1 import saeserve_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 INDEX_DIR = "feature_index"
 """Default subfolder of an SAE folder holding its feature index (SaeSpec.index overrides)."""
@@ -166,6 +176,34 @@ class ModelReplica:
         metrics.TOKENS_DECOMPOSED.inc(sum(r.n_tokens for r in out))
         for r in out:
             metrics.SAE_ENCODE_SECONDS.observe(r.sae_seconds)
+        return out
+
+    # --- feature statistics over whole texts ---------------------------------------------------
+    async def inspect_features(
+        self, token_ids: list[int], req: InspectRequest
+    ) -> list[SaeActivity] | SaeserveError:
+        """The features that fire most over one text's ids (the ingress tokenized it)."""
+        return await asyncio.to_thread(
+            self._forward, len(token_ids), inspect_features, self.served, token_ids, req
+        )
+
+    async def contrast_features(
+        self, token_ids_a: list[list[int]], token_ids_b: list[list[int]], req: ContrastRequest
+    ) -> list[SaeContrast] | SaeserveError:
+        """The features that separate texts A from texts B (the ingress tokenized them)."""
+        n = sum(map(len, token_ids_a)) + sum(map(len, token_ids_b))
+        return await asyncio.to_thread(
+            self._forward, n, contrast_features, self.served, token_ids_a, token_ids_b, req
+        )
+
+    def _forward(self, n_tokens: int, run: Callable[..., R], *args: Any) -> R | SaeserveError:
+        """``run(*args)`` holding the forward lock; a caller's mistake is returned."""
+        with self.lock:
+            try:
+                out = run(*args)
+            except SaeserveError as e:
+                return e
+        metrics.TOKENS_DECOMPOSED.inc(n_tokens)
         return out
 
     # --- generate ---------------------------------------------------------------------------
