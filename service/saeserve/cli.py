@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("saeserve_client.cli", "stream steered generation"),
     "feature": ("saeserve_client.cli", "show one feature: top contexts, promoted tokens, density"),
     "search": ("saeserve_client.cli", "search features by explanation or top tokens"),
+    "inspect": ("saeserve_client.cli", "show the features that fire most over a whole text"),
+    "contrast": ("saeserve_client.cli", "rank the features that separate two sets of texts"),
 }
 
 
