@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from saeserve.engine import active_features
 from saeserve.engine.active_features import ActiveFeatures, forward_groups
 from saeserve.engine.decompose import decompose
 from saeserve.engine.feature_stats import (
@@ -204,7 +205,7 @@ def test_many_forwards_equal_one(served: ServedModel, monkeypatch: pytest.Monkey
     req = ContrastRequest(sae_ids=["post0", "jump1"], top_n=D_SAE)
     ids_a, ids_b = ids_of(served, SET_A), ids_of(served, SET_B)
     whole = contrast_features(served, ids_a, ids_b, req)
-    monkeypatch.setattr("saeserve.engine.active_features.FORWARD_TOKENS", 1)
+    monkeypatch.setattr(active_features, "FORWARD_TOKENS", 1)
     one_by_one = contrast_features(served, ids_a, ids_b, req)
     for w, o in zip(whole, one_by_one, strict=True):
         assert [r.feature for r in w.more_in_a] == [r.feature for r in o.more_in_a]
@@ -219,3 +220,30 @@ def test_errors_name_the_field(served: ServedModel) -> None:
         contrast_features(served, [[1]], [[2]], ContrastRequest(sae_ids=["nope"]))
     with pytest.raises(NotFound, match=r"saes\[1\]"):
         inspect_features(served, [1, 2], InspectRequest(sae_ids=["post0", "nope"]))
+
+
+def test_the_lock_is_held_around_each_forward(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Lock:
+        held, entered = False, 0
+
+        def __enter__(self) -> None:
+            self.held, self.entered = True, self.entered + 1
+
+        def __exit__(self, *exc: object) -> None:
+            self.held = False
+
+    lock = Lock()
+    forward = active_features.forward_saes
+
+    def checked(*args: object, **kwargs: object) -> None:
+        assert lock.held
+        forward(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(active_features, "forward_saes", checked)
+    monkeypatch.setattr(active_features, "FORWARD_TOKENS", 1)  # one text per forward
+    contrast_features(served, ids_of(served, SET_A), ids_of(served, SET_B), ContrastRequest(), lock=lock)  # fmt: skip
+    assert lock.entered == len(SET_A) + len(SET_B) and not lock.held
+    inspect_features(served, ids_of(served, [TEXT])[0], InspectRequest(), lock=lock)
+    assert lock.entered == len(SET_A) + len(SET_B) + 1

@@ -13,7 +13,9 @@ O(active entries), never [tokens x d_sae].
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -51,7 +53,7 @@ class ActiveFeatures:
         return np.searchsorted(np.cumsum(self.lengths), self.tokens, side="right")
 
 
-def forward_groups(lengths: Sequence[int], budget: int = FORWARD_TOKENS) -> list[range]:
+def forward_groups(lengths: Sequence[int], budget: int) -> list[range]:
     """Consecutive texts in groups whose padded size (texts x longest) fits ``budget``
     (a text longer than the budget goes alone)."""
     groups, start, longest = [], 0, 0
@@ -66,12 +68,18 @@ def forward_groups(lengths: Sequence[int], budget: int = FORWARD_TOKENS) -> list
 
 
 def collect_active(
-    served: ServedModel, token_ids: Sequence[Sequence[int]], saes: list[HookedSae]
+    served: ServedModel,
+    token_ids: Sequence[Sequence[int]],
+    saes: list[HookedSae],
+    *,
+    lock: AbstractContextManager[Any] | None = None,
 ) -> list[ActiveFeatures]:
-    """Each SAE's active latents over the texts ``token_ids``, in the order of ``saes``."""
+    """Each SAE's active latents over the texts ``token_ids``, in the order of ``saes``.
+    ``lock`` (the replica's forward lock) is held for each forward, not between them, so
+    a long contrast lets generation steps in between its groups."""
     lengths = [len(t) for t in token_ids]
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {h.id: [] for h in saes}
-    for group in forward_groups(lengths):
+    for group in forward_groups(lengths, FORWARD_TOKENS):
         offset = sum(lengths[: group.start])
 
         def read(hooked: list[HookedSae], x: Tensor, offset: int = offset) -> None:
@@ -85,7 +93,8 @@ def collect_active(
                     )
                 )
 
-        forward_saes(served, [token_ids[i] for i in group], saes, read)
+        with lock or nullcontext():
+            forward_saes(served, [token_ids[i] for i in group], saes, read)
     return [
         ActiveFeatures(
             sae_id=h.id,

@@ -20,8 +20,10 @@ O(active entries x log), never [tokens x d_sae]; numbers are float64 on the host
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -79,9 +81,14 @@ class SaeActivity:
 
 
 def inspect_features(
-    served: ServedModel, token_ids: Sequence[int], req: InspectRequest
+    served: ServedModel,
+    token_ids: Sequence[int],
+    req: InspectRequest,
+    *,
+    lock: AbstractContextManager[Any] | None = None,
 ) -> list[SaeActivity]:
-    """The features of each requested SAE that fire most over one text's tokens."""
+    """The features of each requested SAE that fire most over one text's tokens
+    (``lock``: held around each forward, see ``collect_active``)."""
     if not token_ids:
         raise InvalidArgument("text: must not be empty")
     saes = served.select(req.sae_ids)
@@ -89,7 +96,7 @@ def inspect_features(
         raise InvalidArgument(f"saes: model {served.name!r} has no SAEs loaded")
     return [
         feature_activity(a, req.order_by, req.top_n, req.max_positions)
-        for a in collect_active(served, [token_ids], saes)
+        for a in collect_active(served, [token_ids], saes, lock=lock)
     ]
 
 
@@ -191,15 +198,18 @@ def contrast_features(
     token_ids_a: Sequence[Sequence[int]],
     token_ids_b: Sequence[Sequence[int]],
     req: ContrastRequest,
+    *,
+    lock: AbstractContextManager[Any] | None = None,
 ) -> list[SaeContrast]:
-    """The features of each requested SAE that best separate texts A from texts B."""
+    """The features of each requested SAE that best separate texts A from texts B
+    (``lock``: held around each forward, see ``collect_active``)."""
     for name, texts in (("texts_a", token_ids_a), ("texts_b", token_ids_b)):
         if not texts:
             raise InvalidArgument(f"{name}: at least one text is required")
     saes = served.select(req.sae_ids)
     if not saes:
         raise InvalidArgument(f"saes: model {served.name!r} has no SAEs loaded")
-    both = collect_active(served, [*token_ids_a, *token_ids_b], saes)
+    both = collect_active(served, [*token_ids_a, *token_ids_b], saes, lock=lock)
     n_a = len(token_ids_a)
     return [contrast(*split_texts(s, n_a), req.unit, req.order_by, req.top_n) for s in both]
 

@@ -13,6 +13,7 @@ protobuf messages; the ingress owns gRPC.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -179,30 +180,32 @@ class ModelReplica:
         return out
 
     # --- feature statistics over whole texts ---------------------------------------------------
+    # The forward lock is held per forward pass of the texts, not for the whole call, so a
+    # contrast of many texts lets generation steps in between (and its statistics, host
+    # numpy, never hold it).
     async def inspect_features(
         self, token_ids: list[int], req: InspectRequest
     ) -> list[SaeActivity] | SaeserveError:
         """The features that fire most over one text's ids (the ingress tokenized it)."""
-        return await asyncio.to_thread(
-            self._forward, len(token_ids), inspect_features, self.served, token_ids, req
-        )
+        run = functools.partial(inspect_features, self.served, token_ids, req, lock=self.lock)
+        return await asyncio.to_thread(self._answered, len(token_ids), run)
 
     async def contrast_features(
         self, token_ids_a: list[list[int]], token_ids_b: list[list[int]], req: ContrastRequest
     ) -> list[SaeContrast] | SaeserveError:
         """The features that separate texts A from texts B (the ingress tokenized them)."""
         n = sum(map(len, token_ids_a)) + sum(map(len, token_ids_b))
-        return await asyncio.to_thread(
-            self._forward, n, contrast_features, self.served, token_ids_a, token_ids_b, req
+        run = functools.partial(
+            contrast_features, self.served, token_ids_a, token_ids_b, req, lock=self.lock
         )
+        return await asyncio.to_thread(self._answered, n, run)
 
-    def _forward(self, n_tokens: int, run: Callable[..., R], *args: Any) -> R | SaeserveError:
-        """``run(*args)`` holding the forward lock; a caller's mistake is returned."""
-        with self.lock:
-            try:
-                out = run(*args)
-            except SaeserveError as e:
-                return e
+    def _answered(self, n_tokens: int, run: Callable[[], R]) -> R | SaeserveError:
+        """``run()``'s result, or the caller's mistake returned; counts the tokens."""
+        try:
+            out = run()
+        except SaeserveError as e:
+            return e
         metrics.TOKENS_DECOMPOSED.inc(n_tokens)
         return out
 
