@@ -1,7 +1,7 @@
 """The operations every transport exposes, implemented once.
 
 ``Operations`` is what an ingress replica serves: list models, tokenize, decompose,
-generate, get a feature, search features. Each operation takes its request as the
+generate, get a feature, search features, inspect and contrast features over whole texts. Each operation takes its request as the
 saeserve.v1 protobuf message (the API contract; the HTTP JSON API is that message's JSON
 mapping) and a ``Caller`` (the transport's name and the caller's ``authorization``), and
 does everything but the wire format: the API-key check, request conversion and limits

@@ -6,7 +6,9 @@ running each alone, so every caller gets its own answer or its own error. Genera
 requests arrive as token ids (the ingress tokenizes), share the replica's
 ``GenerationLoop`` and send engine events in groups (``limits.stream_interval_s``, longer
 when many streams are open); the ingress turns them into chunks. One lock serialises
-forward passes, because hooks live on the shared model modules. Returns engine types and
+forward passes, because hooks live on the shared model modules. InspectFeatures and
+ContrastFeatures arrive as token ids too and run off the event loop, taking that lock
+for each forward pass of their texts. Returns engine types and
 protobuf messages; the ingress owns gRPC.
 """
 
