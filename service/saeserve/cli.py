@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "saeserve_client.cli",
         "which tokens of a prompt drove a feature (gradient x input)",
     ),
+    "inspect": ("saeserve_client.cli", "show the features that fire most over a whole text"),
+    "contrast": ("saeserve_client.cli", "rank the features that separate two sets of texts"),
 }
 
 

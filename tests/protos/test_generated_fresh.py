@@ -74,6 +74,8 @@ def test_imports_as_package_with_the_service() -> None:
         "SearchFeatures",
         "Attribute",
         "AttributeFeature",
+        "InspectFeatures",
+        "ContrastFeatures",
     }
     assert methods["Generate"].server_streaming
     assert not any(m.server_streaming for name, m in methods.items() if name != "Generate")

@@ -49,6 +49,17 @@ def _calls(server: Server, text: str) -> dict[str, Callable[[], object]]:
         "decompose.texts[1]": lambda: server.stub.Decompose(
             pb.DecomposeRequest(texts=["fine", text]), metadata=AUTH, timeout=30
         ),
+        "inspect_features.text": lambda: server.stub.InspectFeatures(
+            pb.InspectFeaturesRequest(text=text), metadata=AUTH, timeout=30
+        ),
+        "inspect_features.messages": lambda: server.stub.InspectFeatures(
+            pb.InspectFeaturesRequest(messages=[pb.ChatMessage(role="user", content=text)]),
+            metadata=AUTH,
+            timeout=30,
+        ),
+        "contrast_features.texts_b[0]": lambda: server.stub.ContrastFeatures(
+            pb.ContrastFeaturesRequest(texts_a=["fine"], texts_b=[text]), metadata=AUTH, timeout=30
+        ),
     }
 
 
@@ -66,7 +77,7 @@ def test_a_50_mib_request_is_refused_unparsed_and_leaves_no_memory(server: Serve
 def test_a_text_too_long_for_its_token_limit_is_refused_by_its_size(server: Server) -> None:
     for field, call in _calls(server, "a" * MEDIUM).items():
         details = _refusal(call)
-        size = MEDIUM + len("user") * (field == "generate.messages")  # messages count roles
+        size = MEDIUM + len("user") * field.endswith(".messages")  # messages count roles
         assert details.startswith(f"{field}: {size} bytes is more than"), details
         assert "limits.max_tokens_per_text" in details
 

@@ -160,3 +160,20 @@ def test_steering_read_blocks_stay_within_the_budget(monkeypatch: pytest.MonkeyP
     assert enc.features is not None and enc.features.shape == (2000, len(FEATURES))
     assert shapes and sum(s[0] for s in shapes) > 1000  # the full encoder did run
     assert max(s[0] * s[1] * 4 for s in shapes) <= budget
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu"])
+@pytest.mark.parametrize("block_rows", [1, 7, 1000])
+def test_encode_active_is_every_nonzero_latent(activation: str, block_rows: int) -> None:
+    sae = random_sae(activation, "layernorm")
+    x = torch.randn(23, D_IN, generator=torch.Generator().manual_seed(2)) + 0.3
+    want_a, _ = reference.encode(sae, x.double().numpy())  # [T, d_sae]
+    with torch.no_grad():
+        got = sae.encode_active(x, block_bytes=block_rows * D_SAE * 4)
+    rows, feats = got.rows.numpy(), got.features.numpy()
+    assert (np.diff(rows) >= 0).all()
+    dense = np.zeros_like(want_a)
+    dense[rows, feats] = got.values.numpy()
+    assert len(set(zip(rows.tolist(), feats.tolist(), strict=True))) == len(rows)  # no repeats
+    np.testing.assert_allclose(dense, want_a, rtol=1e-5, atol=1e-5)
+    assert (got.values.numpy() > 0).all()

@@ -104,6 +104,11 @@ def test_async_client_every_rpc(server: Server) -> None:
             assert len(chunks) == 4 and chunks[-1].finish_reason == "length"
             assert (await c.get_feature("resid_post.1", 325, model=DEMO)).feature == 325
             assert await c.search_features("she", model=DEMO, limit=2)
+            inspection = await c.inspect_features(TEXT, model=DEMO, top_n=2)
+            assert inspection.tokens.strings == tokens.strings
+            assert all(len(s.features) == 2 for s in inspection.saes.values())
+            contrast = await c.contrast_features([TEXT], ["Once"], model=DEMO, top_n=2)
+            assert set(contrast) == set(inspection.saes)
 
     asyncio.run(run())
 
@@ -185,3 +190,48 @@ def test_cli_subcommands_on_the_demo(server: Server) -> None:
     assert "steered" in out and "baseline" in out
     lines = _cli(server, "generate", "Once", "--max-new-tokens", "3", "--json", *m).splitlines()
     assert len([json.loads(line) for line in lines if line.strip()]) == 3
+
+
+def test_inspect_and_contrast_equal_the_engine(
+    client: SaeserveClient, demo_engine: ServedModel, server: Server
+) -> None:
+    from saeserve.engine.feature_stats import (
+        ContrastRequest,
+        InspectRequest,
+        contrast_features,
+        inspect_features,
+    )
+
+    ids = demo_engine.lm.tokenizer(TEXT)["input_ids"]
+    got = client.inspect_features(TEXT, model=DEMO, order_by="max", top_n=5, max_positions=3)
+    want = inspect_features(demo_engine, ids, InspectRequest(order_by="max", top_n=5))
+    assert list(got.tokens.ids) == ids
+    for w in want:
+        g = got[w.sae_id]
+        assert [f.feature for f in g.features] == [f.feature for f in w.features]
+        for gf, wf in zip(g.features, w.features, strict=True):
+            assert (gf.count, gf.max_position) == (wf.count, wf.max_position)
+            assert gf.positions.tolist() == wf.positions[:3]
+            assert gf.max_activation == pytest.approx(wf.max_activation, rel=1e-5)
+    texts_a, texts_b = [TEXT, "He said it was fine."], ["The house was by the sea."]
+    contrast = client.contrast_features(
+        texts_a, texts_b, model=DEMO, unit="text_max", order_by="auroc", top_n=4
+    )
+    tok = demo_engine.lm.tokenizer
+    want_c = contrast_features(
+        demo_engine,
+        [tok(t)["input_ids"] for t in texts_a],
+        [tok(t)["input_ids"] for t in texts_b],
+        ContrastRequest(unit="text_max", order_by="auroc", top_n=4),
+    )
+    for w in want_c:
+        g = contrast[w.sae_id]
+        assert (g.samples_a, g.samples_b) == (2, 1)
+        assert [r.feature for r in g.more_in_a] == [r.feature for r in w.more_in_a]
+        assert [r.feature for r in g.more_in_b] == [r.feature for r in w.more_in_b]
+    with pytest.raises(ValueError, match="unit: 'sentence' is not one of token, text_max"):
+        client.contrast_features(["a"], ["b"], unit="sentence")
+    m = ("--model", DEMO)
+    assert "features active" in _cli(server, "inspect", TEXT, "--top", "3", *m)
+    out = _cli(server, "contrast", "-a", TEXT, "-b", "The house was by the sea.", *m)
+    assert "more on A" in out and "more on B" in out

@@ -25,7 +25,7 @@ EXAMPLES = [(lang, code) for lang, code in BLOCK.findall(DOC.read_text())]
 def test_the_doc_has_examples_of_every_endpoint() -> None:
     text = "\n".join(code for _, code in EXAMPLES)
     endpoints = ("models", "completions", "tokenize", "decompose", "generate", "features")
-    for path in (*endpoints, "attribute", "attribute/feature"):
+    for path in (*endpoints, "inspect", "contrast", "attribute", "attribute/feature"):
         assert f"/v1/{path}" in text or f'"/v1/{path}' in text, path
     assert any(lang == "python" and "openai" in code for lang, code in EXAMPLES)
 

@@ -2,7 +2,7 @@
 and the feature page 50 contexts, and how long a hover or an arrow key takes there.
 
 The demo model holds 256 positions and the test server allows 48 tokens per text, so
-the page's fetch of /v1/decompose (or GetFeature) answers a synthetic response of that
+the page's fetch of /v1/decompose and /v1/inspect (or GetFeature) answers a synthetic response of that
 size, made in the page; everything else (models, the page's own code) is the real
 server's. Run with ``-s`` to see the rows.
 """
@@ -39,6 +39,12 @@ FAKE_FETCH_BODY = """
       saes: [{ sae: body.saes[0], hook_point: body.saes[0], top_k: k, top_ids, top_values, dense_values: dense,
                token_mse: strings.map(() => 0.4 * rand()), explained_variance: 0.9 }] }] };
   }
+  function inspect(body) {
+    const features = Array.from({ length: body.top_n }, (_, i) => ({ feature: Math.floor(rand() * 4096),
+      count: N_TOKENS - 50 * i, max_activation: 6 * rand(), max_position: i, sum_activation: 1000, mean_over_tokens: 0.5,
+      mean_over_active: 2 * rand(), positions: [i], values: [1] }));
+    return { tokens: {}, saes: [{ sae: body.saes[0], hook_point: body.saes[0], active_features: 4096, features }] };
+  }
   function feature(sae, id) {
     const contexts = Array.from({ length: N_CONTEXTS }, (_, c) => {
       const values = Array.from({ length: CONTEXT_TOKENS }, () => (rand() < 0.2 ? 3 * rand() : 0));
@@ -55,6 +61,7 @@ FAKE_FETCH_BODY = """
     const u = new URL(url, location.href);
     const answer = (body) => new Response(JSON.stringify(body), { headers: { "content-type": "application/json" } });
     if (u.pathname === "/v1/decompose") return answer(decompose(JSON.parse(init.body)));
+    if (u.pathname === "/v1/inspect") return answer(inspect(JSON.parse(init.body)));
     const m = u.pathname.match(/^\\/v1\\/saes\\/([^/]+)\\/features\\/(\\d+)$/);
     if (m) return answer(feature(m[1], Number(m[2])));
     return realFetch(url, init);

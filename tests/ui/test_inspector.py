@@ -1,5 +1,6 @@
 """The inspector colours each token by the Decompose API's value for the chosen feature,
-and its token panel (reached by keyboard) lists the API's top features for that token."""
+its token panel (reached by keyboard) lists the API's top features for that token, and
+its whole-text panel lists the InspectFeatures API's features."""
 
 from __future__ import annotations
 
@@ -68,4 +69,45 @@ def test_inspector_colours_tokens_with_the_api_values(browser: Browser, server: 
         top["saes"][0]["top_values"][2 * k : 3 * k],
     )
     assert listed == [f"#{i}" for i, v in zip(ids, vals, strict=True) if v > 0]
+
+    # the whole-text panel is the InspectFeatures answer: ids and active-token counts
+    status, activity = call_api(
+        server, "/v1/inspect", {"model": "demo", "text": TEXT, "saes": [SAE], "top_n": 20}
+    )
+    assert status == 200, activity
+    rows = browser.js(
+        """return Array.from(document.querySelectorAll('#top-features tbody tr'), r =>
+             [r.querySelector('a').textContent, Number(r.children[1].textContent)])"""
+    )
+    want = [[f"#{f['feature']}", f["count"]] for f in activity["saes"][0]["features"]]
+    assert rows == want and len(rows) == 20
+    assert browser.console_errors() == []
+
+
+def test_contrast_page_lists_the_api_features(browser: Browser, server: Server) -> None:
+    set_a = ['"I am sure of it," said Elizabeth.', "She cried, and replied that she was happy."]
+    set_b = ["The function returns the value of x.", "Run make install in the build directory."]
+    status, body = call_api(
+        server,
+        "/v1/contrast",
+        {"model": "demo", "saes": ["resid_post.2"], "texts_a": set_a, "texts_b": set_b,
+         "unit": "CONTRAST_UNIT_TEXT_MAX", "order_by": "CONTRAST_ORDER_AUROC", "top_n": 15},
+    )  # fmt: skip
+    assert status == 200, body
+    a, b = quote("\n".join(set_a)), quote("\n".join(set_b))
+    browser.open(
+        "/contrast?model=demo&sae=resid_post.2&unit=CONTRAST_UNIT_TEXT_MAX"
+        f"&order=CONTRAST_ORDER_AUROC&a={a}&b={b}"
+    )
+    for side, table in (("more_in_a", "more-in-a"), ("more_in_b", "more-in-b")):
+        shown = browser.js(
+            f"return Array.from(document.querySelectorAll('#{table} tbody tr a'),"
+            " a => [a.textContent, a.getAttribute('href')])"
+        )
+        want = body["saes"][0][side]
+        assert want, side  # the page shows a real ranking
+        assert shown == [
+            [f"#{r['feature']}", f"/saes/resid_post.2/features/{r['feature']}?model=demo"]
+            for r in want
+        ]
     assert browser.console_errors() == []

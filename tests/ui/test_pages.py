@@ -23,6 +23,10 @@ PAGES = {
     "feature": "/saes/resid_post.2/features/1224?model=demo",
     # demo feature 1368 fires on names and titles ("Miss", "Colonel")
     "inspect": f"/inspect?model=demo&sae=resid_post.1&feature=1368&text={quote(INSPECT_TEXT)}",
+    "contrast": "/contrast?model=demo&sae=resid_post.2&unit=CONTRAST_UNIT_TEXT_MAX&a="
+    + quote('"I am sure of it," said Elizabeth.\nShe cried, and replied that she was very happy.')
+    + "&b="
+    + quote("The function returns the value of x.\nRun make install in the build directory."),
     "search": "/search?model=demo&q=said",
     # the playground's screenshots are taken after a run, by test_playground
     "steer": "/steer?model=demo&prompt=The%20function%20returns&iv=resid_post.2:1224:add:16:all",

@@ -38,7 +38,9 @@ from saeserve_client.results import (
     FeatureInputAttribution,
     FeatureMatch,
     GenerateChunk,
+    Inspection,
     ModelInfo,
+    SaeContrast,
     Steer,
     TextDecomposition,
     Tokens,
@@ -207,6 +209,44 @@ class AsyncSaeserveClient:
         request = convert.attribute_feature_request(model, prompt, sae, feature, position, top_n)
         reply = await self._call("AttributeFeature", self._stub.AttributeFeature, request, timeout)
         return convert.feature_input_attribution(reply)
+
+    async def inspect_features(
+        self,
+        text: str | Sequence[ChatInput],
+        *,
+        model: str = "",
+        saes: Sequence[str] = (),
+        order_by: str = "count",
+        top_n: int = 20,
+        max_positions: int = 16,
+        timeout: float | None = None,
+    ) -> Inspection:
+        """The features of each SAE (``saes``; empty = all) that fire most over a whole
+        ``text`` (or chat messages, rendered with the model's chat template): per feature
+        its active tokens, max, sum and means, and its first ``max_positions`` positions.
+        ``order_by`` is "count", "max", "sum" or "mean_active"."""
+        request = convert.inspect_request(model, text, saes, order_by, top_n, max_positions)
+        reply = await self._call("InspectFeatures", self._stub.InspectFeatures, request, timeout)
+        return convert.inspection(reply)
+
+    async def contrast_features(
+        self,
+        texts_a: Sequence[str],
+        texts_b: Sequence[str],
+        *,
+        model: str = "",
+        saes: Sequence[str] = (),
+        unit: str = "token",
+        order_by: str = "mean_diff",
+        top_n: int = 20,
+        timeout: float | None = None,
+    ) -> dict[str, SaeContrast]:
+        """Per SAE id, the features that best separate ``texts_a`` from ``texts_b``:
+        ``unit`` "token" (every token a sample) or "text_max" (each text's max);
+        ``order_by`` "mean_diff" or "auroc"; ``top_n`` each way."""
+        request = convert.contrast_request(model, texts_a, texts_b, saes, unit, order_by, top_n)
+        reply = await self._call("ContrastFeatures", self._stub.ContrastFeatures, request, timeout)
+        return convert.contrasts(reply)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         health_pb2, health_pb2_grpc = convert.health_modules()

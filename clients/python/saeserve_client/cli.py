@@ -1,5 +1,5 @@
-"""The client subcommands of ``saeserve``: models, tokenize, decompose, generate, feature, search,
-attribute, attribute-feature.
+"""The client subcommands of ``saeserve``: models, tokenize, decompose, generate, feature,
+search, inspect, contrast, attribute, attribute-feature.
 
 ``saeserve.cli`` imports this module for any of those names and calls
 ``configure(parser, name)`` then ``run(args)``; ``python -m saeserve_client.cli`` works
@@ -26,10 +26,12 @@ from saeserve_client.options import DEFAULT_TARGET, ClientOptions
 from saeserve_client.render import (
     Style,
     attribution_view,
+    contrast_view,
     decomposition_view,
     feature_input_view,
     feature_view,
     generation_footer,
+    inspection_view,
     jsonable,
     matches_view,
     models_view,
@@ -48,6 +50,8 @@ HELP = {
     "search": "search features by explanation or top tokens",
     "attribute": "which SAE features drove the next token (direct and total effects)",
     "attribute-feature": "which tokens of a prompt drove a feature (gradient x input)",
+    "inspect": "show the features that fire most over a whole text",
+    "contrast": "rank the features that separate two sets of texts",
 }
 
 
@@ -261,6 +265,54 @@ def _attribute_feature(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-n", type=int, default=10, help="positions per ranking (JSON)")
 
 
+def _inspect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", help="text to inspect ('-' reads stdin)")
+    parser.add_argument("--chat", action="store_true", help="send TEXT as a user chat message")
+    parser.add_argument(
+        "--sae", action="append", default=[], help="SAE id (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--order-by",
+        choices=("count", "max", "sum", "mean_active"),
+        default="count",
+        help="rank features by (default %(default)s)",
+    )
+    parser.add_argument("--top", type=int, default=10, help="features per SAE (default 10)")
+    parser.add_argument(
+        "--positions", type=int, default=16, help="positions listed per feature (default 16)"
+    )
+
+
+def _contrast(parser: argparse.ArgumentParser) -> None:
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"-{side}",
+            f"--{side}",
+            action="append",
+            default=[],
+            metavar="TEXT",
+            help=f"a text of set {side.upper()} (repeatable)",
+        )
+        parser.add_argument(
+            f"--{side}-file",
+            type=Path,
+            help=f"a file of set {side.upper()}'s texts, one per non-empty line",
+        )
+    parser.add_argument(
+        "--sae", action="append", default=[], help="SAE id (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--unit",
+        choices=("token", "text_max"),
+        default="token",
+        help="a sample is every token, or each text's max (default %(default)s)",
+    )
+    parser.add_argument(
+        "--order-by", choices=("mean_diff", "auroc"), default="mean_diff", help="rank by"
+    )
+    parser.add_argument("--top", type=int, default=10, help="features each way (default 10)")
+
+
 CONFIGURE: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "models": _models,
     "tokenize": _tokenize,
@@ -270,6 +322,8 @@ CONFIGURE: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "search": _search,
     "attribute": _attribute,
     "attribute-feature": _attribute_feature,
+    "inspect": _inspect,
+    "contrast": _contrast,
 }
 
 
@@ -469,6 +523,49 @@ def _run_attribute_feature(
         _emit(out, feature_input_view(result, style))
 
 
+def _run_inspect(
+    client: SaeserveClient, args: argparse.Namespace, out: TextIO, style: Style
+) -> None:
+    text = _text(args.text)
+    result = client.inspect_features(
+        [{"role": "user", "content": text}] if args.chat else text,
+        model=args.model,
+        saes=args.sae,
+        order_by=args.order_by,
+        top_n=args.top,
+        max_positions=args.positions,
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(jsonable(result)), file=out)
+    else:
+        _emit(out, inspection_view(result, style))
+
+
+def _texts(inline: list[str], path: Path | None) -> list[str]:
+    lines = path.read_text().splitlines() if path is not None else []
+    return inline + [line for line in lines if line.strip()]
+
+
+def _run_contrast(
+    client: SaeserveClient, args: argparse.Namespace, out: TextIO, style: Style
+) -> None:
+    result = client.contrast_features(
+        _texts(args.a, args.a_file),
+        _texts(args.b, args.b_file),
+        model=args.model,
+        saes=args.sae,
+        unit=args.unit,
+        order_by=args.order_by,
+        top_n=args.top,
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(jsonable(result)), file=out)
+    else:
+        _emit(out, contrast_view(result, style))
+
+
 RUN: dict[str, Callable[[SaeserveClient, argparse.Namespace, TextIO, Style], None]] = {
     "models": _run_models,
     "tokenize": _run_tokenize,
@@ -478,6 +575,8 @@ RUN: dict[str, Callable[[SaeserveClient, argparse.Namespace, TextIO, Style], Non
     "search": _run_search,
     "attribute": _run_attribute,
     "attribute-feature": _run_attribute_feature,
+    "inspect": _run_inspect,
+    "contrast": _run_contrast,
 }
 
 

@@ -23,16 +23,21 @@ from saeserve_client.results import (
     Condition,
     Explanation,
     Feature,
+    FeatureActivity,
     FeatureAttribution,
+    FeatureContrast,
     FeatureInputAttribution,
     FeatureMatch,
     FeatureNeighbour,
     GenerateChunk,
     Histogram,
+    Inspection,
     ModelInfo,
     PositionAttribution,
     QuantileSamples,
+    SaeActivity,
     SaeAttribution,
+    SaeContrast,
     SaeDecomposition,
     SaeInfo,
     Steer,
@@ -250,6 +255,65 @@ def feature_matches(msg: pb.SearchFeaturesResponse) -> list[FeatureMatch]:
         )
         for m in msg.matches
     ]
+
+
+def inspection(msg: pb.InspectFeaturesResponse) -> Inspection:
+    return Inspection(
+        tokens=tokens(msg.tokens),
+        saes={
+            s.sae: SaeActivity(
+                sae=s.sae,
+                hook_point=s.hook_point,
+                active_features=s.active_features,
+                features=[
+                    FeatureActivity(
+                        feature=f.feature,
+                        count=f.count,
+                        max_activation=f32(f.max_activation),
+                        max_position=f.max_position,
+                        sum_activation=f32(f.sum_activation),
+                        mean_over_tokens=f32(f.mean_over_tokens),
+                        mean_over_active=f32(f.mean_over_active),
+                        positions=np.asarray(f.positions, dtype=np.int32),
+                        values=np.asarray(f.values, dtype=np.float32),
+                    )
+                    for f in s.features
+                ],
+            )
+            for s in msg.saes
+        },
+    )
+
+
+def _contrast_rows(rows: Iterable[pb.FeatureContrast]) -> list[FeatureContrast]:
+    return [
+        FeatureContrast(
+            feature=r.feature,
+            mean_a=f32(r.mean_a),
+            mean_b=f32(r.mean_b),
+            mean_diff=f32(r.mean_diff),
+            auroc=f32(r.auroc),
+            cohens_d=f32(r.cohens_d) if r.HasField("cohens_d") else None,
+            active_fraction_a=f32(r.active_fraction_a),
+            active_fraction_b=f32(r.active_fraction_b),
+        )
+        for r in rows
+    ]
+
+
+def contrasts(msg: pb.ContrastFeaturesResponse) -> dict[str, SaeContrast]:
+    return {
+        s.sae: SaeContrast(
+            sae=s.sae,
+            hook_point=s.hook_point,
+            samples_a=s.samples_a,
+            samples_b=s.samples_b,
+            active_features=s.active_features,
+            more_in_a=_contrast_rows(s.more_in_a),
+            more_in_b=_contrast_rows(s.more_in_b),
+        )
+        for s in msg.saes
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,4 +552,59 @@ def feature_input_attribution(msg: pb.AttributeFeatureResponse) -> FeatureInputA
         attributions=np.asarray(msg.attributions, dtype=np.float32),
         top_positive=positions(msg.top_positive),
         top_negative=positions(msg.top_negative),
+    )
+
+
+def _enum_value(wrapper: EnumTypeWrapper, prefix: str, name: str, argument: str) -> str:
+    """``"text_max"`` -> ``"CONTRAST_UNIT_TEXT_MAX"``; ValueError naming the argument."""
+    names = [n for n in wrapper.DESCRIPTOR.values_by_name if not n.endswith("_UNSPECIFIED")]
+    full = prefix + name.upper()
+    if full not in names:
+        known = ", ".join(n.removeprefix(prefix).lower() for n in names)
+        raise ValueError(f"{argument}: {name!r} is not one of {known}")
+    return full
+
+
+def inspect_request(
+    model: str,
+    text: str | Sequence[ChatInput],
+    saes: Sequence[str],
+    order_by: str,
+    top_n: int,
+    max_positions: int,
+) -> pb.InspectFeaturesRequest:
+    request = pb.InspectFeaturesRequest(
+        model=model,
+        saes=list(saes),
+        order_by=_enum_value(pb.ActivityOrder, "ACTIVITY_ORDER_", order_by, "order_by"),
+        top_n=top_n,
+        max_positions=max_positions,
+    )
+    if isinstance(text, str):
+        request.text = text
+    else:
+        request.messages.extend(chat_messages(text))
+    return request
+
+
+def contrast_request(
+    model: str,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str],
+    saes: Sequence[str],
+    unit: str,
+    order_by: str,
+    top_n: int,
+) -> pb.ContrastFeaturesRequest:
+    for name, texts in (("texts_a", texts_a), ("texts_b", texts_b)):
+        if isinstance(texts, str):
+            raise ValueError(f"{name}: a sequence of texts, not one string")
+    return pb.ContrastFeaturesRequest(
+        model=model,
+        texts_a=list(texts_a),
+        texts_b=list(texts_b),
+        saes=list(saes),
+        unit=_enum_value(pb.ContrastUnit, "CONTRAST_UNIT_", unit, "unit"),
+        order_by=_enum_value(pb.ContrastOrder, "CONTRAST_ORDER_", order_by, "order_by"),
+        top_n=top_n,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import numpy as np
@@ -23,7 +23,9 @@ from saeserve_client.results import (
     FeatureInputAttribution,
     FeatureMatch,
     Generation,
+    Inspection,
     ModelInfo,
+    SaeContrast,
     SaeDecomposition,
     TextDecomposition,
     TokenLogit,
@@ -259,6 +261,61 @@ def matches_view(query: str, matches: Sequence[FeatureMatch], style: Style) -> l
         for m in matches
     ]
     return _table(rows, right={0}, style=style)
+
+
+def inspection_view(result: Inspection, style: Style) -> list[str]:
+    """Per SAE: its top features with count, max (at which token), means and positions."""
+    strings = result.tokens.strings
+    lines = [f"{len(strings)} tokens"]
+    for part in result.saes.values():
+        lines += ["", f"sae {style.bold(part.sae)} @ {part.hook_point} · "
+                  f"{part.active_features} features active"]  # fmt: skip
+        rows = [("feature", "count", "max", "at", "mean", "mean active", "positions")]
+        for f in part.features:
+            shown = " ".join(str(p) for p in f.positions.tolist())
+            more = f" … ({f.count})" if f.count > len(f.positions) else ""
+            rows.append(
+                (
+                    str(f.feature),
+                    str(f.count),
+                    f"{f.max_activation:.3f}",
+                    f"{f.max_position} {quoted(strings[f.max_position])}",
+                    f"{f.mean_over_tokens:.4f}",
+                    f"{f.mean_over_active:.3f}",
+                    shown + more,
+                )
+            )
+        lines += _table(rows, right={0, 1, 2, 4, 5}, style=style)
+    return lines
+
+
+def contrast_view(result: Mapping[str, SaeContrast], style: Style) -> list[str]:
+    """Per SAE: the features more active on set A, then those more active on set B."""
+    lines: list[str] = []
+    for part in result.values():
+        lines += [
+            *([""] if lines else []),
+            f"sae {style.bold(part.sae)} @ {part.hook_point} · samples A {part.samples_a}, "
+            f"B {part.samples_b} · {part.active_features} features active",
+        ]
+        for title, rows in (("more on A", part.more_in_a), ("more on B", part.more_in_b)):
+            table = [("feature", "mean A", "mean B", "diff", "AUROC", "d", "active A", "active B")]
+            table += [
+                (
+                    str(r.feature),
+                    f"{r.mean_a:.4f}",
+                    f"{r.mean_b:.4f}",
+                    f"{r.mean_diff:+.4f}",
+                    f"{r.auroc:.3f}",
+                    "-" if r.cohens_d is None else f"{r.cohens_d:+.2f}",
+                    f"{r.active_fraction_a:.1%}",
+                    f"{r.active_fraction_b:.1%}",
+                )
+                for r in rows
+            ]
+            lines += ["", style.bold(title)]
+            lines += _table(table, right=set(range(8)), style=style) if rows else ["  none"]
+    return lines
 
 
 def generation_footer(generation: Generation, style: Style) -> str:

@@ -306,6 +306,80 @@ class FeatureMatch:
 
 
 # ---------------------------------------------------------------------------------------
+# InspectFeatures / ContrastFeatures
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureActivity:
+    """One feature over a whole inspected text: ``count`` active tokens, its max (at
+    ``max_position``), sum, mean over all tokens and over the active ones, and its first
+    active ``positions`` [<= max_positions] with their ``values``."""
+
+    feature: int
+    count: int
+    max_activation: float
+    max_position: int
+    sum_activation: float
+    mean_over_tokens: float
+    mean_over_active: float
+    positions: npt.NDArray[np.int32]
+    values: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, eq=False)
+class SaeActivity:
+    """One SAE's top features over an inspected text, best first by the request's order."""
+
+    sae: str
+    hook_point: str
+    active_features: int
+    """Distinct features active at one token or more."""
+    features: list[FeatureActivity]
+
+
+@dataclass(frozen=True, eq=False)
+class Inspection:
+    """An InspectFeatures result: the tokens (for chat messages, the template's, with zero
+    byte offsets) and, per SAE id, its ``SaeActivity``."""
+
+    tokens: Tokens
+    saes: dict[str, SaeActivity]
+
+    def __getitem__(self, sae_id: str) -> SaeActivity:
+        return self.saes[sae_id]
+
+
+@dataclass(frozen=True)
+class FeatureContrast:
+    """One feature over the samples of set A and set B: means, ``mean_diff`` (A - B),
+    ``auroc`` (P(a > b) + P(a = b) / 2), Cohen's d (None where the pooled standard
+    deviation is 0) and the fraction of each set's samples where it is active."""
+
+    feature: int
+    mean_a: float
+    mean_b: float
+    mean_diff: float
+    auroc: float
+    cohens_d: float | None
+    active_fraction_a: float
+    active_fraction_b: float
+
+
+@dataclass(frozen=True)
+class SaeContrast:
+    """A ContrastFeatures result for one SAE: samples per set (tokens, or texts for
+    ``unit="text_max"``) and the top features each way."""
+
+    sae: str
+    hook_point: str
+    samples_a: int
+    samples_b: int
+    active_features: int
+    more_in_a: list[FeatureContrast]
+    more_in_b: list[FeatureContrast]
+
+
+# ---------------------------------------------------------------------------------------
 # Steering (a request value, kept beside the results so one import has every type)
 
 MODES = ("add", "clamp", "scale", "ablate", "vector", "clamp_threshold")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +141,31 @@ def _cut(d: SaeDecomposition, r: DecomposeRequest, cols: list[int]) -> SaeDecomp
     )
 
 
+def forward_saes(
+    served: ServedModel,
+    token_ids: Sequence[Sequence[int]],
+    saes: list[HookedSae],
+    read: Callable[[list[HookedSae], Tensor], None],
+) -> None:
+    """One forward of the texts, right-padded, up to the deepest of the SAEs' hook points;
+    at each of their hook points ``read(the SAEs there, x)``, x [T, d] the activations of
+    the real tokens, text-major (decomposition, aggregated inspection and contrast)."""
+    lm = served.lm
+    input_ids, mask = pad_token_ids(token_ids, pad_id=lm.pad_token_id, device=lm.device)
+    real = mask.bool()  # [B, N]
+    by_point: dict[HookPoint, list[HookedSae]] = defaultdict(list)
+    for h in saes:
+        by_point[h.hook_point].append(h)
+
+    def capture(hooked: list[HookedSae]) -> Callable[[Tensor], None]:
+        return lambda act: read(hooked, act[real])
+
+    fns = {point: capture(hooked) for point, hooked in by_point.items()}
+    deepest = max(by_point, key=lambda p: p.depth)
+    with torch.inference_mode():
+        forward_until(lm, fns, stop_after=deepest, input_ids=input_ids, attention_mask=mask)
+
+
 def _run_texts(
     served: ServedModel,
     toks: list[Tokenization],
@@ -148,41 +174,27 @@ def _run_texts(
     feature_list: list[int],
     with_error: bool,
 ) -> tuple[list[dict[str, SaeDecomposition]], float]:
-    lm = served.lm
-    input_ids, mask = pad_token_ids(
-        [t.token_ids for t in toks], pad_id=lm.pad_token_id, device=lm.device
-    )
-    real = mask.bool()  # [B, N]
-
-    by_point: dict[HookPoint, list[HookedSae]] = defaultdict(list)
-    for h in saes:
-        by_point[h.hook_point].append(h)
+    device = served.lm.device
     outputs: dict[str, _SaeOutput] = {}
     variances: dict[HookPoint, Tensor] = {}
     lengths = [len(t.token_ids) for t in toks]
     text_of_token = torch.repeat_interleave(
-        torch.arange(len(toks), device=lm.device), torch.tensor(lengths, device=lm.device)
+        torch.arange(len(toks), device=device), torch.tensor(lengths, device=device)
     )
     sae_seconds = 0.0
-    feature_ids = torch.tensor(feature_list, dtype=torch.long, device=lm.device)
+    feature_ids = torch.tensor(feature_list, dtype=torch.long, device=device)
 
-    def capture(hooked: list[HookedSae]):
-        def fn(act: Tensor) -> None:
-            nonlocal sae_seconds
-            start = time.perf_counter()
-            x = act[real]  # [T, d] real tokens, text-major
-            if with_error:
-                variances[hooked[0].hook_point] = _text_variance(x, text_of_token, len(toks))
-            for h in hooked:
-                outputs[h.id] = _run_sae(h.sae, x, top_k, feature_ids, with_error)
-            sae_seconds += time.perf_counter() - start
+    def read(hooked: list[HookedSae], x: Tensor) -> None:
+        nonlocal sae_seconds
+        start = time.perf_counter()
+        if with_error:
+            variances[hooked[0].hook_point] = _text_variance(x, text_of_token, len(toks))
+        for h in hooked:
+            outputs[h.id] = _run_sae(h.sae, x, top_k, feature_ids, with_error)
+        sae_seconds += time.perf_counter() - start
 
-        return fn
-
-    fns = {point: capture(hooked) for point, hooked in by_point.items()}
-    deepest = max(by_point, key=lambda p: p.depth)
+    forward_saes(served, [t.token_ids for t in toks], saes, read)
     with torch.inference_mode():
-        forward_until(lm, fns, stop_after=deepest, input_ids=input_ids, attention_mask=mask)
         return _split_by_text(saes, outputs, lengths, variances), sae_seconds
 
 

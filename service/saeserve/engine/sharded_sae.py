@@ -43,7 +43,7 @@ from saeserve.engine.sae_shards import (
     shard_sae,
 )
 from saeserve.errors import InvalidArgument
-from saeserve.sae.base import Encoding, Sae, SaeConfig
+from saeserve.sae.base import ActiveLatents, Encoding, Sae, SaeConfig
 
 ROW_CACHE = 4096
 """Decoder rows a ShardedSae keeps (12 MiB at d_in 768 in float32)."""
@@ -124,6 +124,20 @@ class ShardedSae(Sae):
         are the shards' own)."""
         per_token = len(self.shards) * max(self.cfg.k or 0, 1) * (4 + 8)
         return 2 * max(tokens, 1) * per_token
+
+    def encode_active(self, x: Tensor, *, block_bytes: int | None = None) -> ActiveLatents:
+        """``Sae.encode_active`` from the merged top k: a TopK SAE's active latents are its
+        k per token. A sharded ReLU or JumpReLU SAE would have to send every active latent
+        of every shard, so it is refused."""
+        if not self.is_topk:
+            raise InvalidArgument(
+                f"saes: SAE {self.cfg.id!r} is a sharded {self.cfg.activation} SAE; "
+                "InspectFeatures and ContrastFeatures need every active latent, which only "
+                "a TopK SAE's shards send"
+            )
+        enc = self.encode_sparse(x, block_bytes=block_bytes)
+        row, col = (enc.values > 0).nonzero(as_tuple=True)  # row-major: rows ascending
+        return ActiveLatents(row, enc.indices[row, col], enc.values[row, col])
 
     def _topk(
         self, x_n: Tensor, block_bytes: int | None, reconstruct: bool

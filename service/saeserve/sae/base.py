@@ -100,6 +100,17 @@ class SparseLatents(NamedTuple):
     indices: Tensor  # [..., k] int64
 
 
+class ActiveLatents(NamedTuple):
+    """Every non-zero latent of a set of tokens, as coordinates (exact, any architecture)."""
+
+    rows: Tensor
+    """[nnz] int64 the token (row of the flattened input) of each entry, ascending."""
+    features: Tensor
+    """[nnz] int64 the latent id of each entry."""
+    values: Tensor
+    """[nnz] its activation (> 0)."""
+
+
 class Encoding(NamedTuple):
     """What one pass of ``Sae.encode_sparse`` over tokens x [..., d_in] gives."""
 
@@ -309,6 +320,29 @@ class Sae(nn.Module):
             exact = torch.cat([b.features for b in blocks if b.features is not None])
             a = torch.zeros_like(a).index_copy_(0, live, exact.to(a.dtype))
         return own._replace(features=a.reshape(*lead, -1))
+
+    def encode_active(self, x: Tensor, *, block_bytes: int | None = None) -> ActiveLatents:
+        """Every active latent of model-space x [tokens, d_in] (aggregated inspection and
+        contrast need all of them, not the top k): for a TopK SAE its k per token, for
+        JumpReLU and ReLU SAEs every non-zero one. A block of tokens at a time, as
+        ``encode_sparse``; the result is O(active entries), never [tokens x d_sae]."""
+        rows = self.block_rows(block_bytes)
+        parts = []
+        for start in range(0, len(x), rows):
+            x_n, _ = self.normalize(x[start : start + rows])
+            pre = self.pre_activations(x_n)  # [rows, d_sae]
+            if self.is_topk:
+                values, indices = self.topk(pre)  # [rows, k]
+                row, col = (values > 0).nonzero(as_tuple=True)
+                parts.append((row + start, indices[row, col], values[row, col]))
+            else:
+                a = self.activate(pre)
+                row, feature = a.nonzero(as_tuple=True)  # row-major: rows ascending
+                parts.append((row + start, feature, a[row, feature]))
+        if not parts:
+            empty = x.new_zeros(0, dtype=torch.long)
+            return ActiveLatents(empty, empty, x.new_zeros(0, dtype=self.W_enc.dtype))
+        return ActiveLatents(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
     def _encode_block(
         self,

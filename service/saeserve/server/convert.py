@@ -9,8 +9,9 @@ error names the proto field and the limit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +21,15 @@ from saeserve.engine.attribution import (
     FeatureEffect,
     FeatureInputResult,
     TokenLogit,
+)
+from saeserve.engine.feature_stats import (
+    ActivityOrder,
+    ContrastOrder,
+    ContrastRequest,
+    ContrastUnit,
+    InspectRequest,
+    SaeActivity,
+    SaeContrast,
 )
 from saeserve.engine.types import (
     DecomposeRequest,
@@ -40,6 +50,8 @@ from saeserve.engine.types import (
 from saeserve.errors import InvalidArgument
 from saeserve.server.settings import Limits
 from saeserve.v1 import saeserve_pb2 as pb
+
+R = TypeVar("R")
 
 DEFAULT_TOP_K = 16
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -347,3 +359,132 @@ def feature_input_to_proto(
         top_positive=positions(result.top_positive),
         top_negative=positions(result.top_negative),
     )
+
+
+# --- InspectFeatures / ContrastFeatures -----------------------------------------------------------
+DEFAULT_TOP_FEATURES = 20
+DEFAULT_FEATURE_POSITIONS = 16
+
+_ACTIVITY_ORDERS = {
+    pb.ACTIVITY_ORDER_UNSPECIFIED: ActivityOrder.COUNT,
+    pb.ACTIVITY_ORDER_COUNT: ActivityOrder.COUNT,
+    pb.ACTIVITY_ORDER_MAX: ActivityOrder.MAX,
+    pb.ACTIVITY_ORDER_SUM: ActivityOrder.SUM,
+    pb.ACTIVITY_ORDER_MEAN_ACTIVE: ActivityOrder.MEAN_ACTIVE,
+}
+_CONTRAST_UNITS = {
+    pb.CONTRAST_UNIT_UNSPECIFIED: ContrastUnit.TOKEN,
+    pb.CONTRAST_UNIT_TOKEN: ContrastUnit.TOKEN,
+    pb.CONTRAST_UNIT_TEXT_MAX: ContrastUnit.TEXT_MAX,
+}
+_CONTRAST_ORDERS = {
+    pb.CONTRAST_ORDER_UNSPECIFIED: ContrastOrder.MEAN_DIFF,
+    pb.CONTRAST_ORDER_MEAN_DIFF: ContrastOrder.MEAN_DIFF,
+    pb.CONTRAST_ORDER_AUROC: ContrastOrder.AUROC,
+}
+
+
+def _enum(value: int, known: Mapping[Any, R], where: str) -> R:
+    if value not in known:
+        raise InvalidArgument(f"{where}: unknown value {value}")
+    return known[value]
+
+
+def _top_n(value: int, limits: Limits, where: str) -> int:
+    top_n = value or DEFAULT_TOP_FEATURES
+    if top_n < 1:
+        raise InvalidArgument(f"{where}: {top_n} must be >= 1 (0 = {DEFAULT_TOP_FEATURES})")
+    at_most(top_n, limits.max_ranked_features, where)
+    return top_n
+
+
+@dataclass
+class InspectSpec:
+    """An InspectFeatures request before tokenization: its text or messages, and the rest."""
+
+    text: str
+    messages: list[tuple[str, str]]
+    request: InspectRequest
+
+
+def inspect_from_proto(msg: pb.InspectFeaturesRequest, limits: Limits) -> InspectSpec:
+    if bool(msg.text) == bool(msg.messages):
+        raise InvalidArgument(
+            "inspect_features: exactly one of text and messages must be non-empty"
+        )
+    max_positions = msg.max_positions or DEFAULT_FEATURE_POSITIONS
+    if max_positions < 1:
+        raise InvalidArgument(
+            f"inspect_features.max_positions: {max_positions} must be >= 1"
+            f" (0 = {DEFAULT_FEATURE_POSITIONS})"
+        )
+    at_most(max_positions, limits.max_feature_positions, "inspect_features.max_positions")
+    return InspectSpec(
+        text=msg.text,
+        messages=[(m.role, m.content) for m in msg.messages],
+        request=InspectRequest(
+            sae_ids=list(msg.saes),
+            order_by=_enum(msg.order_by, _ACTIVITY_ORDERS, "inspect_features.order_by"),
+            top_n=_top_n(msg.top_n, limits, "inspect_features.top_n"),
+            max_positions=max_positions,
+        ),
+    )
+
+
+def inspect_to_proto(tokens: Tokenization, result: list[SaeActivity]) -> pb.InspectFeaturesResponse:
+    out = pb.InspectFeaturesResponse(tokens=tokens_to_proto(tokens))
+    for s in result:
+        sae = out.saes.add(sae=s.sae_id, hook_point=s.hook_point, active_features=s.active_features)
+        for f in s.features:
+            sae.features.add(
+                feature=f.feature,
+                count=f.count,
+                max_activation=f.max_activation,
+                max_position=f.max_position,
+                sum_activation=f.sum_activation,
+                mean_over_tokens=f.mean_over_tokens,
+                mean_over_active=f.mean_over_active,
+                positions=f.positions,
+                values=f.values,
+            )
+    return out
+
+
+def contrast_from_proto(msg: pb.ContrastFeaturesRequest, limits: Limits) -> ContrastRequest:
+    """The request's options; its texts are the caller's to tokenize (``texts_a[i]``)."""
+    for name, texts in (("texts_a", msg.texts_a), ("texts_b", msg.texts_b)):
+        if not texts:
+            raise InvalidArgument(f"contrast_features.{name}: at least one text is required")
+        at_most(len(texts), limits.max_contrast_texts, f"contrast_features.{name} (count)")
+    return ContrastRequest(
+        sae_ids=list(msg.saes),
+        unit=_enum(msg.unit, _CONTRAST_UNITS, "contrast_features.unit"),
+        order_by=_enum(msg.order_by, _CONTRAST_ORDERS, "contrast_features.order_by"),
+        top_n=_top_n(msg.top_n, limits, "contrast_features.top_n"),
+    )
+
+
+def contrast_to_proto(result: list[SaeContrast]) -> pb.ContrastFeaturesResponse:
+    out = pb.ContrastFeaturesResponse()
+    for s in result:
+        sae = out.saes.add(
+            sae=s.sae_id,
+            hook_point=s.hook_point,
+            samples_a=s.samples_a,
+            samples_b=s.samples_b,
+            active_features=s.active_features,
+        )
+        for rows, side in ((s.more_in_a, sae.more_in_a), (s.more_in_b, sae.more_in_b)):
+            for r in rows:
+                f = side.add(
+                    feature=r.feature,
+                    mean_a=r.mean_a,
+                    mean_b=r.mean_b,
+                    mean_diff=r.mean_diff,
+                    auroc=r.auroc,
+                    active_fraction_a=r.active_fraction_a,
+                    active_fraction_b=r.active_fraction_b,
+                )
+                if r.cohens_d is not None:
+                    f.cohens_d = r.cohens_d
+    return out

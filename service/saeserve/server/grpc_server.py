@@ -117,6 +117,8 @@ def method_handlers(ops: Operations, max_request_bytes: int) -> grpc.GenericRpcH
         "Generate": _generate(ops),
         "Attribute": _unary(ops.attribute),
         "AttributeFeature": _unary(ops.attribute_feature),
+        "InspectFeatures": _unary(ops.inspect_features),
+        "ContrastFeatures": _unary(ops.contrast_features),
     }
     handlers = {}
     for m in SERVICE.methods:

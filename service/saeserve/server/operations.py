@@ -1,7 +1,7 @@
 """The operations every transport exposes, implemented once.
 
 ``Operations`` is what an ingress replica serves: list models, tokenize, decompose,
-generate, get a feature, search features. Each operation takes its request as the
+generate, get a feature, search features, inspect and contrast features over whole texts. Each operation takes its request as the
 saeserve.v1 protobuf message (the API contract; the HTTP JSON API is that message's JSON
 mapping) and a ``Caller`` (the transport's name and the caller's ``authorization``), and
 does everything but the wire format: the API-key check, request conversion and limits
@@ -50,10 +50,14 @@ from saeserve.server.convert import (
     attribution_to_proto,
     attribution_top_n,
     chunk_to_proto,
+    contrast_from_proto,
+    contrast_to_proto,
     decompose_from_proto,
     decompose_to_proto,
     feature_input_to_proto,
     generate_from_proto,
+    inspect_from_proto,
+    inspect_to_proto,
     search_limit,
     tokens_to_proto,
 )
@@ -326,6 +330,64 @@ class Operations:
                 await self.models[name].attribute_feature.remote(req)
             )
             return feature_input_to_proto(result, tokens)
+
+    async def inspect_features(
+        self, request: pb.InspectFeaturesRequest, caller: Caller
+    ) -> pb.InspectFeaturesResponse:
+        async with self._serving("InspectFeatures", caller, request) as key:
+            name = self.model_name(request.model, "inspect_features.model")
+            spec = inspect_from_proto(request, self.limits)
+            tok = self.tokenizers[name]
+            if spec.messages:
+                ids = await asyncio.to_thread(
+                    chat_token_ids,
+                    tok.tokenizer,
+                    spec.messages,
+                    max_tokens=self.limits.tokens_per_text(tok.max_positions),
+                    field_name="inspect_features.messages",
+                    model=name,
+                )  # the chat template's tokens come from no one text: no byte offsets
+                tokens = Tokenization(ids, token_strings(tok.tokenizer, ids), [(0, 0)] * len(ids))
+            else:
+                tokens = await self._tokenize(tok, spec.text, "inspect_features.text")
+            self.limiter.charge(key, len(tokens.token_ids))
+            handle = self.models[name]
+            result = await handle.inspect_features.remote(tokens.token_ids, spec.request)
+            return inspect_to_proto(tokens, _answer(result))
+
+    async def contrast_features(
+        self, request: pb.ContrastFeaturesRequest, caller: Caller
+    ) -> pb.ContrastFeaturesResponse:
+        async with self._serving("ContrastFeatures", caller, request) as key:
+            name = self.model_name(request.model, "contrast_features.model")
+            req = contrast_from_proto(request, self.limits)
+            tok = self.tokenizers[name]
+            max_tokens = self.limits.tokens_per_text(tok.max_positions)
+            sets = {"texts_a": list(request.texts_a), "texts_b": list(request.texts_b)}
+            for set_name, texts in sets.items():  # every text's size before any is tokenized
+                for i, text in enumerate(texts):
+                    check_text(
+                        tok.tokenizer,
+                        text,
+                        max_tokens=max_tokens,
+                        field_name=f"contrast_features.{set_name}[{i}]",
+                    )
+
+            def ids_of(set_name: str) -> list[list[int]]:
+                return [
+                    tokenize(
+                        tok.tokenizer,
+                        text,
+                        max_tokens=max_tokens,
+                        field_name=f"contrast_features.{set_name}[{i}]",
+                    ).token_ids
+                    for i, text in enumerate(sets[set_name])
+                ]
+
+            ids_a, ids_b = await asyncio.to_thread(lambda: (ids_of("texts_a"), ids_of("texts_b")))
+            self.limiter.charge(key, sum(map(len, ids_a)) + sum(map(len, ids_b)))
+            result = await self.models[name].contrast_features.remote(ids_a, ids_b, req)
+            return contrast_to_proto(_answer(result))
 
     # --- health ---------------------------------------------------------------------------
     async def serving(self) -> bool:

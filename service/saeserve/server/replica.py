@@ -6,19 +6,22 @@ running each alone, so every caller gets its own answer or its own error. Genera
 requests arrive as token ids (the ingress tokenizes), share the replica's
 ``GenerationLoop`` and send engine events in groups (``limits.stream_interval_s``, longer
 when many streams are open); the ingress turns them into chunks. One lock serialises
-forward passes, because hooks live on the shared model modules. Returns engine types and
+forward passes, because hooks live on the shared model modules. InspectFeatures and
+ContrastFeatures arrive as token ids too and run off the event loop, taking that lock
+for each forward pass of their texts. Returns engine types and
 protobuf messages; the ingress owns gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -31,6 +34,14 @@ from saeserve.engine.attribution import (
     attribute_feature,
 )
 from saeserve.engine.decompose import decompose_many
+from saeserve.engine.feature_stats import (
+    ContrastRequest,
+    InspectRequest,
+    SaeActivity,
+    SaeContrast,
+    contrast_features,
+    inspect_features,
+)
 from saeserve.engine.generate import BatchGenerator
 from saeserve.engine.generation_loop import GenerationLoop
 from saeserve.engine.served_model import ServedModel
@@ -52,6 +63,8 @@ from saeserve.server.shard_replica import remote_shards
 from saeserve.v1 import saeserve_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 INDEX_DIR = "feature_index"
 """Default subfolder of an SAE folder holding its feature index (SaeSpec.index overrides)."""
@@ -195,6 +208,36 @@ class ModelReplica:
         metrics.TOKENS_DECOMPOSED.inc(sum(r.n_tokens for r in out))
         for r in out:
             metrics.SAE_ENCODE_SECONDS.observe(r.sae_seconds)
+        return out
+
+    # --- feature statistics over whole texts ---------------------------------------------------
+    # The forward lock is held per forward pass of the texts, not for the whole call, so a
+    # contrast of many texts lets generation steps in between (and its statistics, host
+    # numpy, never hold it).
+    async def inspect_features(
+        self, token_ids: list[int], req: InspectRequest
+    ) -> list[SaeActivity] | SaeserveError:
+        """The features that fire most over one text's ids (the ingress tokenized it)."""
+        run = functools.partial(inspect_features, self.served, token_ids, req, lock=self.lock)
+        return await asyncio.to_thread(self._answered, len(token_ids), run)
+
+    async def contrast_features(
+        self, token_ids_a: list[list[int]], token_ids_b: list[list[int]], req: ContrastRequest
+    ) -> list[SaeContrast] | SaeserveError:
+        """The features that separate texts A from texts B (the ingress tokenized them)."""
+        n = sum(map(len, token_ids_a)) + sum(map(len, token_ids_b))
+        run = functools.partial(
+            contrast_features, self.served, token_ids_a, token_ids_b, req, lock=self.lock
+        )
+        return await asyncio.to_thread(self._answered, n, run)
+
+    def _answered(self, n_tokens: int, run: Callable[[], R]) -> R | SaeserveError:
+        """``run()``'s result, or the caller's mistake returned; counts the tokens."""
+        try:
+            out = run()
+        except SaeserveError as e:
+            return e
+        metrics.TOKENS_DECOMPOSED.inc(n_tokens)
         return out
 
     # --- generate ---------------------------------------------------------------------------

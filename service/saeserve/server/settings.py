@@ -183,6 +183,12 @@ class Limits(BaseModel):
     """Generate: stop_conditions."""
     max_vector_values: int = Field(default=16384, ge=1)
     """Generate: values in one VECTOR intervention's vector (checked before it is read)."""
+    max_contrast_texts: int = Field(default=64, ge=1)
+    """ContrastFeatures: texts in each of texts_a and texts_b."""
+    max_ranked_features: int = Field(default=256, ge=1)
+    """InspectFeatures and ContrastFeatures: top_n features reported (each way) per SAE."""
+    max_feature_positions: int = Field(default=1024, ge=1)
+    """InspectFeatures: max_positions reported per feature."""
     max_queue_length: int = Field(default=256, ge=1)
     """Requests waiting (per model in each ingress, and per model replica) before new ones
     get RESOURCE_EXHAUSTED."""

@@ -52,6 +52,26 @@ class ExplanationSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPLANATION_SOURCE_UNSPECIFIED: _ClassVar[ExplanationSource]
     EXPLANATION_SOURCE_IMPORTED: _ClassVar[ExplanationSource]
     EXPLANATION_SOURCE_GENERATED: _ClassVar[ExplanationSource]
+
+class ActivityOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACTIVITY_ORDER_UNSPECIFIED: _ClassVar[ActivityOrder]
+    ACTIVITY_ORDER_COUNT: _ClassVar[ActivityOrder]
+    ACTIVITY_ORDER_MAX: _ClassVar[ActivityOrder]
+    ACTIVITY_ORDER_SUM: _ClassVar[ActivityOrder]
+    ACTIVITY_ORDER_MEAN_ACTIVE: _ClassVar[ActivityOrder]
+
+class ContrastUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTRAST_UNIT_UNSPECIFIED: _ClassVar[ContrastUnit]
+    CONTRAST_UNIT_TOKEN: _ClassVar[ContrastUnit]
+    CONTRAST_UNIT_TEXT_MAX: _ClassVar[ContrastUnit]
+
+class ContrastOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTRAST_ORDER_UNSPECIFIED: _ClassVar[ContrastOrder]
+    CONTRAST_ORDER_MEAN_DIFF: _ClassVar[ContrastOrder]
+    CONTRAST_ORDER_AUROC: _ClassVar[ContrastOrder]
 SAE_ARCHITECTURE_UNSPECIFIED: SaeArchitecture
 SAE_ARCHITECTURE_TOPK: SaeArchitecture
 SAE_ARCHITECTURE_JUMPRELU: SaeArchitecture
@@ -80,6 +100,17 @@ FINISH_REASON_CONDITION: FinishReason
 EXPLANATION_SOURCE_UNSPECIFIED: ExplanationSource
 EXPLANATION_SOURCE_IMPORTED: ExplanationSource
 EXPLANATION_SOURCE_GENERATED: ExplanationSource
+ACTIVITY_ORDER_UNSPECIFIED: ActivityOrder
+ACTIVITY_ORDER_COUNT: ActivityOrder
+ACTIVITY_ORDER_MAX: ActivityOrder
+ACTIVITY_ORDER_SUM: ActivityOrder
+ACTIVITY_ORDER_MEAN_ACTIVE: ActivityOrder
+CONTRAST_UNIT_UNSPECIFIED: ContrastUnit
+CONTRAST_UNIT_TOKEN: ContrastUnit
+CONTRAST_UNIT_TEXT_MAX: ContrastUnit
+CONTRAST_ORDER_UNSPECIFIED: ContrastOrder
+CONTRAST_ORDER_MEAN_DIFF: ContrastOrder
+CONTRAST_ORDER_AUROC: ContrastOrder
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -620,3 +651,125 @@ class PositionAttribution(_message.Message):
     token: str
     attribution: float
     def __init__(self, position: _Optional[int] = ..., token: _Optional[str] = ..., attribution: _Optional[float] = ...) -> None: ...
+
+class InspectFeaturesRequest(_message.Message):
+    __slots__ = ("model", "text", "messages", "saes", "order_by", "top_n", "max_positions")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SAES_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    MAX_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    text: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    saes: _containers.RepeatedScalarFieldContainer[str]
+    order_by: ActivityOrder
+    top_n: int
+    max_positions: int
+    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., saes: _Optional[_Iterable[str]] = ..., order_by: _Optional[_Union[ActivityOrder, str]] = ..., top_n: _Optional[int] = ..., max_positions: _Optional[int] = ...) -> None: ...
+
+class InspectFeaturesResponse(_message.Message):
+    __slots__ = ("tokens", "saes")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SAES_FIELD_NUMBER: _ClassVar[int]
+    tokens: Tokens
+    saes: _containers.RepeatedCompositeFieldContainer[SaeActivity]
+    def __init__(self, tokens: _Optional[_Union[Tokens, _Mapping]] = ..., saes: _Optional[_Iterable[_Union[SaeActivity, _Mapping]]] = ...) -> None: ...
+
+class SaeActivity(_message.Message):
+    __slots__ = ("sae", "hook_point", "active_features", "features")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    HOOK_POINT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    hook_point: str
+    active_features: int
+    features: _containers.RepeatedCompositeFieldContainer[FeatureActivity]
+    def __init__(self, sae: _Optional[str] = ..., hook_point: _Optional[str] = ..., active_features: _Optional[int] = ..., features: _Optional[_Iterable[_Union[FeatureActivity, _Mapping]]] = ...) -> None: ...
+
+class FeatureActivity(_message.Message):
+    __slots__ = ("feature", "count", "max_activation", "max_position", "sum_activation", "mean_over_tokens", "mean_over_active", "positions", "values")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_POSITION_FIELD_NUMBER: _ClassVar[int]
+    SUM_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    MEAN_OVER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_OVER_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    feature: int
+    count: int
+    max_activation: float
+    max_position: int
+    sum_activation: float
+    mean_over_tokens: float
+    mean_over_active: float
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, feature: _Optional[int] = ..., count: _Optional[int] = ..., max_activation: _Optional[float] = ..., max_position: _Optional[int] = ..., sum_activation: _Optional[float] = ..., mean_over_tokens: _Optional[float] = ..., mean_over_active: _Optional[float] = ..., positions: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ContrastFeaturesRequest(_message.Message):
+    __slots__ = ("model", "texts_a", "texts_b", "saes", "unit", "order_by", "top_n")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_A_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_B_FIELD_NUMBER: _ClassVar[int]
+    SAES_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    texts_a: _containers.RepeatedScalarFieldContainer[str]
+    texts_b: _containers.RepeatedScalarFieldContainer[str]
+    saes: _containers.RepeatedScalarFieldContainer[str]
+    unit: ContrastUnit
+    order_by: ContrastOrder
+    top_n: int
+    def __init__(self, model: _Optional[str] = ..., texts_a: _Optional[_Iterable[str]] = ..., texts_b: _Optional[_Iterable[str]] = ..., saes: _Optional[_Iterable[str]] = ..., unit: _Optional[_Union[ContrastUnit, str]] = ..., order_by: _Optional[_Union[ContrastOrder, str]] = ..., top_n: _Optional[int] = ...) -> None: ...
+
+class ContrastFeaturesResponse(_message.Message):
+    __slots__ = ("saes",)
+    SAES_FIELD_NUMBER: _ClassVar[int]
+    saes: _containers.RepeatedCompositeFieldContainer[SaeContrast]
+    def __init__(self, saes: _Optional[_Iterable[_Union[SaeContrast, _Mapping]]] = ...) -> None: ...
+
+class SaeContrast(_message.Message):
+    __slots__ = ("sae", "hook_point", "samples_a", "samples_b", "active_features", "more_in_a", "more_in_b")
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    HOOK_POINT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_A_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_B_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MORE_IN_A_FIELD_NUMBER: _ClassVar[int]
+    MORE_IN_B_FIELD_NUMBER: _ClassVar[int]
+    sae: str
+    hook_point: str
+    samples_a: int
+    samples_b: int
+    active_features: int
+    more_in_a: _containers.RepeatedCompositeFieldContainer[FeatureContrast]
+    more_in_b: _containers.RepeatedCompositeFieldContainer[FeatureContrast]
+    def __init__(self, sae: _Optional[str] = ..., hook_point: _Optional[str] = ..., samples_a: _Optional[int] = ..., samples_b: _Optional[int] = ..., active_features: _Optional[int] = ..., more_in_a: _Optional[_Iterable[_Union[FeatureContrast, _Mapping]]] = ..., more_in_b: _Optional[_Iterable[_Union[FeatureContrast, _Mapping]]] = ...) -> None: ...
+
+class FeatureContrast(_message.Message):
+    __slots__ = ("feature", "mean_a", "mean_b", "mean_diff", "auroc", "cohens_d", "active_fraction_a", "active_fraction_b")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_A_FIELD_NUMBER: _ClassVar[int]
+    MEAN_B_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DIFF_FIELD_NUMBER: _ClassVar[int]
+    AUROC_FIELD_NUMBER: _ClassVar[int]
+    COHENS_D_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FRACTION_A_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FRACTION_B_FIELD_NUMBER: _ClassVar[int]
+    feature: int
+    mean_a: float
+    mean_b: float
+    mean_diff: float
+    auroc: float
+    cohens_d: float
+    active_fraction_a: float
+    active_fraction_b: float
+    def __init__(self, feature: _Optional[int] = ..., mean_a: _Optional[float] = ..., mean_b: _Optional[float] = ..., mean_diff: _Optional[float] = ..., auroc: _Optional[float] = ..., cohens_d: _Optional[float] = ..., active_fraction_a: _Optional[float] = ..., active_fraction_b: _Optional[float] = ...) -> None: ...

@@ -75,6 +75,16 @@ class SaeserveStub:
                 request_serializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureRequest.SerializeToString,
                 response_deserializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureResponse.FromString,
                 _registered_method=True)
+        self.InspectFeatures = channel.unary_unary(
+                '/saeserve.v1.Saeserve/InspectFeatures',
+                request_serializer=saeserve_dot_v1_dot_saeserve__pb2.InspectFeaturesRequest.SerializeToString,
+                response_deserializer=saeserve_dot_v1_dot_saeserve__pb2.InspectFeaturesResponse.FromString,
+                _registered_method=True)
+        self.ContrastFeatures = channel.unary_unary(
+                '/saeserve.v1.Saeserve/ContrastFeatures',
+                request_serializer=saeserve_dot_v1_dot_saeserve__pb2.ContrastFeaturesRequest.SerializeToString,
+                response_deserializer=saeserve_dot_v1_dot_saeserve__pb2.ContrastFeaturesResponse.FromString,
+                _registered_method=True)
 
 
 class SaeserveServicer:
@@ -153,6 +163,22 @@ class SaeserveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InspectFeatures(self, request, context):
+        """Over one whole text or chat conversation: the features of each SAE that fire most
+        (active tokens, max, mean, positions), exact over all of the SAE's features.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ContrastFeatures(self, request, context):
+        """Given two sets of texts, the features of each SAE that best separate them (mean
+        difference, AUROC, Cohen's d), exact over all of the SAE's features.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SaeserveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +221,16 @@ def add_SaeserveServicer_to_server(servicer, server):
                     servicer.AttributeFeature,
                     request_deserializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureRequest.FromString,
                     response_serializer=saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureResponse.SerializeToString,
+            ),
+            'InspectFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectFeatures,
+                    request_deserializer=saeserve_dot_v1_dot_saeserve__pb2.InspectFeaturesRequest.FromString,
+                    response_serializer=saeserve_dot_v1_dot_saeserve__pb2.InspectFeaturesResponse.SerializeToString,
+            ),
+            'ContrastFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ContrastFeatures,
+                    request_deserializer=saeserve_dot_v1_dot_saeserve__pb2.ContrastFeaturesRequest.FromString,
+                    response_serializer=saeserve_dot_v1_dot_saeserve__pb2.ContrastFeaturesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -414,6 +450,60 @@ class Saeserve:
             '/saeserve.v1.Saeserve/AttributeFeature',
             saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureRequest.SerializeToString,
             saeserve_dot_v1_dot_saeserve__pb2.AttributeFeatureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/saeserve.v1.Saeserve/InspectFeatures',
+            saeserve_dot_v1_dot_saeserve__pb2.InspectFeaturesRequest.SerializeToString,
+            saeserve_dot_v1_dot_saeserve__pb2.InspectFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ContrastFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/saeserve.v1.Saeserve/ContrastFeatures',
+            saeserve_dot_v1_dot_saeserve__pb2.ContrastFeaturesRequest.SerializeToString,
+            saeserve_dot_v1_dot_saeserve__pb2.ContrastFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,6 +1,7 @@
 """The JSON API: saeserve.v1's operations over HTTP, in the messages' JSON mapping.
 
-``POST /v1/tokenize``, ``POST /v1/decompose``, ``POST /v1/generate`` (server-sent events,
+``POST /v1/tokenize``, ``POST /v1/decompose``, ``POST /v1/inspect`` (InspectFeatures),
+``POST /v1/contrast`` (ContrastFeatures), ``POST /v1/generate`` (server-sent events,
 one GenerateChunk per event), ``GET /v1/saes/{sae}/features/{feature}`` and
 ``GET /v1/features/search``, ``POST /v1/attribute`` and ``POST /v1/attribute/feature``. Bodies and responses are the proto messages
 (``proto_json``); each route is one call to the same ``Operations`` method the gRPC
@@ -27,6 +28,19 @@ M = TypeVar("M", bound=Message)
 EXAMPLES: dict[str, dict[str, Any]] = {
     "Tokenize": {"model": "demo", "text": "The cat sat on the mat."},
     "Decompose": {"model": "demo", "texts": ["The cat sat on the mat."], "top_k": 5},
+    "InspectFeatures": {
+        "model": "demo",
+        "text": "The cat sat on the mat. The dog sat on the log.",
+        "order_by": "ACTIVITY_ORDER_COUNT",
+        "top_n": 5,
+    },
+    "ContrastFeatures": {
+        "model": "demo",
+        "texts_a": ["The cat sat on the mat.", "A kitten chased the ball."],
+        "texts_b": ["The king ruled the land.", "The queen spoke to her court."],
+        "unit": "CONTRAST_UNIT_TEXT_MAX",
+        "top_n": 5,
+    },
     "Generate": {
         "model": "demo",
         "prompt": "Once upon a time",
@@ -78,6 +92,11 @@ def _body(message: type[Message]) -> dict[str, Any]:
     }
 
 
+def _snake(name: str) -> str:
+    """``InspectFeatures`` -> ``inspect_features`` (the field path errors start with)."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
 def _answers(message: type[Message]) -> dict[int | str, dict[str, Any]]:
     return {200: {"content": {"application/json": {"schema": ref(message.DESCRIPTOR)}}}}
 
@@ -98,24 +117,28 @@ def _posted(request_type: type[Message], operation: Operation, field: str) -> Ca
 def json_router(ops: Operations) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["saeserve JSON API"])
 
-    unary: list[tuple[str, str, type[Message], type[Message], Operation]] = [
-        ("Tokenize", "Tokenize a text: ids, token strings, UTF-8 byte offsets",
+    unary: list[tuple[str, str, str, type[Message], type[Message], Operation]] = [
+        ("tokenize", "Tokenize", "Tokenize a text: ids, token strings, UTF-8 byte offsets",
          pb.TokenizeRequest, pb.TokenizeResponse, ops.tokenize),
-        ("Decompose", "Per-token SAE features of one or more texts",
+        ("decompose", "Decompose", "Per-token SAE features of one or more texts",
          pb.DecomposeRequest, pb.DecomposeResponse, ops.decompose),
-    ]  # fmt: skip
-    attribution: list[tuple[str, str, type[Message], type[Message], Operation]] = [
-        ("Attribute", "Which SAE features drove the next token's logit (direct and total effects)",
+        ("inspect", "InspectFeatures",
+         "The features that fire most over a whole text or conversation",
+         pb.InspectFeaturesRequest, pb.InspectFeaturesResponse, ops.inspect_features),
+        ("contrast", "ContrastFeatures", "The features that best separate two sets of texts",
+         pb.ContrastFeaturesRequest, pb.ContrastFeaturesResponse, ops.contrast_features),
+        ("attribute", "Attribute",
+         "Which SAE features drove the next token's logit (direct and total effects)",
          pb.AttributeRequest, pb.AttributeResponse, ops.attribute),
-        ("AttributeFeature", "Which earlier tokens drove a feature (gradient x input)",
+        ("attribute/feature", "AttributeFeature",
+         "Which earlier tokens drove a feature (gradient x input)",
          pb.AttributeFeatureRequest, pb.AttributeFeatureResponse, ops.attribute_feature),
     ]  # fmt: skip
-    paths = {"Attribute": "/attribute", "AttributeFeature": "/attribute/feature"}
-    fields = {"Attribute": "attribute", "AttributeFeature": "attribute_feature"}
-    for name, summary, request_type, response_type, operation in unary + attribution:
+    for path, name, summary, request_type, response_type, operation in unary:
+        field = request_type.DESCRIPTOR.name.removesuffix("Request")
         router.add_api_route(
-            paths.get(name, f"/{name.lower()}"),
-            _posted(request_type, operation, fields.get(name, name.lower())),
+            f"/{path}",
+            _posted(request_type, operation, _snake(field)),
             methods=["POST"],
             name=name,
             summary=summary,

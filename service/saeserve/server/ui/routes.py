@@ -27,7 +27,7 @@ def render_page(page: str, title: str) -> HTMLResponse:
 
 def mount_ui(app: FastAPI) -> None:
     """Add ``/``, ``/saes/{sae}/features/{feature}`` (SAE ids may contain "/"),
-    ``/inspect``, ``/search``, ``/steer``, ``/favicon.ico`` and the static files under
+    ``/inspect``, ``/contrast``, ``/search``, ``/steer``, ``/favicon.ico`` and the static files under
     ``/ui`` to ``app``."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -43,6 +43,10 @@ def mount_ui(app: FastAPI) -> None:
     @app.get("/inspect", response_class=HTMLResponse, include_in_schema=False)
     def inspect() -> HTMLResponse:
         return render_page("inspect", "Inspector · saeserve")
+
+    @app.get("/contrast", response_class=HTMLResponse, include_in_schema=False)
+    def contrast() -> HTMLResponse:
+        return render_page("contrast", "Contrast · saeserve")
 
     @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
     def search() -> HTMLResponse:

@@ -1,7 +1,8 @@
 // Inspector (/inspect?model=&sae=&feature=&text=): a text's tokens coloured by one
 // feature (or by each token's strongest feature), a panel with the hovered or focused
 // token's top features and reconstruction error, and the features that fire most over
-// the whole text. One Decompose call per run; the token row is built once.
+// the whole text (InspectFeatures: exact over all of the SAE's features, not only each
+// token's top k). One Decompose and one InspectFeatures call per run, side by side.
 
 import { getJson, listModels, postJson } from "../api.js";
 import { clearError, featureUrl, fmt, h, initPage, markRendered, modelSelect, pickModel, showError, tokenLabel } from "../dom.js";
@@ -80,15 +81,18 @@ async function run() {
   button.disabled = true;
   results.replaceChildren(h("p", { class: "note" }, "Decomposing…"));
   try {
-    const response = await postJson("/v1/decompose", {
-      model: state.model,
-      texts: [state.text],
-      saes: [state.sae],
-      top_k: TOP_K,
-      feature_ids: state.feature === null ? [] : [state.feature],
-    });
+    const [response, activity] = await Promise.all([
+      postJson("/v1/decompose", {
+        model: state.model,
+        texts: [state.text],
+        saes: [state.sae],
+        top_k: TOP_K,
+        feature_ids: state.feature === null ? [] : [state.feature],
+      }),
+      postJson("/v1/inspect", { model: state.model, text: state.text, saes: [state.sae], top_n: N_LISTED, max_positions: 1 }),
+    ]);
     performance.mark("saeserve:decomposed");
-    await render(response.texts[0], state);
+    await render(response.texts[0], activity.saes[0], state);
   } catch (err) {
     results.replaceChildren();
     showError(main, err);
@@ -98,7 +102,7 @@ async function run() {
 }
 
 // Resolves once the listed features' explanations are filled in.
-async function render(text, state) {
+async function render(text, activity, state) {
   const sae = text.saes[0];
   const tokens = text.tokens.strings;
   const n = tokens.length;
@@ -137,7 +141,7 @@ async function render(text, state) {
     ),
     legend(max, label),
     h("div", { class: "inspect-layout" }, h("section", { class: "card", "aria-label": "Tokens" }, row), panel),
-    topFeatures(sae, n, state),
+    topFeatures(activity, n, state),
     whyCard(state),
   );
   await Promise.all(Array.from(results.querySelectorAll("#top-features .feature-label"), (cell) => explain(cell, state.model, sae.sae, Number(cell.dataset.feature))));
@@ -187,43 +191,33 @@ function colourBy(id) {
   run();
 }
 
-// Features over the whole text: in how many tokens' top-k each is active, and its max.
-function topFeatures(sae, n, state) {
-  const k = sae.top_k;
-  const stats = new Map();
-  for (let i = 0; i < n * k; i++) {
-    const value = sae.top_values[i];
-    if (!(value > 0)) continue;
-    const id = sae.top_ids[i];
-    const s = stats.get(id) || { count: 0, max: 0 };
-    s.count += 1;
-    s.max = Math.max(s.max, value);
-    stats.set(id, s);
-  }
-  const ranked = [...stats.entries()].sort((a, b) => b[1].count - a[1].count || b[1].max - a[1].max).slice(0, N_LISTED);
+// Features over the whole text (the InspectFeatures answer): active tokens, max, mean
+// over the active tokens, ranked by active tokens.
+function topFeatures(activity, n, state) {
   return h(
     "section",
     { class: "card" },
     h("h2", {}, "Features that fire most over the text"),
-    h("p", { class: "note" }, `Counted over each token's top ${k}.`),
+    h("p", { class: "note" }, `${activity.active_features} features of ${activity.sae} are active somewhere in the ${n} tokens; counted over all of them, not only each token's top ${TOP_K}.`),
     h(
       "div",
       { class: "scroll" },
       h(
         "table",
         { id: "top-features" },
-        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "feature"), h("th", { scope: "col", class: "num" }, "tokens"), h("th", { scope: "col", class: "num" }, "max"), h("th", { scope: "col" }, ""))),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "feature"), h("th", { scope: "col", class: "num" }, "tokens"), h("th", { scope: "col", class: "num" }, "max"), h("th", { scope: "col", class: "num" }, "mean when active"), h("th", { scope: "col" }, ""))),
         h(
           "tbody",
           {},
-          ranked.map(([id, s]) =>
+          activity.features.map((f) =>
             h(
               "tr",
               {},
-              h("td", { class: "feature-cell" }, h("a", { href: featureUrl(sae.sae, id, state.model) }, `#${id}`), h("div", { class: "note feature-label", dataset: { feature: id } })),
-              h("td", { class: "num" }, s.count),
-              h("td", { class: "num" }, fmt(s.max)),
-              h("td", {}, colourButton(id)),
+              h("td", { class: "feature-cell" }, h("a", { href: featureUrl(activity.sae, f.feature, state.model) }, `#${f.feature}`), h("div", { class: "note feature-label", dataset: { feature: f.feature } })),
+              h("td", { class: "num" }, f.count),
+              h("td", { class: "num", title: `at token ${f.max_position}` }, fmt(f.max_activation)),
+              h("td", { class: "num" }, fmt(f.mean_over_active)),
+              h("td", {}, colourButton(f.feature)),
             ),
           ),
         ),
