@@ -13,6 +13,13 @@ only ever sees ``Sae``. ``encode_sparse`` is the one path
 the service reads latents by: a block of tokens at a time, the k strongest latents as
 (values, indices), chosen features' exact values and the reconstruction, decoding a TopK
 SAE by a gather over its k rows of W_dec; never a [tokens x d_sae] tensor at once.
+
+Weights may be float32, bfloat16 or float16 (``SaeSpec.dtype``); the arithmetic is float32
+whatever they are (``compute_dtype``): the input is never rounded to the weights' dtype,
+and 16-bit encoder columns are widened a slice at a time into a float32 matmul, so which
+latents are a TopK SAE's top k is decided exactly as float32 arithmetic on the same
+(16-bit) weights decides it. torch's CPU matmul of two bfloat16 matrices returns bfloat16,
+whose 8-bit mantissa would tie and reorder pre-activations near the k-th.
 """
 
 from __future__ import annotations
@@ -116,11 +123,18 @@ class Encoding(NamedTuple):
 
 
 ENCODE_BLOCK_BYTES = 64 << 20
-"""Pre-activations one block of ``encode_sparse`` holds at most (64 MiB: 512 tokens of a
-32,768-latent SAE in float32), so a long input never allocates [tokens x d_sae] at once.
+"""Default memory budget of one ``encode_sparse`` block (``Sae.encode_block_bytes``; the
+server sets it from ``SaeSpec.encode_block_bytes``): 64 MiB of float32 pre-activations,
+512 tokens of a 32,768-latent SAE, so a long input never allocates [tokens x d_sae] at once.
 Measured at GPT-2-small scale (d_in 768, d_sae 32,768, k 32, one CPU thread, median of
 interleaved repeats): 1,024 tokens in 64 MiB blocks take 1.04x one whole block, 16 MiB
 blocks 1.08x, but 4 MiB blocks (32 rows) 1.70x: the encoder matmul needs rows."""
+
+WIDEN_BLOCK_BYTES = 4 << 20
+"""Float32 copy of 16-bit encoder columns one slice of the widened matmul makes (4 MiB:
+1,365 columns at d_in 768): small enough to stay in cache, wide enough for the matmul."""
+
+_WIDENED = (torch.bfloat16, torch.float16)
 
 
 class Sae(nn.Module):
@@ -135,6 +149,8 @@ class Sae(nn.Module):
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.threshold = nn.Parameter(torch.zeros(d_sae, dtype=dtype))  # JumpReLU only
+        self.encode_block_bytes = ENCODE_BLOCK_BYTES
+        """Memory budget of one ``encode_sparse`` block (see ``block_rows``)."""
 
     @property
     def d_in(self) -> int:
@@ -148,10 +164,23 @@ class Sae(nn.Module):
     def is_topk(self) -> bool:
         return self.cfg.activation is Activation.TOPK
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of every activation and sum: float32 for 16-bit weights, else theirs."""
+        return torch.float32 if self.W_enc.dtype in _WIDENED else self.W_enc.dtype
+
+    def block_rows(self, budget_bytes: int | None = None) -> int:
+        """Tokens one ``encode_sparse`` block holds within ``budget_bytes`` (default
+        ``encode_block_bytes``): a TopK block's one [rows, d_sae] tensor of pre-activations,
+        a dense one's three (pre-activations, activations, their mask product)."""
+        budget = self.encode_block_bytes if budget_bytes is None else budget_bytes
+        per_row = self.d_sae * torch.empty((), dtype=self.compute_dtype).element_size()
+        return max(1, budget // (per_row * (1 if self.is_topk else 3)))
+
     # --- normalisation -------------------------------------------------------------
     def normalize(self, x: Tensor) -> tuple[Tensor, NormContext]:
         """Map model-space x [..., d_in] into SAE space; returns the context to undo it."""
-        x = x.to(self.W_enc.dtype)
+        x = x.to(self.compute_dtype)
         if self.cfg.input_norm is InputNorm.LAYERNORM:
             mean = x.mean(dim=-1, keepdim=True)
             centered = x - mean
@@ -173,8 +202,24 @@ class Sae(nn.Module):
         """Encoder pre-activations [..., d_sae] of an already normalised input."""
         if self.cfg.apply_b_dec_to_input:
             x_n = x_n - self.b_dec
-        flat = x_n.reshape(-1, self.d_in)  # one fused addmm instead of a matmul and an add
-        return torch.addmm(self.b_enc, flat, self.W_enc).reshape(*x_n.shape[:-1], self.d_sae)
+        flat = x_n.reshape(-1, self.d_in)
+        if self.W_enc.dtype not in _WIDENED:  # one fused addmm instead of a matmul and an add
+            pre = torch.addmm(self.b_enc, flat, self.W_enc)
+        else:
+            pre = self._widened_pre_activations(flat)
+        return pre.reshape(*x_n.shape[:-1], self.d_sae)
+
+    def _widened_pre_activations(self, x: Tensor) -> Tensor:
+        """Pre-activations [rows, d_sae] in float32 of 16-bit weights: a slice of encoder
+        columns at a time widened to float32 (``WIDEN_BLOCK_BYTES``), never the whole
+        [d_in, d_sae] float32 copy; the products of 16-bit numbers are exact in float32,
+        so this is float32 arithmetic on the stored weights."""
+        out = x.new_empty(len(x), self.d_sae)
+        cols = max(1, WIDEN_BLOCK_BYTES // (self.d_in * 4))
+        for j in range(0, self.d_sae, cols):
+            w = self.W_enc[:, j : j + cols].float()  # [d_in, cols]
+            out[:, j : j + cols] = torch.addmm(self.b_enc[j : j + cols].float(), x, w)
+        return out
 
     def topk(self, pre: Tensor) -> SparseLatents:
         """TopK latents from pre-activations [..., d_sae]: the k largest, ReLU'd, strongest
@@ -212,8 +257,8 @@ class Sae(nn.Module):
         """The SAE's latents of model-space x [..., d_in], kept sparse: decomposition,
         steering, index building and evaluation all read them here.
 
-        A block of tokens at a time (at most ``block_bytes`` of pre-activations, by
-        default ``ENCODE_BLOCK_BYTES``): normalise, pre-activations, activation, then the
+        A block of tokens at a time (``block_rows`` of ``block_bytes``, by default the
+        SAE's ``encode_block_bytes``): normalise, pre-activations, activation, then the
         k strongest latents. For a TopK SAE k is at most (and by default) its own k, and
         these are exactly its active latents; for JumpReLU and ReLU SAEs k (default 0)
         says how many of the largest to report. ``features`` [F] (long) asks for those
@@ -228,8 +273,7 @@ class Sae(nn.Module):
             n_top = min(k or 0, self.d_sae)
             if features is not None and not (n_top or reconstruct or count_fires):
                 return self._feature_columns(flat, features, lead)
-        budget = ENCODE_BLOCK_BYTES if block_bytes is None else block_bytes
-        rows = max(1, budget // (self.d_sae * self.W_enc.element_size()))
+        rows = self.block_rows(block_bytes)
         blocks = [  # at least one block, so that no tokens give empty tensors of their shape
             self._encode_block(flat[i : i + rows], n_top, features, reconstruct, count_fires)
             for i in range(0, max(len(flat), 1), rows)
@@ -289,10 +333,12 @@ class Sae(nn.Module):
         x_n, _ = self.normalize(x)
         if self.cfg.apply_b_dec_to_input:
             x_n = x_n - self.b_dec
-        pre = torch.addmm(self.b_enc[features], x_n, self.W_enc[:, features])  # [tokens, F]
+        dt = self.compute_dtype
+        w = self.W_enc[:, features].to(dt)  # [d_in, F]
+        pre = torch.addmm(self.b_enc[features].to(dt), x_n, w)  # [tokens, F]
         a = F.relu(pre)
         if self.cfg.activation is Activation.JUMPRELU:
-            a = a * (pre > self.threshold[features])
+            a = a * (pre > self.threshold[features].to(dt))
         none = a.new_zeros(*lead, 0)
         return Encoding(none, none.long(), a.reshape(*lead, -1), None, None)
 
@@ -300,15 +346,26 @@ class Sae(nn.Module):
     def _decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
         """SAE-space reconstruction [rows, d_in] of (values, indices) [rows, k]: a gather
         over k rows of W_dec instead of a dense [rows x d_sae] matmul."""
-        recon = F.embedding_bag(
-            indices, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum"
-        )
+        if self.W_dec.dtype not in _WIDENED:
+            recon = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        else:  # 16-bit rows widened, summed in float32: [rows, 1, k] @ [rows, k, d_in]
+            rows = F.embedding(indices, self.W_dec).to(values.dtype)
+            recon = torch.bmm(values.unsqueeze(1), rows).squeeze(1)
         return recon + self.b_dec
 
     def decode(self, latents: Tensor, ctx: NormContext | None = None) -> Tensor:
         """Reconstruction [..., d_in] of dense latents: model space given ctx from
         ``normalize`` of the input, else SAE space."""
-        y = latents.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        latents = latents.to(self.compute_dtype)
+        if self.W_dec.dtype not in _WIDENED:
+            y = latents @ self.W_dec + self.b_dec
+        else:  # a slice of 16-bit decoder rows widened at a time, summed in float32
+            flat = latents.reshape(-1, self.d_sae)
+            y = self.b_dec.float().expand(len(flat), self.d_in).clone()
+            rows = max(1, WIDEN_BLOCK_BYTES // (self.d_in * 4))
+            for i in range(0, self.d_sae, rows):
+                y.addmm_(flat[:, i : i + rows], self.W_dec[i : i + rows].float())
+            y = y.reshape(*latents.shape[:-1], self.d_in)
         return self.denormalize(y, ctx) if ctx is not None else y
 
     def forward(self, x: Tensor) -> Tensor:

@@ -34,8 +34,10 @@ from saeserve.engine.types import (
 )
 from saeserve.errors import SaeserveError
 from saeserve.model.loader import resolve_device
+from saeserve.sae.residency import weight_bytes
 from saeserve.server import metrics
 from saeserve.server.feature_view import FeatureView
+from saeserve.server.sae_memory import ResidencySampler, load_configured_sae
 from saeserve.server.settings import Limits, ModelSpec
 from saeserve.v1 import saeserve_pb2 as pb
 
@@ -53,8 +55,6 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 class ModelReplica:
     def __init__(self, spec: dict[str, Any], limits: dict[str, Any]) -> None:
-        from saeserve.sae.formats import load_sae
-
         self.spec = ModelSpec.model_validate(spec)
         self.limits = Limits.model_validate(limits)
         device = str(resolve_device(self.spec.device))
@@ -63,10 +63,11 @@ class ModelReplica:
             self.spec.path, device=device, dtype=dtype, name=self.spec.name
         )
         for s in self.spec.saes:
-            sae = load_sae(
-                s.path, device=device, sae_id=s.effective_id, hook_point=s.hook_point or None
-            )
-            self.served.add_sae(sae)
+            self.served.add_sae(load_configured_sae(s, device))
+        self.residency = ResidencySampler(
+            self.spec.name, {i: h.sae for i, h in self.served.saes.items()}
+        )
+        self.residency.start()
         self.features = FeatureView.load(
             self.served, {s.effective_id: s.index_folder for s in self.spec.saes}
         )
@@ -127,6 +128,8 @@ class ModelReplica:
                 architecture=arch[str(cfg.activation)],
                 k=cfg.k or 0,
                 has_feature_index=self.features.has_index(h.id),
+                dtype=str(h.sae.W_enc.dtype).removeprefix("torch."),
+                weight_bytes=weight_bytes(h.sae),
             )
         return info
 
