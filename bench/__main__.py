@@ -1,4 +1,4 @@
-"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|smoke``.
+"""The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|wide|smoke``.
 
 Runs the chosen measurements in this process (the memory and SAELens ones in child
 processes, the service ones against a Ray Serve instance it starts) for each profile,
@@ -64,6 +64,8 @@ TARGETS = {
     "gpu": "-",
     "http_latency": "added p50 <= 5 ms",
     "http_streams": ">= 0.9x",
+    "wide_load": "RSS growth <= 5% of weights",
+    "wide_decompose": ">= 0.8x",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -78,7 +80,8 @@ GROUPS: dict[str, list[str]] = {
     "generate": ["generate"],
     "memory": ["memory"],
     "service": ["service"],
-    "all": ["decompose", "saelens", "generate", "memory", "service"],
+    "wide": ["wide"],
+    "all": ["decompose", "saelens", "generate", "memory", "service", "wide"],
     "render": [],
     "smoke": ["decompose", "generate", "memory"],
 }
@@ -108,6 +111,12 @@ def _run_memory(ctx: Context) -> list[Row]:
     return memory.measure(ctx)
 
 
+def _run_wide(ctx: Context) -> list[Row]:
+    from bench import wide_sae
+
+    return wide_sae.measure(ctx)
+
+
 def _run_service(ctx: Context) -> list[Row]:
     from bench import service
 
@@ -135,6 +144,7 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
             "memory_replica",
         ],
     ),
+    "wide": (_run_wide, ["wide_load", "wide_decompose"]),
 }
 
 

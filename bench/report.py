@@ -63,6 +63,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "gpu": "8. GPU: 1B Llama bf16 decode and Decompose",
     "http_latency": "9. HTTP /v1/completions vs gRPC Generate: added p50",
     "http_streams": "9. HTTP vs gRPC: 8 concurrent streams, tokens/s",
+    "wide_load": "10. 1M SAE: load time and peak RSS vs weight bytes",
+    "wide_decompose": "10. 1M SAE: Decompose vs bare minimum (forward to hook + matmul + topk)",
 }
 
 

@@ -15,7 +15,7 @@ import torch
 
 from saeserve.errors import InvalidArgument
 from saeserve.sae import residency
-from saeserve.sae.base import Sae, SaeConfig
+from saeserve.sae.base import Encoding, Sae, SaeConfig
 from saeserve.sae.formats import load_sae, write_sae
 from saeserve.sae.formats.saelens import WEIGHTS_FILE
 
@@ -150,31 +150,53 @@ def test_another_dtype_is_a_logged_copy(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_block_size_follows_the_budget(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+def test_blocks_follow_the_budget(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    """Every block's pre-activations fit the budget: rows while a block at full width has
+    enough of them, then columns; the latents are those of one unbounded block."""
     sae = random_sae(dtype)
     x = inputs(50)
-    seen: list[int] = []
-    encode_block = Sae._encode_block
+    seen: list[tuple[int, int]] = []  # [rows, latents] of each slice of pre-activations
+    pre_columns = Sae._pre_columns
 
-    def recording(self: Sae, xb: torch.Tensor, *args: object) -> object:
-        seen.append(len(xb))
-        return encode_block(self, xb, *args)  # type: ignore[arg-type]
+    def recording(self: Sae, xb: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        seen.append((len(xb), hi - lo))
+        return pre_columns(self, xb, lo, hi)
 
-    monkeypatch.setattr(Sae, "_encode_block", recording)
+    monkeypatch.setattr(Sae, "_pre_columns", recording)
     feats = torch.tensor([1, 2, 4095])
-    with torch.no_grad():
-        whole = sae.encode_sparse(x, features=feats, reconstruct=True, count_fires=True)
-        assert seen == [50]
+
+    def encode(budget: int) -> Encoding:
         seen.clear()
-        sae.encode_block_bytes = 7 * D_SAE * 4  # 7 rows of float32 pre-activations
-        assert sae.block_rows() == 7
-        blocked = sae.encode_sparse(x, features=feats, reconstruct=True, count_fires=True)
-    assert seen == [7] * 7 + [1]
-    assert torch.equal(whole.indices, blocked.indices)
-    assert whole.fire_counts is not None and blocked.fire_counts is not None
-    assert torch.equal(whole.fire_counts, blocked.fire_counts)
-    for name in ("values", "features", "reconstruction"):  # matmuls of other row counts
-        torch.testing.assert_close(getattr(whole, name), getattr(blocked, name))
+        sae.encode_block_bytes = budget
+        with torch.no_grad():
+            return sae.encode_sparse(x, features=feats, reconstruct=True, count_fires=True)
+
+    whole = encode(64 << 20)
+    assert seen == [(50, D_SAE)]
+    row_blocks = encode(20 * D_SAE * 4)  # 20 rows at full width: fewer than the 50 tokens
+    assert seen == [(50, 20 * D_SAE // 50)] * 2 + [(50, D_SAE - 2 * (20 * D_SAE // 50))]
+    with monkeypatch.context() as m:
+        m.setattr("saeserve.sae.base.MATMUL_ROWS", 16)  # full-width blocks are enough
+        by_rows = encode(20 * D_SAE * 4)
+        assert seen == [(20, D_SAE), (20, D_SAE), (10, D_SAE)]
+    tiny = encode(1)  # never fewer than k latents of one block of rows
+    assert set(seen) == {(50, K)}
+    for got in (row_blocks, by_rows, tiny):
+        assert torch.equal(got.indices, whole.indices)
+        assert got.fire_counts is not None and whole.fire_counts is not None
+        assert torch.equal(got.fire_counts, whole.fire_counts)
+        for name in ("values", "features", "reconstruction"):  # matmuls of other shapes
+            torch.testing.assert_close(getattr(got, name), getattr(whole, name))
+
+
+def test_block_shape_at_a_million_latents() -> None:
+    with torch.device("meta"):
+        sae = Sae(SaeConfig(d_in=768, d_sae=2**20, k=32))
+    assert sae.block_shape(1) == (16, 2**20)  # one decode token: full width, 4 MiB
+    assert sae.block_shape(16) == (16, 2**20)
+    assert sae.block_shape(256) == (256, 2**16)  # 64 MiB of [256, 65536] float32
+    assert sae.block_shape(5000) == (512, 2**15)
+    assert sae.block_shape(5000, 4 << 30) == (1024, 2**20)
 
 
 def test_dense_blocks_budget_three_tensors() -> None:
@@ -182,8 +204,8 @@ def test_dense_blocks_budget_three_tensors() -> None:
     sae.cfg.activation = sae.cfg.activation.RELU
     sae.cfg.k = None
     sae.encode_block_bytes = 30 * D_SAE * 4
-    assert sae.block_rows() == 10
-    assert sae.block_rows(1) == 1  # never fewer than one token a block
+    assert sae.block_shape(100) == (10, D_SAE)
+    assert sae.block_shape(100, 1) == (1, D_SAE)  # never fewer than one token a block
 
 
 # --- residency -----------------------------------------------------------------------------

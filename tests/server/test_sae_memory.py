@@ -25,7 +25,7 @@ def test_spec_sets_dtype_budget_and_residency(tmp_path: Path) -> None:
     sae = load_configured_sae(spec, "cpu")
     assert sae.W_enc.dtype is torch.bfloat16 and sae.cfg.id == "sae"
     assert sae.encode_block_bytes == 3 << 20
-    assert sae.block_rows() == (3 << 20) // (D_SAE * 4)
+    assert sae.block_shape(100) == ((3 << 20) // (D_SAE * 4), D_SAE)
     assert resident_fraction(sae) == 1.0
 
 

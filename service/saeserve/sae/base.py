@@ -130,6 +130,10 @@ Measured at GPT-2-small scale (d_in 768, d_sae 32,768, k 32, one CPU thread, med
 interleaved repeats): 1,024 tokens in 64 MiB blocks take 1.04x one whole block, 16 MiB
 blocks 1.08x, but 4 MiB blocks (32 rows) 1.70x: the encoder matmul needs rows."""
 
+MATMUL_ROWS = 512
+"""Tokens a TopK block keeps however wide the SAE (``Sae.block_shape``): 512-row blocks
+ran within 1.04x of one whole block in the measurement above, 32-row ones 1.70x."""
+
 WIDEN_BLOCK_BYTES = 4 << 20
 """Float32 copy of 16-bit encoder columns one slice of the widened matmul makes (4 MiB:
 1,365 columns at d_in 768): small enough to stay in cache, wide enough for the matmul."""
@@ -150,7 +154,7 @@ class Sae(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.threshold = nn.Parameter(torch.zeros(d_sae, dtype=dtype))  # JumpReLU only
         self.encode_block_bytes = ENCODE_BLOCK_BYTES
-        """Memory budget of one ``encode_sparse`` block (see ``block_rows``)."""
+        """Memory budget of one ``encode_sparse`` block (see ``block_shape``)."""
 
     @property
     def d_in(self) -> int:
@@ -169,13 +173,25 @@ class Sae(nn.Module):
         """The dtype of every activation and sum: float32 for 16-bit weights, else theirs."""
         return torch.float32 if self.W_enc.dtype in _WIDENED else self.W_enc.dtype
 
-    def block_rows(self, budget_bytes: int | None = None) -> int:
-        """Tokens one ``encode_sparse`` block holds within ``budget_bytes`` (default
-        ``encode_block_bytes``): a TopK block's one [rows, d_sae] tensor of pre-activations,
-        a dense one's three (pre-activations, activations, their mask product)."""
+    def block_shape(self, tokens: int, budget_bytes: int | None = None) -> tuple[int, int]:
+        """(tokens, latents) of one ``encode_sparse`` block of pre-activations within
+        ``budget_bytes`` (default ``encode_block_bytes``), for an input of ``tokens``.
+
+        A dense SAE's block is all its latents: three [rows, d_sae] tensors
+        (pre-activations, activations, their mask product) in the budget, at least one
+        row. A TopK SAE's block is as many rows as fit at full width, if that is all the
+        tokens or at least ``MATMUL_ROWS``; else ``MATMUL_ROWS`` rows (or all the tokens)
+        and as many encoder columns as fit (``topk_by_columns``), so a wide SAE's encoder
+        is still read once per ``MATMUL_ROWS`` tokens, not once per handful."""
         budget = self.encode_block_bytes if budget_bytes is None else budget_bytes
-        per_row = self.d_sae * torch.empty((), dtype=self.compute_dtype).element_size()
-        return max(1, budget // (per_row * (1 if self.is_topk else 3)))
+        size = torch.empty((), dtype=self.compute_dtype).element_size()
+        if not self.is_topk:
+            return max(1, budget // (3 * self.d_sae * size)), self.d_sae
+        rows = budget // (self.d_sae * size)
+        if rows >= min(tokens, MATMUL_ROWS):
+            return max(1, rows), self.d_sae
+        rows = max(1, min(tokens, MATMUL_ROWS))
+        return rows, min(self.d_sae, max(self.cfg.k or 1, budget // (rows * size)))
 
     # --- normalisation -------------------------------------------------------------
     def normalize(self, x: Tensor) -> tuple[Tensor, NormContext]:
@@ -200,26 +216,50 @@ class Sae(nn.Module):
     # --- encode ----------------------------------------------------------------------
     def pre_activations(self, x_n: Tensor) -> Tensor:
         """Encoder pre-activations [..., d_sae] of an already normalised input."""
-        if self.cfg.apply_b_dec_to_input:
-            x_n = x_n - self.b_dec
-        flat = x_n.reshape(-1, self.d_in)
-        if self.W_enc.dtype not in _WIDENED:  # one fused addmm instead of a matmul and an add
-            pre = torch.addmm(self.b_enc, flat, self.W_enc)
-        else:
-            pre = self._widened_pre_activations(flat)
-        return pre.reshape(*x_n.shape[:-1], self.d_sae)
+        flat = self._centered(x_n).reshape(-1, self.d_in)
+        return self._pre_columns(flat, 0, self.d_sae).reshape(*x_n.shape[:-1], self.d_sae)
 
-    def _widened_pre_activations(self, x: Tensor) -> Tensor:
-        """Pre-activations [rows, d_sae] in float32 of 16-bit weights: a slice of encoder
-        columns at a time widened to float32 (``WIDEN_BLOCK_BYTES``), never the whole
-        [d_in, d_sae] float32 copy; the products of 16-bit numbers are exact in float32,
-        so this is float32 arithmetic on the stored weights."""
-        out = x.new_empty(len(x), self.d_sae)
-        cols = max(1, WIDEN_BLOCK_BYTES // (self.d_in * 4))
-        for j in range(0, self.d_sae, cols):
-            w = self.W_enc[:, j : j + cols].float()  # [d_in, cols]
-            out[:, j : j + cols] = torch.addmm(self.b_enc[j : j + cols].float(), x, w)
+    def _centered(self, x_n: Tensor) -> Tensor:
+        return x_n - self.b_dec if self.cfg.apply_b_dec_to_input else x_n
+
+    def _pre_columns(self, x: Tensor, lo: int, hi: int) -> Tensor:
+        """Pre-activations [rows, hi - lo] of latents lo..hi-1 of centred x [rows, d_in].
+
+        16-bit weights are widened to float32 a slice of columns at a time
+        (``WIDEN_BLOCK_BYTES``), never as a whole [d_in, d_sae] copy; products of 16-bit
+        numbers are exact in float32, so this is float32 arithmetic on the stored weights."""
+        if self.W_enc.dtype not in _WIDENED:  # one fused addmm instead of a matmul and an add
+            return torch.addmm(self.b_enc[lo:hi], x, self.W_enc[:, lo:hi])
+        out = x.new_empty(len(x), hi - lo)
+        step = max(1, WIDEN_BLOCK_BYTES // (self.d_in * 4))
+        for j in range(lo, hi, step):
+            w = self.W_enc[:, j : min(j + step, hi)].float()  # [d_in, cols]
+            b = self.b_enc[j : j + w.shape[1]].float()
+            out[:, j - lo : j - lo + w.shape[1]] = torch.addmm(b, x, w)
         return out
+
+    def topk_by_columns(self, x_n: Tensor, cols: int) -> SparseLatents:
+        """TopK latents of normalised x_n [rows, d_in] computed ``cols`` encoder columns at
+        a time: each slice's k largest pre-activations merge into the running k largest, so
+        a block holds [rows, cols] pre-activations instead of [rows, d_sae] and the encoder
+        is read once for all its rows. The same latents and values as
+        ``topk(pre_activations(x_n))`` (exact ties may resolve to other ids)."""
+        k = self.cfg.k or 0
+        if cols >= self.d_sae:
+            return self.topk(self.pre_activations(x_n))
+        x = self._centered(x_n)
+        values = indices = None
+        for lo in range(0, self.d_sae, cols):
+            pre = self._pre_columns(x, lo, min(lo + cols, self.d_sae))  # [rows, cols]
+            top = torch.topk(pre, min(k, pre.shape[1]), dim=-1)
+            v, i = top.values, top.indices + lo
+            if values is not None and indices is not None:
+                v, i = torch.cat([values, v], dim=-1), torch.cat([indices, i], dim=-1)
+                top = torch.topk(v, k, dim=-1)
+                v, i = top.values, i.gather(-1, top.indices)
+            values, indices = v, i
+        assert values is not None and indices is not None
+        return SparseLatents(F.relu(values), indices)
 
     def topk(self, pre: Tensor) -> SparseLatents:
         """TopK latents from pre-activations [..., d_sae]: the k largest, ReLU'd, strongest
@@ -257,8 +297,8 @@ class Sae(nn.Module):
         """The SAE's latents of model-space x [..., d_in], kept sparse: decomposition,
         steering, index building and evaluation all read them here.
 
-        A block of tokens at a time (``block_rows`` of ``block_bytes``, by default the
-        SAE's ``encode_block_bytes``): normalise, pre-activations, activation, then the
+        A block of tokens at a time (``block_shape`` within ``block_bytes``, by default
+        the SAE's ``encode_block_bytes``): normalise, pre-activations, activation, then the
         k strongest latents. For a TopK SAE k is at most (and by default) its own k, and
         these are exactly its active latents; for JumpReLU and ReLU SAEs k (default 0)
         says how many of the largest to report. ``features`` [F] (long) asks for those
@@ -273,9 +313,9 @@ class Sae(nn.Module):
             n_top = min(k or 0, self.d_sae)
             if features is not None and not (n_top or reconstruct or count_fires):
                 return self._feature_columns(flat, features, lead)
-        rows = self.block_rows(block_bytes)
+        rows, cols = self.block_shape(len(flat), block_bytes)
         blocks = [  # at least one block, so that no tokens give empty tensors of their shape
-            self._encode_block(flat[i : i + rows], n_top, features, reconstruct, count_fires)
+            self._encode_block(flat[i : i + rows], cols, n_top, features, reconstruct, count_fires)
             for i in range(0, max(len(flat), 1), rows)
         ]
 
@@ -297,16 +337,16 @@ class Sae(nn.Module):
     def _encode_block(
         self,
         x: Tensor,
+        cols: int,
         n_top: int,
         features: Tensor | None,
         reconstruct: bool,
         count_fires: bool,
     ) -> Encoding:
-        """``encode_sparse`` of one block x [rows, d_in]."""
+        """``encode_sparse`` of one block x [rows, d_in], ``cols`` latents at a time."""
         x_n, ctx = self.normalize(x)
-        pre = self.pre_activations(x_n)  # [rows, d_sae]
         if self.is_topk:
-            values, indices = self.topk(pre)  # [rows, k]: every active latent
+            values, indices = self.topk_by_columns(x_n, cols)  # [rows, k]: every active latent
             feats = recon = fires = None
             if features is not None:  # [rows, F]: the value where f is among the k, else 0
                 feats = (values.unsqueeze(-1) * (indices.unsqueeze(-1) == features)).sum(1)
@@ -315,7 +355,7 @@ class Sae(nn.Module):
             if count_fires:
                 fires = torch.bincount(indices[values > 0], minlength=self.d_sae)
             return Encoding(values[:, :n_top], indices[:, :n_top], feats, recon, fires)
-        a = self.activate(pre)  # [rows, d_sae]
+        a = self.activate(self.pre_activations(x_n))  # [rows, d_sae]
         top = torch.topk(a, n_top, dim=-1)
         return Encoding(
             top.values,

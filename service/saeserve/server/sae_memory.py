@@ -3,10 +3,10 @@ metric of how much of it is in memory.
 
 ``load_configured_sae`` is how a model replica loads each ``SaeSpec``; ``ResidencySampler``
 sets ``saeserve_sae_resident_fraction`` for each of the replica's SAEs every
-``interval_s`` seconds on a daemon thread (one ``mincore`` pass per SAE: a few
-milliseconds at 6 GiB of weights), so weights the kernel evicted under memory pressure
-show in metrics even while the replica is idle. Ray exports a gauge's last value at its
-report interval anyway, so sampling on scrape would gain nothing.
+``interval_s`` seconds on a daemon thread (one ``mincore`` pass per SAE: 0.1-0.2 s at
+6 GiB of weights, so under 1% of a core at 30 s), so weights the kernel evicted under
+memory pressure show in metrics even while the replica is idle. Ray exports a gauge's
+last value at its report interval (10 s) anyway, so sampling on scrape would gain nothing.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from collections.abc import Mapping
 
 import torch
 
-from saeserve.sae.base import Sae
+from saeserve.sae.base import MATMUL_ROWS, Sae
 from saeserve.sae.residency import make_resident, resident_fraction, weight_bytes
 from saeserve.server import metrics
 from saeserve.server.settings import SaeSpec
 
 log = logging.getLogger(__name__)
 
-SAMPLE_INTERVAL_S = 5.0
-"""Seconds between samples of the resident fraction (Ray reports every 10 s by default)."""
+SAMPLE_INTERVAL_S = 30.0
+"""Seconds between samples of the resident fraction."""
 
 
 def load_configured_sae(spec: SaeSpec, device: str | torch.device) -> Sae:
@@ -46,7 +46,7 @@ def load_configured_sae(spec: SaeSpec, device: str | torch.device) -> Sae:
     make_resident(sae, spec.residency)
     log.info(
         "SAE %s: %.1f MiB of %s weights loaded in %.2f s; residency %s (%.2f s), "
-        "%.0f%% resident; encode blocks of %d tokens",
+        "%.0f%% resident; encode blocks of %d tokens x %d latents",
         spec.effective_id,
         weight_bytes(sae) / 2**20,
         str(sae.W_enc.dtype).removeprefix("torch."),
@@ -54,7 +54,7 @@ def load_configured_sae(spec: SaeSpec, device: str | torch.device) -> Sae:
         spec.residency,
         time.perf_counter() - loaded,
         100 * resident_fraction(sae),
-        sae.block_rows(),
+        *sae.block_shape(MATMUL_ROWS),
     )
     return sae
 
