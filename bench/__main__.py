@@ -74,6 +74,8 @@ TARGETS = {
     "neighbours_wide": ">= 0.8x",
     "wide_steered": ">= 0.5x",
     "wide_prefill_memory": "peak <= budget",
+    "wide_load": "RSS growth <= 5% of weights",
+    "wide_decompose": ">= 0.8x",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -91,7 +93,7 @@ GROUPS: dict[str, list[str]] = {
     "sharded": ["sharded"],
     "sharded_wide": ["sharded_wide"],
     "attribution": ["attribution", "neighbours"],
-    "wide": ["wide"],
+    "wide": ["wide", "wide_sae"],
     "all": [
         "decompose",
         "saelens",
@@ -102,6 +104,7 @@ GROUPS: dict[str, list[str]] = {
         "attribution",
         "neighbours",
         "wide",
+        "wide_sae",
     ],
     "render": [],
     "smoke": ["decompose", "generate", "memory", "attribution"],
@@ -150,6 +153,12 @@ def _run_sharded_wide(ctx: Context) -> list[Row]:
     return sharded.measure_wide(ctx)
 
 
+def _run_wide_sae(ctx: Context) -> list[Row]:
+    from bench import wide_sae
+
+    return wide_sae.measure(ctx)
+
+
 def _run_service(ctx: Context) -> list[Row]:
     from bench import service
 
@@ -194,6 +203,7 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
     ),
     "attribution": (_run_attribution, ["attribution"]),
     "neighbours": (_run_neighbours, ["neighbours_wide"]),
+    "wide_sae": (_run_wide_sae, ["wide_load", "wide_decompose"]),
 }
 
 

@@ -15,6 +15,8 @@ Target: >= 0.95x the bare minimum.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,6 +27,7 @@ from bench.profile import top_ops
 from bench.report import Row, rate_text, ratio_text
 from bench.stats import interleaved, paired_ratio, rates, summarize
 from saeserve.engine.decompose import decompose
+from saeserve.engine.served_model import ServedModel
 from saeserve.engine.tokenize import tokenize
 from saeserve.engine.types import DecomposeRequest
 from saeserve.model.loader import LoadedModel
@@ -85,18 +88,31 @@ def right_pad(rows: list[list[int]], *, pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def measure(ctx: Context) -> list[Row]:
-    served = ctx.served
+@dataclass
+class Race:
+    """Timings of one rotation of the bare minimum, engine decompose and a plain forward."""
+
+    base: list[float]
+    ours: list[float]
+    full: list[float]
+    tokens: int
+    top_k: int
+    max_diff: float
+    """Largest difference of the two sides' top-k values."""
+    minimum: Callable[[], None]
+    engine_decompose: Callable[[], None]
+
+
+def race(ctx: Context, served: ServedModel, sae_id: str, texts: list[str], *, repeats: int) -> Race:
+    """The bare minimum, the engine's ``decompose`` and the model's plain full forward on
+    ``texts``, interleaved ``repeats`` rounds, after checking the two sides agree."""
     lm = served.lm
-    n_texts, n_tokens = (2, 32) if ctx.mode is Mode.SMOKE else (8, 128)
-    texts = bench_texts(lm.tokenizer, n_texts, n_tokens)
-    req = DecomposeRequest(texts=texts, sae_ids=[ctx.assets.sae_id])
+    hooked = served.sae(sae_id)
+    sae, hook = hooked.sae, hooked.hook_point.name
+    req = DecomposeRequest(texts=texts, sae_ids=[sae_id])
     toks = [tokenize(lm.tokenizer, t, max_tokens=lm.max_positions) for t in texts]
     ids, mask = right_pad([t.token_ids for t in toks], pad_id=lm.pad_token_id)
     total = int(mask.sum())
-
-    sae = served.sae(ctx.assets.sae_id).sae
-    hook = ctx.assets.hook_point
 
     def plain_forward() -> None:
         with torch.inference_mode():
@@ -116,10 +132,22 @@ def measure(ctx: Context) -> list[Row]:
     )
     k = ours_values.shape[1]
     diff = float((bare_minimum(lm, sae, hook, ids, mask)[0][:, :k] - ours_values).abs().max())
-    repeats = ctx.count(15, 7, 3, realistic=9)
     base, ours, full = interleaved(
         [minimum, engine_decompose, plain_forward], warmup=ctx.count(2, 1, 1), repeats=repeats
     )
+    return Race(base, ours, full, total, k, diff, minimum, engine_decompose)
+
+
+def measure(ctx: Context) -> list[Row]:
+    served = ctx.served
+    lm = served.lm
+    n_texts, n_tokens = (2, 32) if ctx.mode is Mode.SMOKE else (8, 128)
+    texts = bench_texts(lm.tokenizer, n_texts, n_tokens)
+    sae = served.sae(ctx.assets.sae_id).sae
+    hook = ctx.assets.hook_point
+    repeats = ctx.count(15, 7, 3, realistic=9)
+    r = race(ctx, served, ctx.assets.sae_id, texts, repeats=repeats)
+    base, ours, full, total, diff = r.base, r.ours, r.full, r.tokens, r.max_diff
     ratio = paired_ratio(base, ours)
     vs_full = paired_ratio(full, ours)
     met = ratio.median >= TARGET
@@ -127,13 +155,14 @@ def measure(ctx: Context) -> list[Row]:
         f"{n_texts} texts, {total} real tokens, SAE at {hook} of {lm.layout.n_layers} layers "
         f"({sae.d_sae} latents, k={sae.cfg.k}); {repeats} rounds of the three calls, rotated. "
         f"The bare minimum excludes tokenization and the reconstruction error; decompose "
-        f"includes both. Top-{k} values of the two differ by at most {diff:.1e}. Against "
-        f"the model's plain full forward ({rate_text(summarize(rates(full, total)), 'tok/s')}) "
+        f"includes both. Top-{r.top_k} values of the two differ by at most {diff:.1e}. "
+        f"Against the model's plain full forward "
+        f"({rate_text(summarize(rates(full, total)), 'tok/s')}) "
         f"decompose is {ratio_text(vs_full)}."
     )
     if not met and ctx.mode is not Mode.SMOKE:
-        note += f" Profile of decompose: {top_ops(engine_decompose)}."
-        note += f" Profile of the bare minimum: {top_ops(minimum)}."
+        note += f" Profile of decompose: {top_ops(r.engine_decompose)}."
+        note += f" Profile of the bare minimum: {top_ops(r.minimum)}."
     return [
         Row.judged(
             "decompose",

@@ -71,6 +71,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "neighbours_wide": "12. Neighbours of one feature of a 1M-latent SAE: vs a chunked matmul by hand",
     "wide_steered": "13. 1M SAE: Generate steered (CLAMP on an active feature) vs unsteered tokens/s",
     "wide_prefill_memory": "13. 1M SAE: peak memory of eight 960-token steered prompts admitted together",
+    "wide_load": "14. 1M SAE: load time and peak RSS vs weight bytes",
+    "wide_decompose": "14. 1M SAE: Decompose vs bare minimum (forward to hook + matmul + topk)",
 }
 
 

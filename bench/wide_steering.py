@@ -213,7 +213,8 @@ def _prefill_memory(ctx: Context, served: ServedModel, sae_id: str) -> Row:
         f"budget (generate_memory_bytes {budget_mib:.0f} MiB), estimated at "
         f"{estimate / MIB:.0f} MiB; peak RssAnon over its level before: {peak:.0f} MiB "
         f"({len(samples)} samples over {seconds:.0f} s). Each steering encode holds one "
-        f"{served.sae(sae_id).sae.block_rows()}-row block of pre-activations at a time; "
+        f"{'x'.join(map(str, served.sae(sae_id).sae.block_shape(prompt_len)))} (tokens x "
+        f"latents) block of pre-activations at a time; "
         f"{100 * skipped / n_prompts:.0f}% of the prompt tokens had their feature's own "
         f"pre-activation <= 0 and skipped the full encoder."
     )

@@ -41,6 +41,8 @@ MODEL = pb.ModelInfo(
             architecture=pb.SAE_ARCHITECTURE_TOPK,
             k=4,
             has_feature_index=True,
+            dtype="bfloat16",
+            weight_bytes=2 * (2 * 16 * 64 + 2 * 64 + 16),
         ),
         pb.SaeInfo(
             id="mlp_out.1",
@@ -50,6 +52,8 @@ MODEL = pb.ModelInfo(
             architecture=pb.SAE_ARCHITECTURE_JUMPRELU,
             k=0,
             has_feature_index=False,
+            dtype="float32",
+            weight_bytes=4 * (2 * 16 * 32 + 2 * 32 + 16),
         ),
     ],
 )

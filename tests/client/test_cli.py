@@ -59,10 +59,15 @@ def as_json(server: FakeServer, *args: str) -> Any:
 def test_models(server: FakeServer) -> None:
     text = ok(server, "models")
     assert text.splitlines()[0].startswith("demo  (default)  gpt2 · 2 layers")
-    assert re.search(r"resid_post\.0\s+resid_post\.0\s+topk\s+64\s+4\s+yes", text)
+    assert re.search(
+        r"resid_post\.0\s+resid_post\.0\s+topk\s+64\s+4\s+bfloat16\s+0\.0 MiB\s+yes", text
+    )
+    assert re.search(r"mlp_out\.1\s+mlp_out\.1\s+jumprelu\s+32\s+-\s+float32\s+0\.0 MiB\s+no", text)
     assert ANSI not in text
     [model] = as_json(server, "models")
     assert [s["architecture"] for s in model["saes"]] == ["topk", "jumprelu"]
+    assert [s["dtype"] for s in model["saes"]] == ["bfloat16", "float32"]
+    assert [s["weight_bytes"] for s in model["saes"]] == [4384, 4416]
 
 
 def test_tokenize(server: FakeServer) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeserve.sae.base import Sae, SaeConfig
+from saeserve.sae.base import MATMUL_ROWS, Sae, SaeConfig
 from tests.engine import reference
 
 D_IN, D_SAE, K = 16, 96, 6
@@ -135,31 +135,34 @@ def test_topk_features_alone_equal_the_full_encode(seed: int) -> None:
             full = sae.encode_sparse(x, features=features, block_bytes=block_bytes).features
             got = sae.encode_sparse(x, k=0, features=features, block_bytes=block_bytes).features
             assert got is not None and full is not None
-            assert torch.equal(got, full)
+            torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-6)  # rounding: block shapes
     assert bool((pre <= 0).all(-1).any())  # some tokens skip the encoder
     assert bool((full > 0).any()) and bool(((pre > 0) & (full == 0)).any())  # and some rank
 
 
 def test_steering_read_blocks_stay_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """A long prompt's steering read never holds more pre-activations at once than its
-    block budget: every [rows, d_sae] the encoder makes fits in block_bytes."""
+    block budget: every [rows, latents] block the encoder makes fits in block_bytes."""
     sae = random_sae("topk", "none", seed=7)
     shapes: list[tuple[int, ...]] = []
-    real = Sae.pre_activations
+    real = Sae._pre_columns
 
-    def recording(self: Sae, x_n: torch.Tensor) -> torch.Tensor:
-        out = real(self, x_n)
+    def recording(self: Sae, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        out = real(self, x, lo, hi)
         shapes.append(tuple(out.shape))
         return out
 
-    monkeypatch.setattr(Sae, "pre_activations", recording)
+    monkeypatch.setattr(Sae, "_pre_columns", recording)
     x = torch.randn(2000, D_IN, generator=torch.Generator().manual_seed(8)) + 1.0
     budget = 7 * D_SAE * 4 + 5  # 7 rows
     with torch.no_grad():
         enc = sae.encode_sparse(x, k=0, features=torch.tensor(FEATURES), block_bytes=budget)
     assert enc.features is not None and enc.features.shape == (2000, len(FEATURES))
     assert shapes and sum(s[0] for s in shapes) > 1000  # the full encoder did run
-    assert max(s[0] * s[1] * 4 for s in shapes) <= budget
+    # a block is at most the budget, or MATMUL_ROWS tokens by k latents when that is more
+    floor = MATMUL_ROWS * (sae.cfg.k or 0) * 4
+    assert max(s[0] * s[1] * 4 for s in shapes) <= max(budget, floor)
+    assert max(s[0] for s in shapes) < 2000 and max(s[1] for s in shapes) < D_SAE
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu"])

@@ -36,6 +36,7 @@ REQUIRED = {
     "saeserve_requests_total",
     "saeserve_request_seconds",
     "saeserve_cancelled_generations_total",
+    "saeserve_sae_resident_fraction",
 }
 
 

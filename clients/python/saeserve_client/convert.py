@@ -87,6 +87,8 @@ def sae_info(msg: pb.SaeInfo) -> SaeInfo:
         architecture=enum_name(pb.SaeArchitecture, msg.architecture, "SAE_ARCHITECTURE_"),
         k=msg.k,
         has_feature_index=msg.has_feature_index,
+        dtype=msg.dtype,
+        weight_bytes=msg.weight_bytes,
     )
 
 

@@ -126,18 +126,20 @@ def models_view(models: Sequence[ModelInfo], style: Style) -> list[str]:
         if not model.saes:
             lines.append("  no SAEs")
             continue
-        rows = [("sae", "hook point", "arch", "d_sae", "k", "index")] + [
+        rows = [("sae", "hook point", "arch", "d_sae", "k", "dtype", "weights", "index")] + [
             (
                 s.id,
                 s.hook_point,
                 s.architecture,
                 str(s.d_sae),
                 str(s.k or "-"),
+                s.dtype or "-",
+                f"{s.weight_bytes / 2**20:.1f} MiB" if s.weight_bytes else "-",
                 "yes" if s.has_feature_index else "no",
             )
             for s in model.saes
         ]
-        lines.extend("  " + line for line in _table(rows, right={3, 4}, style=style))
+        lines.extend("  " + line for line in _table(rows, right={3, 4, 6}, style=style))
     return lines
 
 

@@ -31,6 +31,8 @@ class SaeInfo:
     architecture: str
     k: int  # active features per token for topk SAEs, else 0
     has_feature_index: bool
+    dtype: str = ""  # the weights' dtype: "float32", "bfloat16" or "float16"
+    weight_bytes: int = 0  # bytes of the weights in that dtype
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ class BatchGenerator:
         saes = [iv.sae.sae for iv in steering.interventions if iv.sae is not None]
         saes += [hooked.sae for hooked, _ in steering.tracked]
         tokens = max(prompt, self.max_batch_size)  # a prefill, or a decode step's rows
-        encode = max((sae.encode_block_bytes(tokens) for sae in saes), default=0)
+        encode = max((sae.encode_bytes(tokens) for sae in saes), default=0)
         return RowNeed(prompt, prompt + max_new, encode)
 
     def admit(self, prepared: PreparedRequest) -> int:

@@ -14,7 +14,7 @@ its longest row):
                   the longest prompt P): one layer's activations at a time, the
                   attention scores and probabilities and the mask, the steering hook's
                   float32 copies
-    steering      one encode block (``Sae.block_rows`` rows of d_sae pre-activations, at
+    steering      one encode block (``Sae.block_shape`` of pre-activations, at
                   most ``ENCODE_BLOCK_BYTES``), twice for the top-k's workspace: the
                   encoder runs one block at a time, whatever the prompt lengths
 

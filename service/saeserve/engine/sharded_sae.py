@@ -118,7 +118,7 @@ class ShardedSae(Sae):
             fire_counts=fires,
         )
 
-    def encode_block_bytes(self, tokens: int) -> int:
+    def encode_bytes(self, tokens: int) -> int:
         """Bytes this replica holds for an encode over ``tokens`` tokens: the shards' answers,
         k (or the asked n) values and ids per token and shard (the [rows, d_sae] blocks
         are the shards' own)."""

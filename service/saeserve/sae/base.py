@@ -13,6 +13,13 @@ only ever sees ``Sae``. ``encode_sparse`` is the one path
 the service reads latents by: a block of tokens at a time, the k strongest latents as
 (values, indices), chosen features' exact values and the reconstruction, decoding a TopK
 SAE by a gather over its k rows of W_dec; never a [tokens x d_sae] tensor at once.
+
+Weights may be float32, bfloat16 or float16 (``SaeSpec.dtype``); the arithmetic is float32
+whatever they are (``compute_dtype``): the input is never rounded to the weights' dtype,
+and 16-bit encoder columns are widened a slice at a time into a float32 matmul, so which
+latents are a TopK SAE's top k is decided exactly as float32 arithmetic on the same
+(16-bit) weights decides it. torch's CPU matmul of two bfloat16 matrices returns bfloat16,
+whose 8-bit mantissa would tie and reorder pre-activations near the k-th.
 """
 
 from __future__ import annotations
@@ -127,11 +134,22 @@ class Encoding(NamedTuple):
 
 
 ENCODE_BLOCK_BYTES = 64 << 20
-"""Pre-activations one block of ``encode_sparse`` holds at most (64 MiB: 512 tokens of a
-32,768-latent SAE in float32), so a long input never allocates [tokens x d_sae] at once.
+"""Default memory budget of one ``encode_sparse`` block (``Sae.encode_block_bytes``; the
+server sets it from ``SaeSpec.encode_block_bytes``): 64 MiB of float32 pre-activations,
+512 tokens of a 32,768-latent SAE, so a long input never allocates [tokens x d_sae] at once.
 Measured at GPT-2-small scale (d_in 768, d_sae 32,768, k 32, one CPU thread, median of
 interleaved repeats): 1,024 tokens in 64 MiB blocks take 1.04x one whole block, 16 MiB
 blocks 1.08x, but 4 MiB blocks (32 rows) 1.70x: the encoder matmul needs rows."""
+
+MATMUL_ROWS = 512
+"""Tokens a TopK block keeps however wide the SAE (``Sae.block_shape``): 512-row blocks
+ran within 1.04x of one whole block in the measurement above, 32-row ones 1.70x."""
+
+WIDEN_BLOCK_BYTES = 4 << 20
+"""Float32 copy of 16-bit encoder columns one slice of the widened matmul makes (4 MiB:
+1,365 columns at d_in 768): small enough to stay in cache, wide enough for the matmul."""
+
+_WIDENED = (torch.bfloat16, torch.float16)
 
 
 class Sae(nn.Module):
@@ -149,6 +167,8 @@ class Sae(nn.Module):
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.threshold = nn.Parameter(torch.zeros(d_sae, dtype=dtype))  # JumpReLU only
+        self.encode_block_bytes = ENCODE_BLOCK_BYTES
+        """Memory budget of one ``encode_sparse`` block (see ``block_shape``)."""
 
     @property
     def d_in(self) -> int:
@@ -162,10 +182,35 @@ class Sae(nn.Module):
     def is_topk(self) -> bool:
         return self.cfg.activation is Activation.TOPK
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of every activation and sum: float32 for 16-bit weights, else theirs."""
+        return torch.float32 if self.b_dec.dtype in _WIDENED else self.b_dec.dtype
+
+    def block_shape(self, tokens: int, budget_bytes: int | None = None) -> tuple[int, int]:
+        """(tokens, latents) of one ``encode_sparse`` block of pre-activations within
+        ``budget_bytes`` (default ``encode_block_bytes``), for an input of ``tokens``.
+
+        A dense SAE's block is all its latents: three [rows, d_sae] tensors
+        (pre-activations, activations, their mask product) in the budget, at least one
+        row. A TopK SAE's block is as many rows as fit at full width, if that is all the
+        tokens or at least ``MATMUL_ROWS``; else ``MATMUL_ROWS`` rows (or all the tokens)
+        and as many encoder columns as fit (``topk_by_columns``), so a wide SAE's encoder
+        is still read once per ``MATMUL_ROWS`` tokens, not once per handful."""
+        budget = self.encode_block_bytes if budget_bytes is None else budget_bytes
+        size = torch.empty((), dtype=self.compute_dtype).element_size()
+        if not self.is_topk:
+            return max(1, budget // (3 * self.d_sae * size)), self.d_sae
+        rows = budget // (self.d_sae * size)
+        if rows >= min(tokens, MATMUL_ROWS):
+            return max(1, rows), self.d_sae
+        rows = max(1, min(tokens, MATMUL_ROWS))
+        return rows, min(self.d_sae, max(self.cfg.k or 1, budget // (rows * size)))
+
     # --- normalisation -------------------------------------------------------------
     def normalize(self, x: Tensor) -> tuple[Tensor, NormContext]:
         """Map model-space x [..., d_in] into SAE space; returns the context to undo it."""
-        x = x.to(self.b_dec.dtype)
+        x = x.to(self.compute_dtype)
         if self.cfg.input_norm is InputNorm.LAYERNORM:
             mean = x.mean(dim=-1, keepdim=True)
             centered = x - mean
@@ -185,10 +230,50 @@ class Sae(nn.Module):
     # --- encode ----------------------------------------------------------------------
     def pre_activations(self, x_n: Tensor) -> Tensor:
         """Encoder pre-activations [..., d_sae] of an already normalised input."""
-        if self.cfg.apply_b_dec_to_input:
-            x_n = x_n - self.b_dec
-        flat = x_n.reshape(-1, self.d_in)  # one fused addmm instead of a matmul and an add
-        return torch.addmm(self.b_enc, flat, self.W_enc).reshape(*x_n.shape[:-1], self.d_sae)
+        flat = self._centered(x_n).reshape(-1, self.d_in)
+        return self._pre_columns(flat, 0, self.d_sae).reshape(*x_n.shape[:-1], self.d_sae)
+
+    def _centered(self, x_n: Tensor) -> Tensor:
+        return x_n - self.b_dec if self.cfg.apply_b_dec_to_input else x_n
+
+    def _pre_columns(self, x: Tensor, lo: int, hi: int) -> Tensor:
+        """Pre-activations [rows, hi - lo] of latents lo..hi-1 of centred x [rows, d_in].
+
+        16-bit weights are widened to float32 a slice of columns at a time
+        (``WIDEN_BLOCK_BYTES``), never as a whole [d_in, d_sae] copy; products of 16-bit
+        numbers are exact in float32, so this is float32 arithmetic on the stored weights."""
+        if self.W_enc.dtype not in _WIDENED:  # one fused addmm instead of a matmul and an add
+            return torch.addmm(self.b_enc[lo:hi], x, self.W_enc[:, lo:hi])
+        out = x.new_empty(len(x), hi - lo)
+        step = max(1, WIDEN_BLOCK_BYTES // (self.d_in * 4))
+        for j in range(lo, hi, step):
+            w = self.W_enc[:, j : min(j + step, hi)].float()  # [d_in, cols]
+            b = self.b_enc[j : j + w.shape[1]].float()
+            out[:, j - lo : j - lo + w.shape[1]] = torch.addmm(b, x, w)
+        return out
+
+    def topk_by_columns(self, x_n: Tensor, cols: int) -> SparseLatents:
+        """TopK latents of normalised x_n [rows, d_in] computed ``cols`` encoder columns at
+        a time: each slice's k largest pre-activations merge into the running k largest, so
+        a block holds [rows, cols] pre-activations instead of [rows, d_sae] and the encoder
+        is read once for all its rows. The same latents and values as
+        ``topk(pre_activations(x_n))`` (exact ties may resolve to other ids)."""
+        k = self.cfg.k or 0
+        if cols >= self.d_sae:
+            return self.topk(self.pre_activations(x_n))
+        x = self._centered(x_n)
+        values = indices = None
+        for lo in range(0, self.d_sae, cols):
+            pre = self._pre_columns(x, lo, min(lo + cols, self.d_sae))  # [rows, cols]
+            top = torch.topk(pre, min(k, pre.shape[1]), dim=-1)
+            v, i = top.values, top.indices + lo
+            if values is not None and indices is not None:
+                v, i = torch.cat([values, v], dim=-1), torch.cat([indices, i], dim=-1)
+                top = torch.topk(v, k, dim=-1)
+                v, i = top.values, i.gather(-1, top.indices)
+            values, indices = v, i
+        assert values is not None and indices is not None
+        return SparseLatents(F.relu(values), indices)
 
     def topk(self, pre: Tensor) -> SparseLatents:
         """TopK latents from pre-activations [..., d_sae]: the k largest, ReLU'd, strongest
@@ -226,8 +311,8 @@ class Sae(nn.Module):
         """The SAE's latents of model-space x [..., d_in], kept sparse: decomposition,
         steering, index building and evaluation all read them here.
 
-        A block of tokens at a time (at most ``block_bytes`` of pre-activations, by
-        default ``ENCODE_BLOCK_BYTES``): normalise, pre-activations, activation, then the
+        A block of tokens at a time (``block_shape`` within ``block_bytes``, by default
+        the SAE's ``encode_block_bytes``): normalise, pre-activations, activation, then the
         k strongest latents. For a TopK SAE k is at most (and by default) its own k, and
         these are exactly its active latents; for JumpReLU and ReLU SAEs k (default 0)
         says how many of the largest to report. ``features`` [F] (long) asks for those
@@ -262,18 +347,13 @@ class Sae(nn.Module):
             fire_counts=torch.stack(fires).sum(0) if fires else None,
         )
 
-    def block_rows(self, block_bytes: int | None = None) -> int:
-        """Tokens in one ``encode_sparse`` block: its [rows, d_sae] pre-activations fit in
-        ``block_bytes`` (default ``ENCODE_BLOCK_BYTES``), at least one row."""
-        budget = ENCODE_BLOCK_BYTES if block_bytes is None else block_bytes
-        return max(1, budget // (self.d_sae * self.W_enc.element_size()))
-
-    def encode_block_bytes(self, tokens: int) -> int:
+    def encode_bytes(self, tokens: int) -> int:
         """Bytes one ``encode_sparse`` block over at most ``tokens`` tokens allocates (a
-        prompt, or the rows of a decode step): [rows, d_sae] pre-activations, twice (the
-        top-k's workspace). What generation admission counts for steering's encode."""
-        rows = min(max(tokens, 1), self.block_rows())
-        return 2 * rows * self.d_sae * self.W_enc.element_size()
+        prompt, or the rows of a decode step): its pre-activations, twice (the top-k's
+        workspace). What generation admission counts for steering's encode."""
+        rows, cols = self.block_shape(max(tokens, 1))
+        size = torch.empty((), dtype=self.compute_dtype).element_size()
+        return 2 * min(rows, max(tokens, 1)) * cols * size
 
     def _blocks(
         self,
@@ -284,10 +364,10 @@ class Sae(nn.Module):
         count_fires: bool,
         block_bytes: int | None,
     ) -> list[Encoding]:
-        """``_encode_block`` over flat [tokens, d_in], ``block_rows`` tokens at a time."""
-        rows = self.block_rows(block_bytes)
+        """``_encode_block`` over flat [tokens, d_in], a ``block_shape`` at a time."""
+        rows, cols = self.block_shape(len(flat), block_bytes)
         return [  # at least one block, so that no tokens give empty tensors of their shape
-            self._encode_block(flat[i : i + rows], n_top, features, reconstruct, count_fires)
+            self._encode_block(flat[i : i + rows], cols, n_top, features, reconstruct, count_fires)
             for i in range(0, max(len(flat), 1), rows)
         ]
 
@@ -326,17 +406,16 @@ class Sae(nn.Module):
         contrast need all of them, not the top k): for a TopK SAE its k per token, for
         JumpReLU and ReLU SAEs every non-zero one. A block of tokens at a time, as
         ``encode_sparse``; the result is O(active entries), never [tokens x d_sae]."""
-        rows = self.block_rows(block_bytes)
+        rows, cols = self.block_shape(len(x), block_bytes)
         parts = []
         for start in range(0, len(x), rows):
             x_n, _ = self.normalize(x[start : start + rows])
-            pre = self.pre_activations(x_n)  # [rows, d_sae]
             if self.is_topk:
-                values, indices = self.topk(pre)  # [rows, k]
+                values, indices = self.topk_by_columns(x_n, cols)  # [rows, k]
                 row, col = (values > 0).nonzero(as_tuple=True)
                 parts.append((row + start, indices[row, col], values[row, col]))
             else:
-                a = self.activate(pre)
+                a = self.activate(self.pre_activations(x_n))  # [rows, d_sae]
                 row, feature = a.nonzero(as_tuple=True)  # row-major: rows ascending
                 parts.append((row + start, feature, a[row, feature]))
         if not parts:
@@ -347,16 +426,16 @@ class Sae(nn.Module):
     def _encode_block(
         self,
         x: Tensor,
+        cols: int,
         n_top: int,
         features: Tensor | None,
         reconstruct: bool,
         count_fires: bool,
     ) -> Encoding:
-        """``encode_sparse`` of one block x [rows, d_in]."""
+        """``encode_sparse`` of one block x [rows, d_in], ``cols`` latents at a time."""
         x_n, ctx = self.normalize(x)
-        pre = self.pre_activations(x_n)  # [rows, d_sae]
         if self.is_topk:
-            values, indices = self.topk(pre)  # [rows, k]: every active latent
+            values, indices = self.topk_by_columns(x_n, cols)  # [rows, k]: every active latent
             feats = recon = fires = None
             if features is not None:  # [rows, F]: the value where f is among the k, else 0
                 feats = (values.unsqueeze(-1) * (indices.unsqueeze(-1) == features)).sum(1)
@@ -365,7 +444,7 @@ class Sae(nn.Module):
             if count_fires:
                 fires = torch.bincount(indices[values > 0], minlength=self.d_sae)
             return Encoding(values[:, :n_top], indices[:, :n_top], feats, recon, fires)
-        a = self.activate(pre)  # [rows, d_sae]
+        a = self.activate(self.pre_activations(x_n))  # [rows, d_sae]
         top = torch.topk(a, n_top, dim=-1)
         return Encoding(
             top.values,
@@ -377,7 +456,8 @@ class Sae(nn.Module):
 
     def feature_columns(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """The encoder columns [d_in, F] and biases [F] of ``features`` [F], contiguous."""
-        return self.W_enc[:, features].contiguous(), self.b_enc[features]
+        dt = self.compute_dtype  # 16-bit columns widened: float32 arithmetic, as the encoder
+        return self.W_enc[:, features].to(dt).contiguous(), self.b_enc[features].to(dt)
 
     def feature_pre_activations(
         self, x: Tensor, features: Tensor, columns: tuple[Tensor, Tensor] | None = None
@@ -401,7 +481,7 @@ class Sae(nn.Module):
         pre = self.feature_pre_activations(x, features)  # [tokens, F]
         a = F.relu(pre)
         if self.cfg.activation is Activation.JUMPRELU:
-            a = a * (pre > self.threshold[features])
+            a = a * (pre > self.threshold[features].to(pre.dtype))
         none = a.new_zeros(*lead, 0)
         return Encoding(none, none.long(), a.reshape(*lead, -1), None, None)
 
@@ -415,15 +495,26 @@ class Sae(nn.Module):
     def _decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
         """SAE-space reconstruction [rows, d_in] of (values, indices) [rows, k]: a gather
         over k rows of W_dec instead of a dense [rows x d_sae] matmul."""
-        recon = F.embedding_bag(
-            indices, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum"
-        )
+        if self.W_dec.dtype not in _WIDENED:
+            recon = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        else:  # 16-bit rows widened, summed in float32: [rows, 1, k] @ [rows, k, d_in]
+            rows = F.embedding(indices, self.W_dec).to(values.dtype)
+            recon = torch.bmm(values.unsqueeze(1), rows).squeeze(1)
         return recon + self.b_dec
 
     def decode(self, latents: Tensor, ctx: NormContext | None = None) -> Tensor:
         """Reconstruction [..., d_in] of dense latents: model space given ctx from
         ``normalize`` of the input, else SAE space."""
-        y = latents.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        latents = latents.to(self.compute_dtype)
+        if self.W_dec.dtype not in _WIDENED:
+            y = latents @ self.W_dec + self.b_dec
+        else:  # a slice of 16-bit decoder rows widened at a time, summed in float32
+            flat = latents.reshape(-1, self.d_sae)
+            y = self.b_dec.float().expand(len(flat), self.d_in).clone()
+            rows = max(1, WIDEN_BLOCK_BYTES // (self.d_in * 4))
+            for i in range(0, self.d_sae, rows):
+                y.addmm_(flat[:, i : i + rows], self.W_dec[i : i + rows].float())
+            y = y.reshape(*latents.shape[:-1], self.d_in)
         return self.denormalize(y, ctx) if ctx is not None else y
 
     def forward(self, x: Tensor) -> Tensor:

@@ -100,6 +100,7 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("saeserve_interventions_total", "counter", "Interventions applied to Generate requests, by mode.", ("mode",)),
     MetricSpec("saeserve_cancelled_generations_total", "counter", "Generate streams stopped because the caller left."),
     MetricSpec("saeserve_accelerator_memory_bytes", "gauge", "Accelerator memory allocated by this replica's torch."),
+    MetricSpec("saeserve_sae_resident_fraction", "gauge", "Fraction (0..1) of an SAE's host-memory weight pages in memory (mincore), by model and SAE; below 1 the kernel evicted them and requests re-read them from disk.", ("model", "sae")),
 )  # fmt: skip
 
 METRIC_NAMES: list[str] = [s.name for s in SPECS]
@@ -283,6 +284,7 @@ SAE_ENCODE_SECONDS = _BY_NAME["saeserve_sae_encode_seconds"]
 INTERVENTIONS = _BY_NAME["saeserve_interventions_total"]
 CANCELLED_GENERATIONS = _BY_NAME["saeserve_cancelled_generations_total"]
 ACCELERATOR_MEMORY = _BY_NAME["saeserve_accelerator_memory_bytes"]
+SAE_RESIDENT_FRACTION = _BY_NAME["saeserve_sae_resident_fraction"]
 
 
 def observe_request(rpc: str, transport: str, code: str, seconds: float) -> None:

@@ -56,8 +56,10 @@ from saeserve.errors import SaeserveError
 from saeserve.model.loader import resolve_device
 from saeserve.sae.base import Sae
 from saeserve.sae.formats import read_sae
+from saeserve.sae.residency import weight_bytes
 from saeserve.server import metrics
 from saeserve.server.feature_view import FeatureView
+from saeserve.server.sae_memory import ResidencySampler, load_configured_sae
 from saeserve.server.settings import Limits, ModelSpec, SaeSpec
 from saeserve.server.shard_replica import remote_shards
 from saeserve.v1 import saeserve_pb2 as pb
@@ -91,8 +93,6 @@ class ModelReplica:
         shards: dict[str, list[Any]] | None = None,
     ) -> None:
         """``shards``: each sharded SAE's shard deployment handles, in latent order."""
-        from saeserve.sae.formats import load_sae
-
         self.spec = ModelSpec.model_validate(spec)
         self.limits = Limits.model_validate(limits)
         device = str(resolve_device(self.spec.device))
@@ -105,10 +105,12 @@ class ModelReplica:
             if s.sharding is not None:
                 sae = sharded_sae(s, (shards or {})[s.effective_id])
             else:
-                sae = load_sae(
-                    s.path, device=device, sae_id=s.effective_id, hook_point=s.hook_point or None
-                )
+                sae = load_configured_sae(s, device)
             self.served.add_sae(sae)
+        self.residency = ResidencySampler(
+            self.spec.name, {i: h.sae for i, h in self.served.saes.items()}
+        )
+        self.residency.start()
         self.features = FeatureView.load(
             self.served, {s.effective_id: s.index_folder for s in self.spec.saes}
         )
@@ -169,6 +171,8 @@ class ModelReplica:
                 architecture=arch[str(cfg.activation)],
                 k=cfg.k or 0,
                 has_feature_index=self.features.has_index(h.id),
+                dtype=str(h.sae.W_enc.dtype).removeprefix("torch."),
+                weight_bytes=weight_bytes(h.sae),
             )
         return info
 

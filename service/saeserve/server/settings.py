@@ -102,6 +102,22 @@ class SaeSpec(BaseModel):
     sharding: SaeSharding | None = None
     """Split the SAE by latent range across shard deployments; none = the model replica
     holds it whole."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype; auto = as stored in the file, memory-mapped with no copy. Another
+    dtype converts the weights at load (a copy in memory, logged). Activations and sums
+    are float32 whatever the weights are, so 16-bit weights pick the same top k as float32
+    arithmetic on them (docs/sae-memory.md)."""
+    residency: Literal["lazy", "pretouch", "mlock"] = "lazy"
+    """What start-up does to the weights' pages: lazy = read on first use (the kernel may
+    evict them under memory pressure); pretouch = read every page once, so the first
+    request pays no disk reads; mlock = pre-touch and pin them in memory (needs
+    RLIMIT_MEMLOCK or CAP_IPC_LOCK; refused, it pre-touches and logs a warning). The
+    resident fraction is the metric ``saeserve_sae_resident_fraction``."""
+    encode_block_bytes: int = Field(default=64 << 20, ge=1 << 20)
+    """Memory budget of one SAE encode block: every encode (Decompose, steering, feature
+    index, evaluation) runs the tokens in blocks whose [tokens x d_sae] float32
+    pre-activations fit it (at least one token a block): 64 MiB is 512 tokens at 32k
+    latents, 16 at 1M."""
 
     @property
     def index_folder(self) -> Path:

@@ -10,12 +10,18 @@ reader in this package maps its layout onto our tensors; this module checks ever
 tensor's shape against the config, then builds the ``Sae`` on the requested device and
 dtype. Nothing is unpickled beyond ``torch.load(weights_only=True)``.
 
+safetensors files are memory-mapped and a tensor already on its device in its dtype is
+kept as it is: the weights are the file's pages (no copy, no resident memory until
+read; ``saeserve.sae.residency``). Asking for another dtype or device copies them, which
+is logged with the bytes it costs.
+
     sae = load_sae("saes/gpt2-res-jb/blocks.6.hook_resid_post", device="cuda")
     write_sae(sae, "out/my-sae")   # cfg.json + sae_weights.safetensors
 """
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +34,27 @@ from saeserve.sae.base import Sae, SaeConfig
 from saeserve.sae.formats import gemmascope, openai, saelens, sparsify
 from saeserve.sae.ids import default_sae_id
 
-__all__ = ["SaeFormat", "detect_format", "load_sae", "read_sae", "write_sae"]
+__all__ = [
+    "SAE_DTYPES",
+    "SaeFormat",
+    "detect_format",
+    "load_sae",
+    "parse_dtype",
+    "read_sae",
+    "write_sae",
+]
+
+log = logging.getLogger(__name__)
+
+SAE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The weight dtypes an SAE may be served in, by name (``SaeSpec.dtype``)."""
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """The torch dtype named ``name`` (a key of ``SAE_DTYPES``); InvalidArgument else."""
+    if name not in SAE_DTYPES:
+        raise InvalidArgument(f"dtype: must be one of {sorted(SAE_DTYPES)}, got {name!r}")
+    return SAE_DTYPES[name]
 
 
 class SaeFormat(StrEnum):
@@ -56,20 +82,23 @@ def load_sae(
     path: str | Path,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     sae_id: str | None = None,
     hook_point: str | None = None,
     layer: int | None = None,
 ) -> Sae:
     """Read the SAE at ``path`` in whichever supported layout it is.
 
-    ``dtype`` defaults to the file's own; ``sae_id`` to ``default_sae_id`` of the SAE's file
+    ``dtype`` (a torch dtype or a name in ``SAE_DTYPES``) defaults to the file's own,
+    which keeps the weights memory-mapped; ``sae_id`` to ``default_sae_id`` of the SAE's file
     or folder (its name, or more of its path where names repeat, as Gemma Scope's and
     OpenAI's do). ``hook_point`` replaces whatever the files say (OpenAI and Gemma Scope
     files record none; it is then inferred from the published folder names, or is
     ``resid_post.<layer>`` when ``layer`` is given, or left empty). ``layer`` also picks
     the hookpoint folder of a sparsify run, or ``<layer>.pt`` in an OpenAI folder.
     """
+    if isinstance(dtype, str):
+        dtype = parse_dtype(dtype)
     if dtype is not None and not dtype.is_floating_point:
         raise InvalidArgument(f"dtype: must be a floating point dtype, got {dtype}")
     cfg, tensors = read_sae(path, sae_id=sae_id, hook_point=hook_point, layer=layer)
@@ -187,7 +216,23 @@ def build_sae(
     target = dtype or tensors["W_enc"][1].dtype
     with torch.device("meta"):  # no throwaway [d_in, d_sae] allocations
         sae = Sae(cfg, dtype=target)
+    copied = 0
     for name in _SHAPES:
-        tensor = tensors[name][1] if name in tensors else torch.zeros(cfg.d_sae)
-        setattr(sae, name, nn.Parameter(tensor.to(device=device, dtype=target).contiguous()))
+        tensor = tensors[name][1] if name in tensors else torch.zeros(cfg.d_sae, dtype=target)
+        kept = tensor.to(device=device, dtype=target).contiguous()  # itself when it matches
+        if kept.data_ptr() != tensor.data_ptr():
+            copied += kept.nbytes
+        setattr(sae, name, nn.Parameter(kept))
+    if copied > 1 << 20:
+        source = tensors["W_enc"][1]
+        log.info(
+            "SAE %s: weights converted from %s on %s to %s on %s: a %.1f MiB copy "
+            "(matching the file's dtype keeps them memory-mapped, uncopied)",
+            cfg.id,
+            str(source.dtype).removeprefix("torch."),
+            source.device,
+            str(target).removeprefix("torch."),
+            torch.device(device),
+            copied / 2**20,
+        )
     return sae

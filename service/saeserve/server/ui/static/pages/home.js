@@ -26,6 +26,15 @@ try {
 }
 markRendered();
 
+// "bfloat16 · 3.0 GiB": the dtype the replica holds the weights in and their size
+function weightsText(sae) {
+  const bytes = Number(sae.weight_bytes || 0); // int64: a string in proto JSON
+  if (!sae.dtype || !bytes) return "–";
+  const gib = bytes / 2 ** 30;
+  const size = gib >= 1 ? `${gib.toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  return `${sae.dtype} · ${size}`;
+}
+
 function modelCard(model, isDefault) {
   const q = `?model=${encodeURIComponent(model.name)}`;
   const facts = [
@@ -49,6 +58,7 @@ function modelCard(model, isDefault) {
       h("td", { class: "num", "data-label": "width" }, sae.d_sae.toLocaleString()),
       h("td", { class: "num", "data-label": "k" }, sae.k || "–"),
       h("td", { "data-label": "type" }, ARCH[sae.architecture] || sae.architecture),
+      h("td", { "data-label": "weights" }, weightsText(sae)),
       cell,
       h(
         "td",
@@ -78,7 +88,7 @@ function modelCard(model, isDefault) {
         h(
           "thead",
           {},
-          h("tr", {}, ["SAE", "hook point", "width", "k", "type", "feature index", ""].map((c) => h("th", { scope: "col", class: c === "width" || c === "k" ? "num" : null }, c))),
+          h("tr", {}, ["SAE", "hook point", "width", "k", "type", "weights", "feature index", ""].map((c) => h("th", { scope: "col", class: c === "width" || c === "k" ? "num" : null }, c))),
         ),
         h("tbody", {}, rows),
       ),
