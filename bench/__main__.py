@@ -64,6 +64,8 @@ TARGETS = {
     "gpu": "-",
     "http_latency": "added p50 <= 5 ms",
     "http_streams": ">= 0.9x",
+    "index_build_32k": "streaming <= 1.5x bare forward+encode",
+    "index_build_1m": "peak <= 6 GiB beside model and SAE",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -77,8 +79,9 @@ GROUPS: dict[str, list[str]] = {
     "saelens": ["saelens"],
     "generate": ["generate"],
     "memory": ["memory"],
+    "index": ["index"],
     "service": ["service"],
-    "all": ["decompose", "saelens", "generate", "memory", "service"],
+    "all": ["decompose", "saelens", "generate", "memory", "index", "service"],
     "render": [],
     "smoke": ["decompose", "generate", "memory"],
 }
@@ -108,6 +111,12 @@ def _run_memory(ctx: Context) -> list[Row]:
     return memory.measure(ctx)
 
 
+def _run_index(ctx: Context) -> list[Row]:
+    from bench import index_build
+
+    return index_build.measure(ctx)
+
+
 def _run_service(ctx: Context) -> list[Row]:
     from bench import service
 
@@ -119,6 +128,7 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
     "saelens": (_run_saelens, ["saelens", "saelens_tuned"]),
     "generate": (_run_generate, ["generate", "generate_steered", "engine_step_8"]),
     "memory": (_run_memory, ["memory_engine"]),
+    "index": (_run_index, ["index_build_32k", "index_build_1m"]),
     "service": (
         _run_service,
         [

@@ -63,6 +63,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "gpu": "8. GPU: 1B Llama bf16 decode and Decompose",
     "http_latency": "9. HTTP /v1/completions vs gRPC Generate: added p50",
     "http_streams": "9. HTTP vs gRPC: 8 concurrent streams, tokens/s",
+    "index_build_32k": "10. Index build per million corpus tokens and peak memory, 32k latents",
+    "index_build_1m": "10. Index build per million corpus tokens and peak memory, 1M latents",
 }
 
 

@@ -140,7 +140,7 @@ class ProgressLog:
         print(
             f"{self.label}: {p.corpus_tokens:,}/{self.total:,} tokens "
             f"({p.corpus_tokens / max(self.total, 1):.1%}), {rate:,.0f} tok/s, ETA {eta}; "
-            f"{p.fired:,} features fired, state {p.state_bytes / 2**30:.2f} GiB",
+            f"{p.fired:,} features fired, state {p.state_bytes / 2**20:,.0f} MiB",
             file=self.stream,
             flush=True,
         )

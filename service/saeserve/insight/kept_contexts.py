@@ -167,19 +167,31 @@ class KeptContexts:
             return self.score[rows]
         return np.where(self.context[rows] >= 0, self.max_value[rows].astype(np.float64), NO_SCORE)
 
+    def _last_score(self, rows: np.ndarray) -> np.ndarray:
+        """[R] float64 score of the n-th kept slot of ``rows`` (-inf while not full)."""
+        if self.keyed:
+            return self.score[rows, self.n - 1]
+        last = self.max_value[rows, self.n - 1].astype(np.float64)
+        return np.where(self.context[rows, self.n - 1] >= 0, last, NO_SCORE)
+
     def merge(self, pairs: ContextPairs, pair_rows: np.ndarray, score: np.ndarray) -> None:
         """Merge the batch's pairs (their compact rows ``pair_rows`` [P]), scored by
         ``score`` [P], into the kept slots."""
         n, n_rows = self.n, pairs.n_rows
         if n == 0 or pair_rows.size == 0:
             return
-        rows, finv = np.unique(pair_rows, return_inverse=True)  # touched rows [F]
+        # a pair enters only above the feature's n-th kept score (ties keep the earlier
+        # context): after the first batches most pairs stop here, and rows untouched
+        enter = np.flatnonzero(score > self._last_score(pair_rows))
+        if enter.size == 0:
+            return
+        rows, finv = np.unique(pair_rows[enter], return_inverse=True)  # touched rows [F]
         width = n + n_rows
         cand_score = np.full((rows.size, width), NO_SCORE)
         cand_score[:, :n] = self.slot_scores(rows)
-        cand_score[finv, n + pairs.row] = score
+        cand_score[finv, n + pairs.row[enter]] = score[enter]
         cand_pair = np.full((rows.size, width), -1, dtype=np.int64)
-        cand_pair[finv, n + pairs.row] = np.arange(pair_rows.size)
+        cand_pair[finv, n + pairs.row[enter]] = enter
 
         # stable: among equal scores the earlier context (already kept) stays first
         order = np.argsort(-cand_score, axis=1, kind="stable")[:, :n]
