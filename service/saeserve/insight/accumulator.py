@@ -388,7 +388,6 @@ class FeatureAccumulator:
 
     def restore(self, arrays: dict[str, np.ndarray]) -> None:
         """Continue from ``state()``'s arrays."""
-        arrays = {k: np.array(v) for k, v in arrays.items()}  # writable copies
         for name in self.ROW_ARRAYS:
             setattr(self, name, arrays[name])
         self.fired_ids, self.fired_rows = arrays["fired_ids"], arrays["fired_rows"]

@@ -1,7 +1,8 @@
 """Checkpoints of an index build, so an interrupted ``saeserve index`` can ``--resume``.
 
-A checkpoint is a folder written after a whole batch: ``state.safetensors`` (the
-accumulator's arrays, ``FeatureAccumulator.state``) and ``checkpoint.json`` (the build
+A checkpoint is a folder written after a whole batch: ``state/NAME.npy`` (the
+accumulator's arrays, ``FeatureAccumulator.state``; ``.npy`` is written straight from the
+array, with no second copy in memory, and read without pickles) and ``checkpoint.json`` (the build
 settings that decide the result, the contexts and corpus tokens consumed). It is written
 beside and swapped in by renames, so a crash while writing leaves the previous one.
 Resuming re-reads the corpus, skips the contexts already consumed (whole batches, so the
@@ -19,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
 from saeserve.errors import InvalidArgument
 
-STATE_FILE = "state.safetensors"
+STATE_DIR = "state"
 META_FILE = "checkpoint.json"
 
 
@@ -50,7 +50,9 @@ def save_checkpoint(
     tmp = folder.with_name(folder.name + ".writing")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(state, tmp / STATE_FILE)
+    (tmp / STATE_DIR).mkdir()
+    for name, array in state.items():
+        np.save(tmp / STATE_DIR / f"{name}.npy", array, allow_pickle=False)
     meta = {"settings": settings, "n_contexts": n_contexts, "corpus_tokens": corpus_tokens}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     old = folder.with_name(folder.name + ".old")
@@ -80,7 +82,10 @@ def load_checkpoint(folder: Path, settings: dict[str, Any]) -> Checkpoint | None
     return Checkpoint(
         n_contexts=int(meta["n_contexts"]),
         corpus_tokens=int(meta["corpus_tokens"]),
-        arrays=load_file(folder / STATE_FILE),
+        arrays={
+            path.stem: np.load(path, allow_pickle=False)
+            for path in sorted((folder / STATE_DIR).glob("*.npy"))
+        },
     )
 
 
