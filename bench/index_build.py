@@ -2,8 +2,8 @@
 
 Each row runs ``bench.index_build_worker`` in a fresh process on the realistic model: the
 bare forward + ``encode_sparse`` over a corpus slice (the baseline), then ``build_index``
-over the same slice. The ratio is the build's streaming time over the baseline's (what
-indexing adds per token); both are also given per million corpus tokens, extrapolated
+over the same slice, in back-to-back pairs (full: 3, quick: 2). The ratio is the median
+over pairs of the build's streaming time over the baseline's (what indexing adds per token); both are also given per million corpus tokens, extrapolated
 from the slice (full: 20,000 tokens at 32k, 4,000 at 1M, where each token's encode reads
 3 GiB of W_enc; quick: a quarter). The fixed cost per index (finish, labels, postings,
 and the promoted/suppressed tokens, timed on 4,096 features and scaled to d_sae) is in
@@ -18,6 +18,7 @@ two. Load the 1M SAE under ``flock /work/wide.lock`` on a shared machine.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,8 @@ def _worker(*args: object, timeout: float) -> dict[str, Any]:
 def _model_run(ctx: Context, sae: Path, tokens: int) -> dict[str, Any]:
     model = ctx.assets.model_path
     threads = torch.get_num_threads()
-    return _worker(model, sae, tokens, threads, LOGIT_FEATURES, timeout=3600)
+    repeats = ctx.count(3, 2, 1)
+    return _worker(model, sae, tokens, threads, LOGIT_FEATURES, repeats, timeout=3600)
 
 
 def _per_million(seconds: float, tokens: int) -> str:
@@ -58,14 +60,16 @@ def _per_million(seconds: float, tokens: int) -> str:
 
 
 def _texts(r: dict[str, Any]) -> tuple[str, str, float, str]:
-    ratio = r["stream_s"] / r["baseline_s"]
+    ratio = float(statistics.median(r["ratios"]))
     own = r["peak_anon_mib"] - r["loaded_anon_mib"]
     accumulate = r["stream_finish_peak_anon_mib"] - r["loaded_anon_mib"]
     fixed = r["finish_s"] + r["logit_effects_s"]
     baseline = f"forward+encode {_per_million(r['baseline_s'], r['tokens'])}"
     saeserve = f"index {_per_million(r['stream_s'], r['tokens'])}, peak +{own:,.0f} MiB"
     note = (
-        f"{r['tokens']:,} corpus tokens ({r['indexed_tokens']:,} indexed), "
+        f"{r['tokens']:,} corpus tokens ({r['indexed_tokens']:,} indexed), median of "
+        f"{len(r['ratios'])} back-to-back (baseline, build) pairs "
+        f"({', '.join(f'{x:.2f}' for x in r['ratios'])}); "
         f"{r['fired']:,} of {r['d_sae']:,} latents fired, state {r['state_bytes'] / 2**20:,.0f} "
         f"MiB; fixed cost per index {fixed:,.0f} s (finish, labels, postings "
         f"{r['finish_s']:,.1f} s; promoted/suppressed tokens {r['logit_effects_s']:,.0f} s, "
