@@ -5,7 +5,8 @@ tokens, runs the model only up to the SAE's hook point, encodes each batch spars
 (``Sae.encode_sparse``: a TopK SAE's k latents; the ``dense_top_k`` largest latents
 per token otherwise) and folds it into a ``FeatureAccumulator`` on the host.
 Nothing of size [tokens x d_sae] is ever built, and only features that fired have state
-(``saeserve.insight.accumulator``): about 2 KB per fired feature at the defaults plus
+(``saeserve.insight.accumulator``): about 2 KB per fired feature at the defaults (the
+bench row ``index_build_1m`` prints the state and the features fired) plus
 6 bytes per kept (token, feature) value. ``memory_budget`` bounds that state plus the
 finished index's arrays: the build stops with a ``ResourceExhausted`` naming the budget
 rather than exhaust memory. With ``checkpoint`` set the state is written there every

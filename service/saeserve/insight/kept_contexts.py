@@ -251,10 +251,6 @@ class KeptContexts:
         self.start[live] = np.cumsum(lengths) - lengths
         self.pool_pos, self.pool_value, self.pool_used = pos, value, total
 
-    def referenced(self) -> np.ndarray:
-        """Sorted global ids of the contexts some slot keeps."""
-        return np.unique(self.context[self.context >= 0])
-
     def to_host(self, rows: np.ndarray, drop: np.ndarray | None = None) -> KeptArrays:
         """The slots of ``rows``, less those where ``drop`` [R, n] is true, as host arrays.
 
