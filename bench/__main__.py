@@ -1,5 +1,5 @@
 """The benchmark command: ``python -m bench all|decompose|saelens|generate|service|memory|
-sharded|sharded_wide|attribution|wide|smoke``.
+index|sharded|sharded_wide|attribution|wide|smoke``.
 
 Runs the chosen measurements in this process (the memory and SAELens ones in child
 processes, the service ones against a Ray Serve instance it starts) for each profile,
@@ -76,6 +76,8 @@ TARGETS = {
     "wide_prefill_memory": "peak <= budget",
     "wide_load": "RSS growth <= 5% of weights",
     "wide_decompose": ">= 0.8x",
+    "index_build_32k": "streaming <= 1.5x bare forward+encode",
+    "index_build_1m": "peak <= 6 GiB beside model and SAE",
 }
 REALISTIC_REPEATS = (
     "A full run of this profile uses fewer repeats than the demo's, so that both profiles fit "
@@ -89,6 +91,7 @@ GROUPS: dict[str, list[str]] = {
     "saelens": ["saelens"],
     "generate": ["generate"],
     "memory": ["memory"],
+    "index": ["index"],
     "service": ["service"],
     "sharded": ["sharded"],
     "sharded_wide": ["sharded_wide"],
@@ -99,6 +102,7 @@ GROUPS: dict[str, list[str]] = {
         "saelens",
         "generate",
         "memory",
+        "index",
         "service",
         "sharded",
         "attribution",
@@ -159,6 +163,12 @@ def _run_wide_sae(ctx: Context) -> list[Row]:
     return wide_sae.measure(ctx)
 
 
+def _run_index(ctx: Context) -> list[Row]:
+    from bench import index_build
+
+    return index_build.measure(ctx)
+
+
 def _run_service(ctx: Context) -> list[Row]:
     from bench import service
 
@@ -185,6 +195,7 @@ MEASUREMENTS: dict[str, tuple[Callable[[Context], list[Row]], list[str]]] = {
     "sharded": (_run_sharded, ["sharded_decompose", "sharded_generate"]),
     "sharded_wide": (_run_sharded_wide, ["sharded_wide_decompose", "sharded_wide_generate"]),
     "wide": (_run_wide, ["wide_steered", "wide_prefill_memory"]),
+    "index": (_run_index, ["index_build_32k", "index_build_1m"]),
     "service": (
         _run_service,
         [

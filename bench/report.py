@@ -73,6 +73,8 @@ EXPECTED_ROWS: dict[str, str] = {
     "wide_prefill_memory": "13. 1M SAE: peak memory of eight 960-token steered prompts admitted together",
     "wide_load": "14. 1M SAE: load time and peak RSS vs weight bytes",
     "wide_decompose": "14. 1M SAE: Decompose vs bare minimum (forward to hook + matmul + topk)",
+    "index_build_32k": "15. Index build per million corpus tokens and peak memory, 32k latents",
+    "index_build_1m": "15. Index build per million corpus tokens and peak memory, 1M latents",
 }
 
 

@@ -108,7 +108,7 @@ def _skipped_share(
 
 
 def _steered(ctx: Context, served: ServedModel, sae_id: str) -> Row:
-    new_tokens = ctx.count(64, 32, 8)
+    new_tokens = ctx.count(64, 32, 8, realistic=32)
     prompt_ids = list(served.lm.tokenizer(PROMPT)["input_ids"])
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     plain = GenerateRequest(prompt_ids=prompt_ids, sampling=sampling)
@@ -122,7 +122,7 @@ def _steered(ctx: Context, served: ServedModel, sae_id: str) -> Row:
         InterventionMode.CLAMP_THRESHOLD, 2.0 * mean, sae_id=sae_id, feature=f, threshold=0.0
     )
     threshold = GenerateRequest(prompt_ids=prompt_ids, sampling=sampling, interventions=[approx])
-    warmup, repeats = ctx.count(1, 1, 1), ctx.count(5, 2, 1)
+    warmup, repeats = ctx.count(1, 1, 1), ctx.count(5, 2, 1, realistic=3)
     plain_s, steered_s, threshold_s = interleaved(
         [
             lambda: _tokens(served, plain),

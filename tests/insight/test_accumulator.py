@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeserve.insight.index import FeatureAccumulator, LogBins
+from saeserve.insight.accumulator import FeatureAccumulator, LogBins
 
 GRID = LogBins(low=1.0, high=100.0, per_decade=2)  # inner edges 1, 3.162, 10, 31.62, 100
 

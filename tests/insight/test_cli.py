@@ -52,3 +52,24 @@ def test_index_command_reports_bad_input(
     argv += ["--corpus", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"]
     assert main(argv) == 2
     assert "saeserve index:" in capsys.readouterr().err
+
+
+def test_index_command_names_the_memory_budget_it_would_pass(
+    tiny_folder: Path,
+    tiny_sae: Sae,
+    corpus: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sae_dir = write_sae(tiny_sae, tmp_path / "sae")
+    (tmp_path / "corpus.txt").write_text("\n\n".join(corpus))
+    argv = ["index", "--model", str(tiny_folder), "--sae", str(sae_dir), "--device", "cpu"]
+    argv += ["--corpus", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--memory-budget", "0.00001"]) == 2
+    assert "--memory-budget" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main([*argv, "--checkpoint-every", "40", "--progress-every", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "tokens (" in err and "tok/s, ETA" in err  # progress lines on stderr
+    assert not (tmp_path / "o.checkpoint").exists()  # removed once the index is written
+    assert FeatureIndex.load(tmp_path / "o").meta.n_tokens > 0

@@ -27,6 +27,8 @@ def test_round_trip_is_equal(index: FeatureIndex, tmp_path: Path) -> None:
         "explanations.jsonl",
         "features.safetensors",
         "index.json",
+        "postings.json",
+        "postings.safetensors",
         "tokens.json",
     ]
     loaded = FeatureIndex.load(tmp_path / "idx")

@@ -5,6 +5,14 @@ Example::
     saeserve index --model models/demo --sae saes/demo/resid_post.2 \\
         --corpus corpus/ --out indexes/resid_post.2 --max-tokens 200000
 
+Progress (tokens done of ``--max-tokens``, rate, ETA, features fired, state size) goes
+to stderr every ``--progress-every`` seconds. The build's memory (its state plus the
+finished index's arrays, beside the model and SAE) is held to ``--memory-budget``; past
+it the build stops with a message saying so. ``--checkpoint DIR`` (default: the output
+folder's name + ``.checkpoint``) is written every ``--checkpoint-every`` tokens; after an
+interruption the same command with ``--resume`` continues from it and writes the same
+index; it is removed once the index is written.
+
 The corpus is a .txt file or a folder searched recursively for .txt files; each file is
 split at blank lines and its paragraphs regrouped into texts of about ``--text-chars``
 characters, each tokenized and cut into contexts of ``--context-length`` tokens. With
@@ -15,11 +23,20 @@ features get a label generated from their top tokens.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from saeserve.errors import NotFound, SaeserveError
+
+if TYPE_CHECKING:
+    from saeserve.insight.index import BuildProgress
+
+DEFAULT_MEMORY_BUDGET_GIB = 5.0  # saeserve.insight.index.DEFAULT_MEMORY_BUDGET, in GiB
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +93,57 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="float32", help="model dtype: float32, bfloat16, float16"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        default=DEFAULT_MEMORY_BUDGET_GIB,
+        help=f"GiB the build's state and the finished index may take beside the model and "
+        f"SAE (default {DEFAULT_MEMORY_BUDGET_GIB:g})",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="checkpoint folder (default: OUT.checkpoint)"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1_000_000,
+        help="corpus tokens between checkpoints (default 1e6)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint, if there is one"
+    )
+    parser.add_argument(
+        "--progress-every", type=float, default=10.0, help="seconds between progress lines"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+
+@dataclass
+class ProgressLog:
+    """Writes one progress line to a stream at most every ``every`` seconds."""
+
+    total: int
+    every: float
+    label: str
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    started: float = field(default_factory=time.monotonic)
+    last: float = -math.inf
+
+    def __call__(self, p: BuildProgress) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every and p.corpus_tokens < self.total:
+            return
+        self.last = now
+        rate = (p.corpus_tokens - p.resumed_tokens) / max(now - self.started, 1e-9)
+        left = max(self.total - p.corpus_tokens, 0) / rate if rate > 0 else math.inf
+        eta = "?" if math.isinf(left) else f"{int(left) // 60}m{int(left) % 60:02d}s"
+        print(
+            f"{self.label}: {p.corpus_tokens:,}/{self.total:,} tokens "
+            f"({p.corpus_tokens / max(self.total, 1):.1%}), {rate:,.0f} tok/s, ETA {eta}; "
+            f"{p.fired:,} features fired, state {p.state_bytes / 2**20:,.0f} MiB",
+            file=self.stream,
+            flush=True,
+        )
 
 
 def read_corpus(path: Path, text_chars: int = 2000) -> Iterator[str]:
@@ -109,6 +176,7 @@ def read_corpus(path: Path, text_chars: int = 2000) -> Iterator[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from saeserve.insight.checkpoint import remove_checkpoint
     from saeserve.insight.explanations import read_explanations
     from saeserve.insight.index import build_index
     from saeserve.model.loader import load_model
@@ -123,18 +191,11 @@ def run(args: argparse.Namespace) -> int:
             if args.explanations
             else None
         )
-        bar = None
+        progress = None
         if not args.no_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=args.max_tokens, unit="tok", desc=f"index {sae.cfg.id or args.sae.name}"
-            )
-
-        def progress(n_tokens: int) -> None:
-            if bar is not None:
-                bar.update(n_tokens - bar.n)
-
+            label = f"index {sae.cfg.id or args.sae.name}"
+            progress = ProgressLog(args.max_tokens, args.progress_every, label)
+        checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".checkpoint")
         index = build_index(
             lm,
             sae,
@@ -152,14 +213,17 @@ def run(args: argparse.Namespace) -> int:
             include_special_tokens=args.include_special_tokens,
             logit_lens=args.logit_lens,
             explanations=imported,
+            memory_budget=int(args.memory_budget * 2**30),
+            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
             progress=progress,
         )
-        if bar is not None:
-            bar.close()
     except SaeserveError as exc:
         print(f"saeserve index: {exc}", file=sys.stderr)
         return 2
     index.save(args.out)
+    remove_checkpoint(checkpoint)
     alive = int((index.counts > 0).sum())
     n_imported = sum(s == "imported" for s in index.explanation_sources)
     print(

@@ -117,4 +117,4 @@ def attach_explanations(index: FeatureIndex, imported: Mapping[int, str] | None 
         promoted = [index.token_text(t) for t in index.promoted_ids[f].tolist()]
         index.explanations[f] = generated_label(index.top_tokens(f), promoted)
         index.explanation_sources[f] = GENERATED
-    index.search_cache = None
+    index.postings = None  # the explanation bag changed

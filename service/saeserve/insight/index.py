@@ -3,9 +3,15 @@
 ``build_index(lm, sae, texts)`` tokenizes the texts into contexts of ``context_length``
 tokens, runs the model only up to the SAE's hook point, encodes each batch sparsely
 (``Sae.encode_sparse``: a TopK SAE's k latents; the ``dense_top_k`` largest latents
-per token otherwise) and folds it into a ``FeatureAccumulator`` on the model's device.
-Nothing of size [tokens x d_sae] is ever built; per-feature state is
-O(d_sae * ((n_top_contexts + quantile samples) * context_length + histogram grid)).
+per token otherwise) and folds it into a ``FeatureAccumulator`` on the host.
+Nothing of size [tokens x d_sae] is ever built, and only features that fired have state
+(``saeserve.insight.accumulator``): about 2 KB per fired feature at the defaults (the
+bench row ``index_build_1m`` prints the state and the features fired) plus
+6 bytes per kept (token, feature) value. ``memory_budget`` bounds that state plus the
+finished index's arrays: the build stops with a ``ResourceExhausted`` naming the budget
+rather than exhaust memory. With ``checkpoint`` set the state is written there every
+``checkpoint_every`` corpus tokens, and ``resume`` continues from it to the same index
+(``saeserve.insight.checkpoint``). The search postings are built with the index.
 
 Definitions (all over indexed tokens: padding and special tokens such as BOS excluded):
 - density: fraction of tokens where the feature is active (> 0);
@@ -30,9 +36,11 @@ Definitions (all over indexed tokens: padding and special tokens such as BOS exc
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,176 +49,31 @@ from torch import Tensor
 
 from saeserve.engine.feature_math import logit_effects
 from saeserve.engine.padding import pad_token_ids
-from saeserve.errors import require
+from saeserve.errors import ResourceExhausted, require
+from saeserve.insight.accumulator import AccumulatedStats, FeatureAccumulator, LogBins
+from saeserve.insight.checkpoint import load_checkpoint, save_checkpoint
 from saeserve.insight.explanations import attach_explanations
-from saeserve.insight.kept_contexts import ContextPairs, KeptArrays, KeptContexts, sample_keys
+from saeserve.insight.search import postings
 from saeserve.insight.store import FeatureIndex, IndexMeta
 from saeserve.sae.base import Sae
 
-FEATURES_PER_CHUNK = 2**16
-"""Features compared at a time when dropping samples that are also top contexts."""
+GIB = 2**30
+DEFAULT_MEMORY_BUDGET = 5 * GIB
+"""Default bound on the accumulator's state plus the finished index's arrays."""
 
 
 @dataclass(frozen=True)
-class LogBins:
-    """The fixed fine grid activations are counted on: [0, low), log bins, [high, inf)."""
+class BuildProgress:
+    """Where a build stands, as handed to ``build_index``'s ``progress`` after each batch."""
 
-    low: float = 1e-3
-    high: float = 1e5
-    per_decade: int = 32
-
-    @property
-    def edges(self) -> Tensor:
-        """[m + 1] float32 inner edges low .. high."""
-        m = round(math.log10(self.high / self.low) * self.per_decade)
-        exps = torch.arange(m + 1, dtype=torch.float64) / self.per_decade
-        return (self.low * 10.0**exps).to(torch.float32)
-
-    @property
-    def n_fine(self) -> int:
-        return int(self.edges.numel()) + 1
-
-    @property
-    def lower_edges(self) -> Tensor:
-        """[n_fine + 1]: fine bin j is [lower_edges[j], lower_edges[j + 1])."""
-        inf = torch.tensor([math.inf], dtype=torch.float32)
-        return torch.cat([torch.zeros(1), self.edges, inf])
-
-
-@dataclass
-class AccumulatedStats:
-    """Host arrays a finished ``FeatureAccumulator`` hands to ``FeatureIndex``."""
-
-    n_tokens: int
-    n_contexts: int
-    counts: np.ndarray
-    max_activation: np.ndarray
-    mean_activation: np.ndarray
-    hist_edges: np.ndarray
-    hist_counts: np.ndarray
-    hist_n_bins: np.ndarray
-    top: KeptArrays
-    """The top contexts, strongest first; context ids in order of ``add`` calls."""
-    samples: KeptArrays
-    """The sampled contexts outside the top ones, largest max value first."""
-
-
-class FeatureAccumulator:
-    """Streaming per-feature statistics over sparse latents, on one device."""
-
-    def __init__(
-        self,
-        d_sae: int,
-        *,
-        n_top_contexts: int,
-        context_length: int,
-        histogram_bins: int,
-        n_samples: int = 0,
-        sample_seed: int = 0,
-        grid: LogBins | None = None,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self.d_sae, self.length = d_sae, context_length
-        self.histogram_bins = histogram_bins
-        self.sample_seed = sample_seed
-        self.grid = grid or LogBins()
-        self.device = torch.device(device)
-        dev = self.device
-        self.inner_edges = self.grid.edges.to(dev)
-        self.counts = torch.zeros(d_sae, dtype=torch.int64, device=dev)
-        self.sums = torch.zeros(d_sae, dtype=torch.float64, device=dev)
-        self.maxes = torch.zeros(d_sae, dtype=torch.float32, device=dev)
-        self.fine_hist = torch.zeros(d_sae, self.grid.n_fine, dtype=torch.int32, device=dev)
-        self.top = KeptContexts(d_sae, n_top_contexts, context_length, dev)
-        self.samples = KeptContexts(d_sae, n_samples, context_length, dev)
-        self.n_tokens = 0
-        self.n_contexts = 0
-
-    def add(self, values: Tensor, indices: Tensor, rows: Tensor, pos: Tensor, n_rows: int) -> None:
-        """Fold in one batch of ``n_rows`` contexts.
-
-        values, indices: [n_tok, k] latents of the batch's indexed tokens (inactive = 0);
-        rows, pos: [n_tok] each token's context (0..n_rows-1) and position in it. The
-        contexts get global ids ``n_contexts .. n_contexts + n_rows - 1``.
-        """
-        active = values > 0  # [n_tok, k]
-        f = indices[active]  # [M]
-        v = values[active].to(torch.float32)
-        tok = torch.arange(values.shape[0], device=values.device).unsqueeze(1).expand_as(indices)
-        tok = tok[active]
-        b, t = rows[tok], pos[tok]
-
-        self.counts.index_add_(0, f, torch.ones_like(f))
-        self.sums.index_add_(0, f, v.double())
-        self.maxes.scatter_reduce_(0, f, v, "amax")
-        fine = torch.bucketize(v, self.inner_edges, right=True)  # [M] fine-bin index
-        flat_hist = self.fine_hist.view(-1)
-        flat_hist.index_add_(
-            0, f * self.grid.n_fine + fine, torch.ones_like(fine, dtype=torch.int32)
-        )
-        if f.numel():
-            pairs = ContextPairs.from_tokens(f, v, b, t, n_rows, self.n_contexts, self.length)
-            self.top.merge(pairs, pairs.max_value)
-            if self.samples.n:
-                self.samples.merge(
-                    pairs, sample_keys(self.sample_seed, pairs.feature, pairs.context_id)
-                )
-        self.n_tokens += int(values.shape[0])
-        self.n_contexts += n_rows
-
-    def finish(self) -> AccumulatedStats:
-        """Host arrays of everything accumulated (see ``FeatureIndex`` for the layout).
-
-        Samples that are also top contexts of their feature are dropped; the rest are
-        ordered by max value.
-        """
-        counts = self.counts
-        mean = torch.where(counts > 0, self.sums / counts.clamp(min=1), 0).float()
-        edges, hist_counts, n_bins = self._histograms()
-        in_top = torch.zeros_like(self.samples.context, dtype=torch.bool)
-        for start in range(0, self.d_sae, FEATURES_PER_CHUNK):  # [c, S, N] at a time
-            sampled = self.samples.context[start : start + FEATURES_PER_CHUNK]
-            top = self.top.context[start : start + FEATURES_PER_CHUNK]
-            in_top[start : start + FEATURES_PER_CHUNK] = (
-                sampled[:, :, None] == top[:, None, :]
-            ).any(-1) & (sampled >= 0)
-        self.samples.drop_and_sort_by_value(in_top)
-        return AccumulatedStats(
-            n_tokens=self.n_tokens,
-            n_contexts=self.n_contexts,
-            counts=counts.cpu().numpy(),
-            max_activation=self.maxes.cpu().numpy(),
-            mean_activation=mean.cpu().numpy(),
-            hist_edges=edges.cpu().numpy(),
-            hist_counts=hist_counts.cpu().numpy(),
-            hist_n_bins=n_bins.to(torch.int32).cpu().numpy(),
-            top=self.top.to_host(),
-            samples=self.samples.to_host(),
-        )
-
-    def _histograms(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Merge each feature's occupied fine bins into <= histogram_bins log bins."""
-        hist = self.fine_hist.long()  # [d, M]
-        d, m = hist.shape
-        bins = self.histogram_bins
-        occupied = hist > 0
-        alive = occupied.any(1)
-        lo = occupied.int().argmax(1)  # first occupied fine bin
-        hi = m - 1 - occupied.flip(1).int().argmax(1)  # last occupied fine bin
-        span = hi - lo + 1
-        group = (span + bins - 1) // bins  # fine bins per output bin
-        n_bins = torch.where(alive, (span + group - 1) // group, 0)
-        steps = torch.arange(bins + 1, device=hist.device)
-        bounds = torch.minimum(lo[:, None] + steps * group[:, None], (hi + 1)[:, None])  # [d, B+1]
-        cum = torch.cat(
-            [torch.zeros(d, 1, dtype=torch.int64, device=hist.device), hist.cumsum(1)], 1
-        )
-        counts = cum.gather(1, bounds[:, 1:]) - cum.gather(1, bounds[:, :-1])  # [d, B]
-        edges = self.grid.lower_edges.to(hist.device)[bounds]  # [d, B+1]
-        edges = torch.where(torch.isinf(edges), self.maxes[:, None], edges)  # overflow: max
-        unused = (steps[None, :] > n_bins[:, None]) | ~alive[:, None]
-        edges = edges.masked_fill(unused, math.nan)
-        return edges, counts, n_bins
+    corpus_tokens: int
+    """Corpus tokens read so far (BOS included, as ``max_tokens`` counts), resumed ones too."""
+    resumed_tokens: int
+    """Corpus tokens a resumed checkpoint had already done."""
+    fired: int
+    """Features that fired so far."""
+    state_bytes: int
+    """Bytes the accumulator holds now."""
 
 
 # --- corpus ----------------------------------------------------------------------------
@@ -272,15 +135,20 @@ def build_index(
     logit_lens: str = "final_norm_gain",
     explanations: Mapping[int, str] | None = None,
     grid: LogBins | None = None,
-    progress: Callable[[int], None] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 1_000_000,
+    resume: bool = False,
+    progress: Callable[[BuildProgress], None] | None = None,
 ) -> FeatureIndex:
     """Index ``sae`` over ``corpus_texts`` with the model in ``lm`` (a ``LoadedModel``).
 
     ``dense_top_k`` caps the latents read per token of a non-TopK SAE (activity beyond
-    it is not counted; at most d_sae); ``progress`` is called with the tokens indexed so
-    far after each batch. The SAE is moved to the model's device. An SAE whose d_in is
-    not the model's width gets no promoted/suppressed tokens (``logit_lens`` "none").
-    See the module docstring for what is measured.
+    it is not counted; at most d_sae); ``progress`` is called after each batch. The SAE
+    is moved to the model's device. An SAE whose d_in is not the model's width gets no
+    promoted/suppressed tokens (``logit_lens`` "none"). ``memory_budget`` (bytes),
+    ``checkpoint``, ``checkpoint_every`` (corpus tokens) and ``resume``: see the module
+    docstring. See the module docstring for what is measured.
     """
     from saeserve.model.hookpoints import forward_until, resolve_hook_point
 
@@ -297,6 +165,7 @@ def build_index(
     require(batch_size > 0, f"batch_size: {batch_size} must be >= 1")
     require(dense_top_k > 0, f"dense_top_k: {dense_top_k} must be >= 1")
     require(max_tokens is None or max_tokens > 0, f"max_tokens: {max_tokens} must be >= 1")
+    require(checkpoint_every > 0, f"checkpoint_every: {checkpoint_every} must be >= 1")
     require(
         logit_lens in ("final_norm_gain", "plain"),
         f"logit_lens: {logit_lens!r} must be 'final_norm_gain' or 'plain'",
@@ -306,6 +175,7 @@ def build_index(
     device = torch.device(lm.device)
     sae = sae.to(device)
     hook = resolve_hook_point(sae.cfg.hook_point, lm.layout, lm.model)
+    grid = grid or LogBins()
     acc = FeatureAccumulator(
         sae.d_sae,
         n_top_contexts=n_top_contexts,
@@ -314,19 +184,44 @@ def build_index(
         n_samples=quantile_bands * samples_per_band,
         sample_seed=sample_seed,
         grid=grid,
-        device=device,
     )
+    _check_budget(acc, n_logit_tokens, memory_budget, compact=False)
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.int64, device=device)
     k = sae.cfg.k if sae.is_topk else min(dense_top_k, sae.d_sae)
-    corpus: list[np.ndarray] = []  # [B, T] token ids of every batch, for the kept contexts
-    lengths: list[np.ndarray] = []
+    settings = {
+        "sae_id": sae.cfg.id,
+        "d_sae": sae.d_sae,
+        "hook_point": hook.name,
+        "context_length": context_length,
+        "n_top_contexts": n_top_contexts,
+        "histogram_bins": histogram_bins,
+        "quantile_bands": quantile_bands,
+        "samples_per_band": samples_per_band,
+        "sample_seed": sample_seed,
+        "batch_size": batch_size,
+        "latents_per_token": int(k or 0),
+        "max_tokens": max_tokens,
+        "include_special_tokens": include_special_tokens,
+        "grid": [grid.low, grid.high, grid.per_decade],
+    }
 
     contexts = iter_contexts(tokenizer, corpus_texts, context_length, max_tokens)
+    corpus_tokens = resumed_tokens = 0
+    saved = load_checkpoint(checkpoint, settings) if resume and checkpoint else None
+    if saved is not None:
+        acc.restore(saved.arrays)
+        corpus_tokens = resumed_tokens = saved.corpus_tokens
+        skipped = sum(1 for _ in itertools.islice(contexts, saved.n_contexts))
+        require(
+            skipped == saved.n_contexts,
+            f"resume: the corpus has {skipped} contexts, the checkpoint {saved.n_contexts}",
+        )
+    next_checkpoint = corpus_tokens + checkpoint_every
     with torch.inference_mode():
         for batch in _batches(contexts, batch_size):
             ids, mask = pad_token_ids(batch, pad_id=lm.pad_token_id, width=context_length)
-            corpus.append(ids.numpy().astype(np.int32))
-            lengths.append(mask.sum(1).numpy().astype(np.int16))
+            host_ids = ids.numpy().astype(np.int32) * mask.numpy()  # [B, T], 0-padded
+            host_lengths = mask.sum(1).numpy().astype(np.int16)
             ids, mask = ids.to(device), mask.to(device)
             width = max(len(c) for c in batch)
             ids, mask = ids[:, :width], mask[:, :width]
@@ -341,12 +236,32 @@ def build_index(
                 indexed &= ~torch.isin(ids, special)
             rows, pos = indexed.nonzero(as_tuple=True)
             enc = sae.encode_sparse(acts[rows, pos], k=k)  # [n_tok, k]
-            acc.add(enc.values, enc.indices, rows, pos, len(batch))
+            acc.add(
+                enc.values.float().cpu().numpy(),
+                enc.indices.cpu().numpy(),
+                rows.cpu().numpy(),
+                pos.cpu().numpy(),
+                len(batch),
+                host_ids,
+                host_lengths,
+            )
+            corpus_tokens += int(host_lengths.sum())
+            _check_budget(acc, n_logit_tokens, memory_budget, compact=True)
+            if checkpoint is not None and corpus_tokens >= next_checkpoint:
+                save_checkpoint(
+                    checkpoint,
+                    settings,
+                    acc.state(),
+                    n_contexts=acc.n_contexts,
+                    corpus_tokens=corpus_tokens,
+                )
+                next_checkpoint = corpus_tokens + checkpoint_every
             if progress is not None:
-                progress(acc.n_tokens)
+                progress(BuildProgress(corpus_tokens, resumed_tokens, acc.n_fired, acc.nbytes))
 
     require(acc.n_contexts > 0, "corpus: no text to index")
     stats = acc.finish()
+    del acc
     effects = logit_effects(
         lm, sae, n_logit_tokens, through_final_norm=logit_lens == "final_norm_gain"
     )
@@ -373,22 +288,36 @@ def build_index(
     index = assemble_index(
         meta,
         stats,
-        np.concatenate(corpus),
-        np.concatenate(lengths),
         promoted=(effects.promoted_ids, effects.promoted),
         suppressed=(effects.suppressed_ids, effects.suppressed),
         decode=lambda token_ids: [tokenizer.decode([t]) for t in token_ids],
         vocab_size=lm.vocab_size,
     )
     attach_explanations(index, explanations)
+    postings(index)  # built now, stored with the index: no build on a first search
     return index
+
+
+def _check_budget(acc: FeatureAccumulator, n_logit: int, budget: int, *, compact: bool) -> None:
+    """Raise ResourceExhausted when the state plus the finished index would pass ``budget``."""
+    need = acc.nbytes + acc.output_nbytes(n_logit)
+    if need > budget and compact:
+        acc.compact()
+        need = acc.nbytes + acc.output_nbytes(n_logit)
+    if need > budget:
+        raise ResourceExhausted(
+            f"memory_budget: the index of {acc.d_sae} features needs {need / GIB:.2f} GiB "
+            f"after {acc.n_tokens} tokens ({acc.n_fired} features fired), over the budget "
+            f"{budget / GIB:.2f} GiB (--memory-budget); raise it, or keep less per feature "
+            "(--top-contexts, --quantile-bands, --samples-per-band, --context-length, "
+            "--histogram-bins); with --checkpoint, --resume continues from the last one",
+            reason="memory_budget",
+        )
 
 
 def assemble_index(
     meta: IndexMeta,
     stats: AccumulatedStats,
-    corpus_tokens: np.ndarray,
-    corpus_lengths: np.ndarray,
     *,
     promoted: tuple[np.ndarray, np.ndarray],
     suppressed: tuple[np.ndarray, np.ndarray],
@@ -397,8 +326,7 @@ def assemble_index(
 ) -> FeatureIndex:
     """A ``FeatureIndex`` from accumulated stats, keeping only the referenced contexts.
 
-    corpus_tokens [n_contexts, T] and corpus_lengths [n_contexts] are every context in
-    global id order; ``decode`` maps token ids to their texts. Explanations start empty.
+    ``decode`` maps token ids to their texts. Explanations start empty.
     """
     top, samples = stats.top, stats.samples
     used = np.unique(
@@ -412,8 +340,9 @@ def assemble_index(
         return out
 
     token_dtype = np.uint16 if vocab_size <= 65536 else np.int32
-    context_tokens = corpus_tokens[used].astype(token_dtype)
-    context_lengths = corpus_lengths[used].astype(np.int16)
+    held = np.searchsorted(stats.context_ids, used)  # every used context is held
+    context_tokens = stats.context_tokens[held].astype(token_dtype)
+    context_lengths = stats.context_lengths[held].astype(np.int16)
     padding = np.arange(context_tokens.shape[1])[None, :] >= context_lengths[:, None]
     context_tokens[padding] = 0
     referenced = set(np.unique(context_tokens[~padding]).tolist())
@@ -421,30 +350,30 @@ def assemble_index(
     token_ids = sorted(int(t) for t in referenced)
     return FeatureIndex(
         meta=meta,
-        counts=stats.counts.astype(np.int64),
-        max_activation=stats.max_activation.astype(np.float32),
-        mean_activation=stats.mean_activation.astype(np.float32),
-        hist_edges=stats.hist_edges.astype(np.float32),
-        hist_counts=stats.hist_counts.astype(np.int64),
-        hist_n_bins=stats.hist_n_bins.astype(np.int32),
+        counts=stats.counts.astype(np.int64, copy=False),
+        max_activation=stats.max_activation.astype(np.float32, copy=False),
+        mean_activation=stats.mean_activation.astype(np.float32, copy=False),
+        hist_edges=stats.hist_edges.astype(np.float32, copy=False),
+        hist_counts=stats.hist_counts.astype(np.int64, copy=False),
+        hist_n_bins=stats.hist_n_bins.astype(np.int32, copy=False),
         top_context=rows_of(top.context),
-        top_max_pos=top.max_pos.astype(np.int16),
-        top_max_value=top.max_value.astype(np.float32),
-        value_offsets=top.value_offsets.astype(np.int64),
-        value_pos=top.value_pos.astype(np.int16),
-        value=top.value.astype(np.float32),
+        top_max_pos=top.max_pos.astype(np.int16, copy=False),
+        top_max_value=top.max_value.astype(np.float32, copy=False),
+        value_offsets=top.value_offsets.astype(np.int64, copy=False),
+        value_pos=top.value_pos.astype(np.int16, copy=False),
+        value=top.value.astype(np.float32, copy=False),
         sample_context=rows_of(samples.context),
-        sample_max_pos=samples.max_pos.astype(np.int16),
-        sample_max_value=samples.max_value.astype(np.float32),
-        sample_value_offsets=samples.value_offsets.astype(np.int64),
-        sample_value_pos=samples.value_pos.astype(np.int16),
-        sample_value=samples.value.astype(np.float32),
+        sample_max_pos=samples.max_pos.astype(np.int16, copy=False),
+        sample_max_value=samples.max_value.astype(np.float32, copy=False),
+        sample_value_offsets=samples.value_offsets.astype(np.int64, copy=False),
+        sample_value_pos=samples.value_pos.astype(np.int16, copy=False),
+        sample_value=samples.value.astype(np.float32, copy=False),
         context_tokens=context_tokens,
         context_lengths=context_lengths,
-        promoted_ids=promoted[0].astype(np.int32),
-        promoted_effects=promoted[1].astype(np.float32),
-        suppressed_ids=suppressed[0].astype(np.int32),
-        suppressed_effects=suppressed[1].astype(np.float32),
+        promoted_ids=promoted[0].astype(np.int32, copy=False),
+        promoted_effects=promoted[1].astype(np.float32, copy=False),
+        suppressed_ids=suppressed[0].astype(np.int32, copy=False),
+        suppressed_effects=suppressed[1].astype(np.float32, copy=False),
         token_strings=dict(zip(token_ids, decode(token_ids), strict=True)),
         explanations=[""] * meta.d_sae,
         explanation_sources=[""] * meta.d_sae,

@@ -1,62 +1,57 @@
 """Per-feature context slots kept while an index streams: the top contexts and the samples.
 
-A ``KeptContexts`` holds, for every feature, the ``n`` contexts with the highest score seen
-so far, each with its max position, max value and the feature's value at every token.
-The feature index keeps two: one scored by the context's max activation (the top
-contexts) and one scored by ``sample_keys``, a seeded hash of (feature, context), which
-makes it a uniform random sample of the contexts the feature fired in (bottom-k
-sampling: each pair gets an independent uniform key, the n largest keys win). The keys
-depend only on the seed and the ids, never on batch order or device, so a build is
-reproducible. Memory is O(d_sae * n * context_length).
+A ``KeptContexts`` holds, for every feature that fired, the ``n`` contexts with the
+highest score seen so far, each with its max position, max value and the feature's
+non-zero values in that context. The feature index keeps two: one scored by the
+context's max activation (the top contexts) and one scored by ``sample_keys``, a seeded
+hash of (feature, context), which makes it a uniform random sample of the contexts the
+feature fired in (bottom-k sampling: each pair gets an independent uniform key, the n
+largest keys win). The keys depend only on the seed and the ids, never on batch order
+or device, so a build is reproducible.
+
+Memory is proportional to what is kept: slot metadata per fired feature (rows are the
+accumulator's compact rows, not feature ids) and the kept values as (position, value)
+runs in one append-only pool, compacted when more than half of it is replaced runs.
+A (token, feature) activation is kept at most once per family, so the live pool is at
+most ``k * tokens`` entries whatever d_sae is.
 
 ``ContextPairs`` is one batch's (feature, context) pairs, computed once and merged into
-both.
+both. Everything is numpy on the host: a batch's latents are small ([tokens, k]).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import Tensor
 
-_U64 = 1 << 64
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+NO_SCORE = -np.inf
 
 
-def _int64(c: int) -> int:
-    """The signed int64 with the same 64 bits as unsigned ``c``."""
-    return c - _U64 if c >= 1 << 63 else c
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 arrays (arithmetic mod 2**64)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX2
+    return x ^ (x >> np.uint64(31))
 
 
-def _shift_right(x: Tensor, s: int) -> Tensor:
-    """Logical (unsigned) right shift of int64 bits."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def _mix(x: Tensor) -> Tensor:
-    """splitmix64's finalizer on int64 tensors (arithmetic mod 2**64)."""
-    x = x ^ _shift_right(x, 30)
-    x = x * _int64(_MIX1)
-    x = x ^ _shift_right(x, 27)
-    x = x * _int64(_MIX2)
-    return x ^ _shift_right(x, 31)
-
-
-def sample_keys(seed: int, features: Tensor, contexts: Tensor) -> Tensor:
+def sample_keys(seed: int, features: np.ndarray, contexts: np.ndarray) -> np.ndarray:
     """[P] float64 uniform keys in [0, 1) of (feature, global context id) pairs.
 
     ``mix(mix(seed + feature * G) + context * G)`` over unsigned 64-bit integers (G the
     golden-ratio constant, mix splitmix64's finalizer), top 53 bits divided by 2**53.
     """
-    golden = _int64(_GOLDEN)
-    x = _mix(features.long() * golden + _int64(seed % _U64))
-    x = _mix(x + contexts.long() * golden)
-    return _shift_right(x, 11).double() / float(1 << 53)
+    with np.errstate(over="ignore"):
+        f = np.asarray(features).astype(np.uint64)
+        c = np.asarray(contexts).astype(np.uint64)
+        x = _mix(f * _GOLDEN + np.uint64(seed % (1 << 64)))
+        x = _mix(x + c * _GOLDEN)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 @dataclass
@@ -67,152 +62,236 @@ class ContextPairs:
     """Contexts in the batch."""
     first_id: int
     """Global id of the batch's first context."""
-    token_pair: Tensor
-    """[M] int64: each active token's pair (index into the pair tensors)."""
-    token_pos: Tensor
-    """[M] int64: each active token's position in its context."""
-    token_value: Tensor
+    token_pair: np.ndarray
+    """[M] int64: each active token's pair, tokens sorted by (pair, position)."""
+    token_pos: np.ndarray
+    """[M] int16: each active token's position in its context."""
+    token_value: np.ndarray
     """[M] float32: each active token's activation."""
-    feature: Tensor
+    feature: np.ndarray
     """[P] int64, pairs sorted by (feature, context row)."""
-    row: Tensor
+    row: np.ndarray
     """[P] int64: the context's row in the batch."""
-    max_value: Tensor
+    max_value: np.ndarray
     """[P] float32: the feature's max over the context."""
-    max_pos: Tensor
-    """[P] int64: first position of that max."""
+    max_pos: np.ndarray
+    """[P] int16: first position of that max."""
 
     @classmethod
     def from_tokens(
-        cls, f: Tensor, v: Tensor, b: Tensor, t: Tensor, n_rows: int, first_id: int, length: int
+        cls, f: np.ndarray, v: np.ndarray, b: np.ndarray, t: np.ndarray, n_rows: int, first_id: int
     ) -> ContextPairs:
         """Pairs of active tokens (feature f, value v, context row b, position t)."""
-        uniq, inv = torch.unique(f * n_rows + b, return_inverse=True)
-        seg_max = torch.zeros(uniq.numel(), device=v.device)
-        seg_max.scatter_reduce_(0, inv, v, "amax", include_self=False)
-        at_max = torch.where(v == seg_max[inv], t, length)  # earliest max position wins
-        seg_pos = torch.full_like(uniq, length).scatter_reduce_(0, inv, at_max, "amin")
+        key = f.astype(np.int64) * n_rows + b
+        order = np.lexsort((t, key))  # by pair, then position
+        key, t, v = key[order], t[order].astype(np.int16), v[order]
+        uniq, inv = np.unique(key, return_inverse=True)
+        best = np.lexsort((t, -v, inv))  # per pair: largest value, then earliest position
+        starts = np.flatnonzero(np.r_[True, inv[best][1:] != inv[best][:-1]])
         return cls(
             n_rows=n_rows,
             first_id=first_id,
-            token_pair=inv,
+            token_pair=inv.astype(np.int64),
             token_pos=t,
             token_value=v,
             feature=uniq // n_rows,
             row=uniq % n_rows,
-            max_value=seg_max,
-            max_pos=seg_pos,
+            max_value=v[best[starts]],
+            max_pos=t[best[starts]],
         )
 
     @property
-    def context_id(self) -> Tensor:
+    def context_id(self) -> np.ndarray:
         """[P] global context ids."""
         return self.first_id + self.row
 
 
 @dataclass
 class KeptArrays:
-    """Host arrays of a ``KeptContexts``; slot s = feature * n + rank."""
+    """Host arrays of kept slots for a set of features; slot s = i * n + rank."""
 
     context: np.ndarray
-    """[d_sae, n] int64 global context ids, -1 for an empty slot."""
+    """[F, n] int64 global context ids, -1 for an empty slot."""
     max_pos: np.ndarray
-    """[d_sae, n] int16."""
+    """[F, n] int16."""
     max_value: np.ndarray
-    """[d_sae, n] float32, 0 for an empty slot."""
+    """[F, n] float32, 0 for an empty slot."""
     value_offsets: np.ndarray
-    """[d_sae * n + 1] int64 CSR row pointers of the slots' non-zero values."""
+    """[F * n + 1] int64 CSR row pointers of the slots' non-zero values."""
     value_pos: np.ndarray
     """[nnz] int16 positions."""
     value: np.ndarray
     """[nnz] float32 activations."""
 
 
+def _grown(arr: np.ndarray, rows: int, fill: float | int) -> np.ndarray:
+    out = np.full((rows, *arr.shape[1:]), fill, dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
 class KeptContexts:
-    """For each feature, the n highest-scoring contexts so far (higher score first)."""
+    """For each compact feature row, the n highest-scoring contexts (higher score first).
 
-    def __init__(self, d_sae: int, n: int, length: int, device: torch.device) -> None:
-        self.n, self.length = n, length
-        self.score = torch.full((d_sae, n), -math.inf, dtype=torch.float64, device=device)
-        self.context = torch.full((d_sae, n), -1, dtype=torch.int64, device=device)
-        self.max_pos = torch.zeros(d_sae, n, dtype=torch.int64, device=device)
-        self.max_value = torch.zeros(d_sae, n, device=device)
-        self.rows = torch.zeros(d_sae, n, length, device=device)  # [d_sae, n, T] per-token values
+    ``keyed`` keeps each slot's score (the sample keys); otherwise the score is the max
+    value itself (the top contexts).
+    """
 
-    def merge(self, pairs: ContextPairs, score: Tensor) -> None:
-        """Merge the batch's pairs, scored by ``score`` [P], into the kept slots."""
+    ARRAYS = ("context", "max_pos", "max_value", "start", "length", "score")
+
+    def __init__(self, n: int, *, keyed: bool) -> None:
+        self.n, self.keyed = n, keyed
+        self.context = np.full((0, n), -1, dtype=np.int64)
+        self.max_pos = np.zeros((0, n), dtype=np.int16)
+        self.max_value = np.zeros((0, n), dtype=np.float32)
+        self.start = np.zeros((0, n), dtype=np.int64)  # run start in the pool
+        self.length = np.zeros((0, n), dtype=np.int16)  # run length (non-zero positions)
+        self.score = np.full((0, n if keyed else 0), NO_SCORE)
+        self.pool_pos = np.zeros(0, dtype=np.int16)
+        self.pool_value = np.zeros(0, dtype=np.float32)
+        self.pool_used = 0
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [getattr(self, a) for a in self.ARRAYS] + [self.pool_pos, self.pool_value]
+        return sum(a.nbytes for a in arrays)
+
+    def resize(self, rows: int) -> None:
+        """Room for ``rows`` feature rows (new rows empty)."""
+        for name, fill in zip(self.ARRAYS, (-1, 0, 0, 0, 0, NO_SCORE), strict=True):
+            setattr(self, name, _grown(getattr(self, name), rows, fill))
+
+    def slot_scores(self, rows: np.ndarray) -> np.ndarray:
+        """[R, n] float64 scores of the kept slots of ``rows`` (-inf when empty)."""
+        if self.keyed:
+            return self.score[rows]
+        return np.where(self.context[rows] >= 0, self.max_value[rows].astype(np.float64), NO_SCORE)
+
+    def _last_score(self, rows: np.ndarray) -> np.ndarray:
+        """[R] float64 score of the n-th kept slot of ``rows`` (-inf while not full)."""
+        if self.keyed:
+            return self.score[rows, self.n - 1]
+        last = self.max_value[rows, self.n - 1].astype(np.float64)
+        return np.where(self.context[rows, self.n - 1] >= 0, last, NO_SCORE)
+
+    def merge(self, pairs: ContextPairs, pair_rows: np.ndarray, score: np.ndarray) -> None:
+        """Merge the batch's pairs (their compact rows ``pair_rows`` [P]), scored by
+        ``score`` [P], into the kept slots."""
         n, n_rows = self.n, pairs.n_rows
-        if n == 0 or pairs.feature.numel() == 0:
+        if n == 0 or pair_rows.size == 0:
             return
-        dev = score.device
-        feats, finv = torch.unique(pairs.feature, return_inverse=True)  # touched features [F]
-        n_f = feats.numel()
-        cand_score = torch.full((n_f, n + n_rows), -math.inf, dtype=torch.float64, device=dev)
-        cand_score[:, :n] = self.score[feats]
-        cand_score[finv, n + pairs.row] = score.double()
-        cand_pos = torch.zeros(n_f, n + n_rows, dtype=torch.int64, device=dev)
-        cand_pos[:, :n] = self.max_pos[feats]
-        cand_pos[finv, n + pairs.row] = pairs.max_pos
-        cand_max = torch.zeros(n_f, n + n_rows, device=dev)
-        cand_max[:, :n] = self.max_value[feats]
-        cand_max[finv, n + pairs.row] = pairs.max_value
-        new_ids = pairs.first_id + torch.arange(n_rows, device=dev)
-        cand_ctx = torch.cat([self.context[feats], new_ids.expand(n_f, n_rows)], dim=1)
+        # a pair enters only above the feature's n-th kept score (ties keep the earlier
+        # context): after the first batches most pairs stop here, and rows untouched
+        enter = np.flatnonzero(score > self._last_score(pair_rows))
+        if enter.size == 0:
+            return
+        rows, finv = np.unique(pair_rows[enter], return_inverse=True)  # touched rows [F]
+        width = n + n_rows
+        cand_score = np.full((rows.size, width), NO_SCORE)
+        cand_score[:, :n] = self.slot_scores(rows)
+        cand_score[finv, n + pairs.row[enter]] = score[enter]
+        cand_pair = np.full((rows.size, width), -1, dtype=np.int64)
+        cand_pair[finv, n + pairs.row[enter]] = enter
 
         # stable: among equal scores the earlier context (already kept) stays first
-        order = torch.sort(cand_score, dim=1, descending=True, stable=True).indices[:, :n]
-        kept_score = cand_score.gather(1, order)
-        self.score[feats] = kept_score
-        self.context[feats] = cand_ctx.gather(1, order).masked_fill(kept_score == -math.inf, -1)
-        self.max_pos[feats] = cand_pos.gather(1, order)
-        self.max_value[feats] = cand_max.gather(1, order)
-
-        # only features whose kept set changed need their per-token rows rewritten
-        changed = (order >= n).any(dim=1)
-        feats, order = feats[changed], order[changed]
-        if feats.numel() == 0:
-            return
-        kept = order.clamp(max=n - 1).unsqueeze(-1).expand(-1, -1, self.length)
-        rows = self.rows[feats].gather(1, kept)  # [F', n, T]
-        fi, ri = (order >= n).nonzero(as_tuple=True)  # slots filled from this batch
-        slot_key = feats[fi] * n_rows + (order[fi, ri] - n)
-        sorted_key, perm = torch.sort(slot_key)
-        token_key = (pairs.feature * n_rows + pairs.row)[pairs.token_pair]
-        j = torch.searchsorted(sorted_key, token_key).clamp(max=sorted_key.numel() - 1)
-        hit = sorted_key[j] == token_key  # active tokens whose (feature, context) was kept
-        fresh = torch.zeros(fi.numel(), self.length, device=dev)
-        fresh[perm[j[hit]], pairs.token_pos[hit]] = pairs.token_value[hit]
-        rows[fi, ri] = fresh
-        self.rows[feats] = rows
-
-    def drop_and_sort_by_value(self, drop: Tensor) -> None:
-        """Empty the slots where ``drop`` [d_sae, n] is true and order each feature's slots
-        by max value, largest first (ties: higher score first), empty slots last."""
-        self.context.masked_fill_(drop, -1)
-        empty = self.context < 0
-        self.max_value.masked_fill_(empty, 0)
-        self.rows.masked_fill_(empty.unsqueeze(-1), 0)
-        self.score.masked_fill_(empty, -math.inf)
-        by_value = torch.where(empty, -math.inf, self.max_value.double())
-        order = torch.sort(by_value, dim=1, descending=True, stable=True).indices
-        for name in ("score", "context", "max_pos", "max_value"):
-            setattr(self, name, getattr(self, name).gather(1, order))
-        self.rows = self.rows.gather(1, order.unsqueeze(-1).expand_as(self.rows))
-
-    def to_host(self) -> KeptArrays:
-        """The kept slots as host arrays, values in CSR form."""
-        d, n = self.context.shape
-        rows = self.rows.reshape(d * n, self.length)
-        nz = rows > 0
-        offsets = torch.cat(
-            [torch.zeros(1, dtype=torch.int64, device=nz.device), nz.sum(1).cumsum(0)]
+        order = np.argsort(-cand_score, axis=1, kind="stable")[:, :n]
+        kept_score = np.take_along_axis(cand_score, order, 1)
+        empty = kept_score == NO_SCORE
+        from_batch = (order >= n) & ~empty
+        old = np.minimum(order, n - 1)
+        pair = np.where(from_batch, np.take_along_axis(cand_pair, order, 1), 0)
+        ctx = np.where(
+            from_batch, pairs.context_id[pair], np.take_along_axis(self.context[rows], old, 1)
         )
-        slot, pos = nz.nonzero(as_tuple=True)  # row-major: slot-major order, as CSR needs
+        self.context[rows] = np.where(empty, -1, ctx)
+        self.max_pos[rows] = np.where(
+            from_batch, pairs.max_pos[pair], np.take_along_axis(self.max_pos[rows], old, 1)
+        )
+        self.max_value[rows] = np.where(
+            from_batch, pairs.max_value[pair], np.take_along_axis(self.max_value[rows], old, 1)
+        )
+        if self.keyed:
+            self.score[rows] = kept_score
+        start, length = self._append_runs(pairs, pair[from_batch])
+        new_start = np.take_along_axis(self.start[rows], old, 1)
+        new_length = np.take_along_axis(self.length[rows], old, 1)
+        new_start[from_batch], new_length[from_batch] = start, length
+        new_length[empty] = 0
+        self.start[rows], self.length[rows] = new_start, new_length
+
+    def _append_runs(
+        self, pairs: ContextPairs, chosen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Append the active tokens of the ``chosen`` pairs to the pool; their runs."""
+        per_pair = np.bincount(pairs.token_pair, minlength=pairs.feature.size)
+        take = np.zeros(pairs.feature.size, dtype=bool)
+        take[chosen] = True
+        tokens = take[pairs.token_pair]  # tokens sorted by (pair, position): runs contiguous
+        m = int(tokens.sum())
+        if self.pool_used + m > self.pool_pos.size:
+            self.compact(extra=m)
+        lo = self.pool_used
+        self.pool_pos[lo : lo + m] = pairs.token_pos[tokens]
+        self.pool_value[lo : lo + m] = pairs.token_value[tokens]
+        self.pool_used += m
+        run_start = lo + np.cumsum(np.where(take, per_pair, 0)) - per_pair  # [P]
+        return run_start[chosen], per_pair[chosen].astype(np.int16)
+
+    def compact(self, extra: int = 0) -> None:
+        """Rewrite the pool with only the live runs, with room for ``extra`` more."""
+        live = self.length > 0
+        lengths = self.length[live].astype(np.int64)
+        total = int(lengths.sum())
+        src = np.repeat(self.start[live] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+        capacity = max(2 * (total + extra), 1024)
+        pos = np.zeros(capacity, dtype=np.int16)
+        value = np.zeros(capacity, dtype=np.float32)
+        pos[:total] = self.pool_pos[src]
+        value[:total] = self.pool_value[src]
+        self.start[live] = np.cumsum(lengths) - lengths
+        self.pool_pos, self.pool_value, self.pool_used = pos, value, total
+
+    def to_host(self, rows: np.ndarray, drop: np.ndarray | None = None) -> KeptArrays:
+        """The slots of ``rows``, less those where ``drop`` [R, n] is true, as host arrays.
+
+        With ``drop`` given the remaining slots are ordered by max value, largest first
+        (ties: higher score first), empty slots last.
+        """
+        context = self.context[rows]
+        max_pos, max_value = self.max_pos[rows], self.max_value[rows]
+        start, length = self.start[rows], self.length[rows].astype(np.int64)
+        if drop is not None:
+            context = np.where(drop, -1, context)
+            by_value = np.where(context < 0, NO_SCORE, max_value.astype(np.float64))
+            order = np.argsort(-by_value, axis=1, kind="stable")
+            context, max_pos, max_value, start, length = (
+                np.take_along_axis(a, order, 1)
+                for a in (context, max_pos, max_value, start, length)
+            )
+        empty = context < 0
+        length = np.where(empty, 0, length).ravel()
+        offsets = np.r_[0, np.cumsum(length)]
+        src = np.repeat(start.ravel() - offsets[:-1], length) + np.arange(offsets[-1])
         return KeptArrays(
-            context=self.context.cpu().numpy(),
-            max_pos=self.max_pos.to(torch.int16).cpu().numpy(),
-            max_value=self.max_value.masked_fill(self.context < 0, 0).cpu().numpy(),
-            value_offsets=offsets.cpu().numpy(),
-            value_pos=pos.to(torch.int16).cpu().numpy(),
-            value=rows[slot, pos].cpu().numpy(),
+            context=context,
+            max_pos=np.where(empty, 0, max_pos).astype(np.int16),
+            max_value=np.where(empty, 0, max_value).astype(np.float32),
+            value_offsets=offsets.astype(np.int64),
+            value_pos=self.pool_pos[src],
+            value=self.pool_value[src],
         )
+
+    def state(self, prefix: str) -> dict[str, np.ndarray]:
+        """Arrays to checkpoint (after ``compact``), keyed ``prefix.name``."""
+        self.compact()
+        out = {f"{prefix}.{a}": getattr(self, a) for a in self.ARRAYS}
+        out[f"{prefix}.pool_pos"] = self.pool_pos[: self.pool_used]
+        out[f"{prefix}.pool_value"] = self.pool_value[: self.pool_used]
+        return out
+
+    def restore(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+        for a in self.ARRAYS:
+            setattr(self, a, arrays[f"{prefix}.{a}"])
+        self.pool_pos = arrays[f"{prefix}.pool_pos"]
+        self.pool_value = arrays[f"{prefix}.pool_value"]
+        self.pool_used = int(self.pool_pos.size)

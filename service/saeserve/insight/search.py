@@ -13,13 +13,13 @@ characters to match inside the query word). A feature's score is
 
 with ``idf(q) = ln(1 + n_features / (1 + features matching q))`` over all the indexes,
 so rare words count more. Ties are broken by index name, then feature id.
-Word lists are inverted once per index and cached on it (``FeatureIndex.search_cache``).
+The word lists are inverted when the index is built and stored with it
+(``saeserve.insight.postings``); an index made by hand gets them on its first search.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,10 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from saeserve.errors import InvalidArgument
-from saeserve.insight.explanations import IMPORTED
+from saeserve.insight.postings import Postings, build_postings, words
 from saeserve.insight.store import FeatureIndex
 
-WORD = re.compile(r"\w+")
 BAG_WEIGHTS = {"explanation": 3.0, "top_tokens": 1.0, "promoted": 0.5}
 SUBSTRING_MATCH = 0.5
 MIN_INNER_WORD = 3  # a bag word this short only matches a query word exactly or around it
@@ -52,49 +51,11 @@ class SearchHit:
     """Query words that matched something of this feature."""
 
 
-# bag -> word -> (features [n] int64, term frequency [n] float64)
-Postings = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
-
-
-def words(text: str) -> list[str]:
-    """Lower-case word tokens of text."""
-    return WORD.findall(text.lower())
-
-
 def postings(index: FeatureIndex) -> Postings:
-    """The index's inverted word lists, built on first use and cached on it."""
-    if index.search_cache is not None:
-        return index.search_cache  # type: ignore[no-any-return]
-    raw: dict[str, dict[str, dict[int, float]]] = {bag: defaultdict(dict) for bag in BAG_WEIGHTS}
-    for f in range(index.d_sae):
-        if index.explanation_sources[f] == IMPORTED:
-            for w in set(words(index.explanations[f])):
-                raw["explanation"][w][f] = 1.0
-        if index.counts[f] == 0:
-            continue  # a feature that never fired is found by its explanation only
-        _add_bag(raw["top_tokens"], f, index.top_tokens(f))
-        _add_bag(raw["promoted"], f, [index.token_text(t) for t in index.promoted_ids[f].tolist()])
-    built: Postings = {
-        bag: {
-            w: (np.fromiter(hits.keys(), np.int64), np.fromiter(hits.values(), np.float64))
-            for w, hits in by_word.items()
-        }
-        for bag, by_word in raw.items()
-    }
-    index.search_cache = built
-    return built
-
-
-def _add_bag(bag: dict[str, dict[int, float]], feature: int, tokens: list[str]) -> None:
-    """Add each word's share of the tokens that contain it."""
-    if not tokens:
-        return
-    counts: dict[str, int] = defaultdict(int)
-    for token in tokens:
-        for w in set(words(token)):
-            counts[w] += 1
-    for w, c in counts.items():
-        bag[w][feature] = c / len(tokens)
+    """The index's inverted word lists: the stored ones, else built now and kept on it."""
+    if index.postings is None:
+        index.postings = build_postings(index)
+    return index.postings
 
 
 def _match(query_word: str, bag_word: str) -> float:

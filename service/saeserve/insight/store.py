@@ -10,6 +10,8 @@ is a folder, compact and free of pickles::
     features.safetensors every numeric array below, keyed by field name
     tokens.json          {"ids": [...], "strings": [...]}: each referenced token's text, once
     explanations.jsonl   {"index", "description", "source"} per feature
+    postings.safetensors SearchFeatures' word lists (``saeserve.insight.postings``) and
+    postings.json        their words; built on load for an index saved without them
 
 Top contexts are stored by reference: each distinct context's token ids once
 (``context_tokens``), each (feature, rank) slot as a context row, the max position and
@@ -25,13 +27,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from saeserve.engine.types import TokenEffect
 from saeserve.errors import InvalidArgument, NotFound
+from saeserve.insight.postings import Postings, build_postings, read_postings, write_postings
 
 FORMAT_VERSION = 1
 INDEX_JSON = "index.json"
@@ -218,8 +220,9 @@ class FeatureIndex:
     """Text of every token id the arrays reference."""
     explanations: list[str]
     explanation_sources: list[str]
-    search_cache: Any = field(default=None, repr=False)
-    """Inverted word lists built by ``saeserve.insight.search`` on first use."""
+    postings: Postings | None = field(default=None, repr=False)
+    """SearchFeatures' inverted word lists (``saeserve.insight.postings``): built with
+    the index and stored with it; None until built (an index made by hand)."""
 
     def __post_init__(self) -> None:
         d_sae = self.meta.d_sae
@@ -389,6 +392,9 @@ class FeatureIndex:
             ):
                 record = {"index": f, "description": text, "source": source}
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.postings is None:
+            self.postings = build_postings(self)
+        write_postings(self.postings, out)
         # index.json last: its presence marks a complete index
         (out / INDEX_JSON).write_text(
             json.dumps(asdict(self.meta), indent=2) + "\n", encoding="utf-8"
@@ -425,10 +431,14 @@ class FeatureIndex:
                     rec = json.loads(line)
                     explanations[rec["index"]] = rec["description"]
                     sources[rec["index"]] = rec["source"]
-        return cls(
+        index = cls(
             meta=meta,
             token_strings=token_strings,
             explanations=explanations,
             explanation_sources=sources,
+            postings=read_postings(src),
             **{n: arrays[n] for n in ARRAY_FIELDS},
         )
+        if index.postings is None:  # saved before postings were stored
+            index.postings = build_postings(index)
+        return index
