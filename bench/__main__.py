@@ -84,7 +84,9 @@ REALISTIC_REPEATS = (
     "in well under an hour on a 2-core CPU: Decompose 9 rounds (demo 15), SAELens 5 (11), "
     "Generate 7 pairs (9), the 8-row decode 32 tokens x 5 pairs (64 x 7), streams 32 tokens "
     "per stream (64), 200 overhead calls (300), 40 HTTP pairs (100), 40 s replica memory "
-    "load (60); the service loads keep their 20 s. Each row's note gives its count."
+    "load (60), 1M steering 32 tokens x 3 pairs (64 x 5), index builds of 5,000 (32k) and "
+    "1,000 (1M) corpus tokens in 2 pairs (20,000 and 4,000 in 3); the service loads keep "
+    "their 20 s. Each row's note gives its count."
 )
 GROUPS: dict[str, list[str]] = {
     "decompose": ["decompose"],
