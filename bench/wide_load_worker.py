@@ -29,7 +29,7 @@ def status() -> dict[str, int]:
 def main(folder: str) -> None:
     import torch
 
-    from saeserve.sae.residency import pretouch, resident_fraction, weight_bytes
+    from saeserve.sae.residency import pretouch, resident_fraction
     from saeserve.server.sae_memory import load_configured_sae
     from saeserve.server.settings import SaeSpec
 
@@ -50,7 +50,7 @@ def main(folder: str) -> None:
         "load_s": load_s,
         "sample_s": sample_s,
         "pretouch_s": pretouch_s,
-        "weight_bytes": weight_bytes(sae),
+        "weight_bytes": sae.weight_bytes(),
         "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
         "fraction_loaded": fraction_loaded,
         "fraction_touched": resident_fraction(sae),

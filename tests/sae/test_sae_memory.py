@@ -248,4 +248,4 @@ def test_mlock_refused_falls_back_to_pretouch(
 def test_resident_fraction_counts_pages_of_anonymous_memory() -> None:
     sae = random_sae()  # ordinary tensors, written to: every page resident
     assert residency.resident_fraction(sae) == 1.0
-    assert residency.weight_bytes(sae) == 4 * (2 * D_IN * D_SAE + 2 * D_SAE + D_IN)
+    assert sae.weight_bytes() == 4 * (2 * D_IN * D_SAE + 2 * D_SAE + D_IN)

@@ -74,6 +74,15 @@ def sharded(
         serve.delete("sharded")
 
 
+def test_list_models_describes_the_sharded_sae_whole(sharded) -> None:
+    stub, engine = sharded
+    (model,) = stub.ListModels(pb.ListModelsRequest(), metadata=AUTH, timeout=60).models
+    (info,) = model.saes
+    whole = engine.saes["wide"].sae
+    assert (info.shards, info.d_sae, info.dtype) == (2, D_SAE, "float32")
+    assert info.weight_bytes == sum(p.nbytes for p in whole.parameters())
+
+
 def test_decompose_equals_the_unsharded_engine(sharded) -> None:
     stub, engine = sharded
     feats = [3, SPLIT, D_SAE - 1]

@@ -89,6 +89,7 @@ def sae_info(msg: pb.SaeInfo) -> SaeInfo:
         has_feature_index=msg.has_feature_index,
         dtype=msg.dtype,
         weight_bytes=msg.weight_bytes,
+        shards=msg.shards or 1,
     )
 
 

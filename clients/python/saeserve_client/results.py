@@ -32,7 +32,8 @@ class SaeInfo:
     k: int  # active features per token for topk SAEs, else 0
     has_feature_index: bool
     dtype: str = ""  # the weights' dtype: "float32", "bfloat16" or "float16"
-    weight_bytes: int = 0  # bytes of the weights in that dtype
+    weight_bytes: int = 0  # bytes of the weights in that dtype (all shards together)
+    shards: int = 1  # latent-range shards serving it (1: held whole)
 
 
 @dataclass(frozen=True)

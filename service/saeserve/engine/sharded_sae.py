@@ -54,6 +54,16 @@ class ShardedSae(Sae):
 
     holds_encoder = False
 
+    @property
+    def n_shards(self) -> int:
+        return len(self.shards)
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights on all the shards (W_enc, W_dec, b_enc and threshold per
+        latent, as each shard's ``Sae`` holds them) and b_dec here, in the SAE's dtype."""
+        per_latent = 2 * self.d_in + 2
+        return (self.d_sae * per_latent + self.d_in) * self.b_dec.element_size()
+
     def __init__(self, cfg: SaeConfig, b_dec: Tensor, shards: Sequence[ShardEndpoint]) -> None:
         nn.Module.__init__(self)  # no W_enc / W_dec here: they are on the shards
         self.cfg = cfg

@@ -158,6 +158,20 @@ class Sae(nn.Module):
     holds_encoder = True
     """Whether W_enc is in this process (a ``ShardedSae``'s is on its shards)."""
 
+    @property
+    def n_shards(self) -> int:
+        """Latent-range shards serving this SAE (1: this process holds it whole)."""
+        return 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the weights are held in."""
+        return self.b_dec.dtype
+
+    def weight_bytes(self) -> int:
+        """Bytes of all the SAE's weights, wherever they live."""
+        return sum(p.nbytes for p in self.parameters())
+
     def __init__(self, cfg: SaeConfig, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.cfg = cfg

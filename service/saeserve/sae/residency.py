@@ -63,11 +63,6 @@ def weight_tensors(sae: Sae) -> list[Tensor]:
     return [p.detach() for p in sae.parameters() if p.device.type == "cpu" and p.numel()]
 
 
-def weight_bytes(sae: Sae) -> int:
-    """Bytes of all the SAE's parameters, wherever they live."""
-    return sum(p.nbytes for p in sae.parameters())
-
-
 def _pages(t: Tensor) -> tuple[int, int]:
     """(page-aligned start address, length in bytes) of the pages holding ``t``."""
     start = t.data_ptr() - t.data_ptr() % PAGE

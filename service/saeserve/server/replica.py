@@ -56,7 +56,6 @@ from saeserve.errors import SaeserveError
 from saeserve.model.loader import resolve_device
 from saeserve.sae.base import Sae
 from saeserve.sae.formats import read_sae
-from saeserve.sae.residency import weight_bytes
 from saeserve.server import metrics
 from saeserve.server.feature_view import FeatureView
 from saeserve.server.sae_memory import ResidencySampler, load_configured_sae
@@ -171,8 +170,9 @@ class ModelReplica:
                 architecture=arch[str(cfg.activation)],
                 k=cfg.k or 0,
                 has_feature_index=self.features.has_index(h.id),
-                dtype=str(h.sae.W_enc.dtype).removeprefix("torch."),
-                weight_bytes=weight_bytes(h.sae),
+                dtype=str(h.sae.dtype).removeprefix("torch."),
+                weight_bytes=h.sae.weight_bytes(),
+                shards=h.sae.n_shards,
             )
         return info
 

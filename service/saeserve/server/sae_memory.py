@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 
 from saeserve.sae.base import MATMUL_ROWS, Sae
-from saeserve.sae.residency import make_resident, resident_fraction, weight_bytes
+from saeserve.sae.residency import make_resident, resident_fraction
 from saeserve.server import metrics
 from saeserve.server.settings import SaeSpec
 
@@ -48,7 +48,7 @@ def load_configured_sae(spec: SaeSpec, device: str | torch.device) -> Sae:
         "SAE %s: %.1f MiB of %s weights loaded in %.2f s; residency %s (%.2f s), "
         "%.0f%% resident; encode blocks of %d tokens x %d latents",
         spec.effective_id,
-        weight_bytes(sae) / 2**20,
+        sae.weight_bytes() / 2**20,
         str(sae.W_enc.dtype).removeprefix("torch."),
         loaded - start,
         spec.residency,

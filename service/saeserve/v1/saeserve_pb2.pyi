@@ -145,7 +145,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., n_layers: _Optional[int] = ..., d_model: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_positions: _Optional[int] = ..., dtype: _Optional[str] = ..., saes: _Optional[_Iterable[_Union[SaeInfo, _Mapping]]] = ..., has_chat_template: _Optional[bool] = ...) -> None: ...
 
 class SaeInfo(_message.Message):
-    __slots__ = ("id", "hook_point", "d_in", "d_sae", "architecture", "k", "has_feature_index", "dtype", "weight_bytes")
+    __slots__ = ("id", "hook_point", "d_in", "d_sae", "architecture", "k", "has_feature_index", "dtype", "weight_bytes", "shards")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOOK_POINT_FIELD_NUMBER: _ClassVar[int]
     D_IN_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class SaeInfo(_message.Message):
     HAS_FEATURE_INDEX_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     hook_point: str
     d_in: int
@@ -164,7 +165,8 @@ class SaeInfo(_message.Message):
     has_feature_index: bool
     dtype: str
     weight_bytes: int
-    def __init__(self, id: _Optional[str] = ..., hook_point: _Optional[str] = ..., d_in: _Optional[int] = ..., d_sae: _Optional[int] = ..., architecture: _Optional[_Union[SaeArchitecture, str]] = ..., k: _Optional[int] = ..., has_feature_index: _Optional[bool] = ..., dtype: _Optional[str] = ..., weight_bytes: _Optional[int] = ...) -> None: ...
+    shards: int
+    def __init__(self, id: _Optional[str] = ..., hook_point: _Optional[str] = ..., d_in: _Optional[int] = ..., d_sae: _Optional[int] = ..., architecture: _Optional[_Union[SaeArchitecture, str]] = ..., k: _Optional[int] = ..., has_feature_index: _Optional[bool] = ..., dtype: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., shards: _Optional[int] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("model", "text")
