@@ -8,9 +8,13 @@ gRPC port equal the engine's answers with the SAE whole.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -152,3 +156,36 @@ def test_steered_generate_and_get_feature_equal_the_unsharded_engine(sharded) ->
     assert [n.feature for n in resp.encoder_neighbours] == [n.feature for n in near.encoder]
     promoted, _ = feature_token_effects(engine.lm, engine.saes["wide"].sae, other, 10)
     assert [t.token_id for t in resp.top_promoted] == [t.token_id for t in promoted]
+
+
+def _replica_pid(title: str) -> int:
+    """PID of the Ray worker whose command line (its process title) contains ``title``."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if title.encode() in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    raise LookupError(title)
+
+
+def test_a_dead_shard_answers_unavailable_never_internal(sharded) -> None:
+    """SIGKILL a shard's replica: until Serve replaces it, Decompose answers OK (Serve's
+    handle waits for the new replica: what this machine shows) or UNAVAILABLE, never
+    INTERNAL (a shard down is neither the caller's mistake nor a bug), then OK. Runs last
+    in this module: it leaves the app with a new shard replica."""
+    stub, _ = sharded
+    os.kill(_replica_pid("ServeReplica:sharded:Shard_sharded_wide_0"), signal.SIGKILL)
+    codes: list[grpc.StatusCode] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and grpc.StatusCode.OK not in codes[1:]:
+        try:
+            stub.Decompose(pb.DecomposeRequest(texts=TEXTS), metadata=AUTH, timeout=30)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as e:
+            codes.append(e.code())
+            time.sleep(0.5)
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert codes[-1] == grpc.StatusCode.OK, codes
+    print(f"after the kill: {codes}")
