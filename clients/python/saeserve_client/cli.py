@@ -362,24 +362,28 @@ def _emit(out: TextIO, lines: Sequence[str]) -> None:
     out.write("".join(line + "\n" for line in lines))
 
 
+def _show(
+    out: TextIO, args: argparse.Namespace, result: object, view: Callable[[], Sequence[str]]
+) -> None:
+    """``result`` as one JSON document with --json, else the lines ``view`` renders."""
+    if args.json:
+        print(json.dumps(jsonable(result)), file=out)
+    else:
+        _emit(out, view())
+
+
 def _run_models(
     client: SaeserveClient, args: argparse.Namespace, out: TextIO, style: Style
 ) -> None:
     models = client.list_models(timeout=args.timeout)
-    if args.json:
-        print(json.dumps(jsonable(models)), file=out)
-    else:
-        _emit(out, models_view(models, style))
+    _show(out, args, models, lambda: models_view(models, style))
 
 
 def _run_tokenize(
     client: SaeserveClient, args: argparse.Namespace, out: TextIO, style: Style
 ) -> None:
     tokens = client.tokenize(_text(args.text), args.model, timeout=args.timeout)
-    if args.json:
-        print(json.dumps(jsonable(tokens)), file=out)
-    else:
-        _emit(out, tokens_view(tokens, style))
+    _show(out, args, tokens, lambda: tokens_view(tokens, style))
 
 
 def _run_decompose(
@@ -469,10 +473,7 @@ def _run_feature(
     client: SaeserveClient, args: argparse.Namespace, out: TextIO, style: Style
 ) -> None:
     feature = client.get_feature(args.sae, args.feature, args.model, timeout=args.timeout)
-    if args.json:
-        print(json.dumps(jsonable(feature)), file=out)
-    else:
-        _emit(out, feature_view(feature, style, contexts=args.contexts))
+    _show(out, args, feature, lambda: feature_view(feature, style, contexts=args.contexts))
 
 
 def _run_search(
@@ -481,10 +482,7 @@ def _run_search(
     matches = client.search_features(
         args.query, args.sae, args.limit, args.model, timeout=args.timeout
     )
-    if args.json:
-        print(json.dumps(jsonable(matches)), file=out)
-    else:
-        _emit(out, matches_view(args.query, matches, style))
+    _show(out, args, matches, lambda: matches_view(args.query, matches, style))
 
 
 def _run_attribute(
@@ -499,10 +497,7 @@ def _run_attribute(
         model=args.model,
         timeout=args.timeout,
     )
-    if args.json:
-        print(json.dumps(jsonable(result)), file=out)
-    else:
-        _emit(out, attribution_view(result, style))
+    _show(out, args, result, lambda: attribution_view(result, style))
 
 
 def _run_attribute_feature(
@@ -517,10 +512,7 @@ def _run_attribute_feature(
         model=args.model,
         timeout=args.timeout,
     )
-    if args.json:
-        print(json.dumps(jsonable(result)), file=out)
-    else:
-        _emit(out, feature_input_view(result, style))
+    _show(out, args, result, lambda: feature_input_view(result, style))
 
 
 def _run_inspect(
@@ -536,10 +528,7 @@ def _run_inspect(
         max_positions=args.positions,
         timeout=args.timeout,
     )
-    if args.json:
-        print(json.dumps(jsonable(result)), file=out)
-    else:
-        _emit(out, inspection_view(result, style))
+    _show(out, args, result, lambda: inspection_view(result, style))
 
 
 def _texts(inline: list[str], path: Path | None) -> list[str]:
@@ -560,10 +549,7 @@ def _run_contrast(
         top_n=args.top,
         timeout=args.timeout,
     )
-    if args.json:
-        print(json.dumps(jsonable(result)), file=out)
-    else:
-        _emit(out, contrast_view(result, style))
+    _show(out, args, result, lambda: contrast_view(result, style))
 
 
 RUN: dict[str, Callable[[SaeserveClient, argparse.Namespace, TextIO, Style], None]] = {

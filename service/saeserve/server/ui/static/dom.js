@@ -87,6 +87,20 @@ export function modelSelect(models, chosen) {
   return h("select", { id: "model", name: "model" }, models.map((m) => h("option", { value: m.name, selected: m === chosen }, m.name)));
 }
 
+// The model and SAE pickers of a page's form (?model= and ?sae= preselect them); the SAE
+// list follows the chosen model.
+export function modelAndSaeSelects(models, params) {
+  const modelBox = modelSelect(models, pickModel(models, params.get("model")));
+  const saeBox = h("select", { id: "sae", name: "sae" });
+  const fill = () => {
+    const { saes } = pickModel(models, modelBox.value);
+    saeBox.replaceChildren(...saes.map((s) => h("option", { value: s.id, selected: s.id === params.get("sae") }, `${s.id} (${s.hook_point})`)));
+  };
+  modelBox.addEventListener("change", fill);
+  fill();
+  return { modelBox, saeBox };
+}
+
 // The model named `name` (from ?model=), or the server's first, its default.
 export function pickModel(models, name) {
   return models.find((m) => m.name === name) || models[0];

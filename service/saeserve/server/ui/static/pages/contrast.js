@@ -3,7 +3,7 @@
 // difference, AUROC, Cohen's d, exact over all features), each linked to its page.
 
 import { getJson, listModels, postJson } from "../api.js";
-import { clearError, featureUrl, fmt, h, initPage, markRendered, modelSelect, percent, pickModel, showError } from "../dom.js";
+import { clearError, featureUrl, fmt, h, initPage, markRendered, modelAndSaeSelects, percent, showError } from "../dom.js";
 
 const TOP_N = 15;
 const TEXTS_IN_URL_MAX = 4000;
@@ -34,15 +34,7 @@ function choice(id, options, chosen) {
 }
 
 function buildForm(models) {
-  const model = pickModel(models, params.get("model"));
-  const modelBox = modelSelect(models, model);
-  const saeBox = h("select", { id: "sae", name: "sae" });
-  const fillSaes = () => {
-    const chosen = pickModel(models, modelBox.value);
-    saeBox.replaceChildren(...chosen.saes.map((s) => h("option", { value: s.id, selected: s.id === params.get("sae") }, `${s.id} (${s.hook_point})`)));
-  };
-  modelBox.addEventListener("change", fillSaes);
-  fillSaes();
+  const { modelBox, saeBox } = modelAndSaeSelects(models, params);
   form.append(
     h(
       "div",

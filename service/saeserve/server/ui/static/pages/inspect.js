@@ -5,7 +5,7 @@
 // token's top k). One Decompose and one InspectFeatures call per run, side by side.
 
 import { getJson, listModels, postJson } from "../api.js";
-import { clearError, featureUrl, fmt, h, initPage, markRendered, modelSelect, pickModel, showError, tokenLabel } from "../dom.js";
+import { clearError, featureUrl, fmt, h, initPage, markRendered, modelAndSaeSelects, showError, tokenLabel } from "../dom.js";
 import { legend, tokenNavigation, tokenRow } from "../heat.js";
 import { whyCard } from "../why.js";
 
@@ -36,15 +36,7 @@ try {
 markRendered();
 
 function buildForm() {
-  const model = pickModel(models, params.get("model"));
-  const modelBox = modelSelect(models, model);
-  const saeBox = h("select", { id: "sae", name: "sae" });
-  const fillSaes = () => {
-    const chosen = pickModel(models, modelBox.value);
-    saeBox.replaceChildren(...chosen.saes.map((s) => h("option", { value: s.id, selected: s.id === params.get("sae") }, `${s.id} (${s.hook_point})`)));
-  };
-  modelBox.addEventListener("change", fillSaes);
-  fillSaes();
+  const { modelBox, saeBox } = modelAndSaeSelects(models, params);
   form.append(
     h("label", { for: "text" }, "Text"),
     h("textarea", { id: "text", name: "text", rows: 5, required: true, placeholder: "Paste a text to see its features token by token" }, params.get("text") || ""),
